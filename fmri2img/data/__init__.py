@@ -1,0 +1,1 @@
+"""Data: NSD / NSD-Imagery readers, the synthetic world, the trial index, splits and the beta cache."""

@@ -1,0 +1,90 @@
+"""Facts about the Natural Scenes Dataset release, each with its source.
+
+Sources:
+* [NSD] Allen et al. (2022), Nature Neuroscience 25:116-126, and the NSD data manual
+  (https://cvnlab.slite.page/p/CT9Fwl4_hc/NSD-Data-Manual), sections "nsd_expdesign.mat",
+  "Betas" and "ROIs".
+* [NSDI] NSD-Imagery release notes (the NSD-Imagery data manual): 18 stimuli (sets A, B, C of six),
+  12 runs, 720 single-trial betas per subject.
+"""
+
+from __future__ import annotations
+
+#: Functional grid (X, Y, Z) of the 1.8 mm "func1pt8mm" space per subject [NSD manual, "Betas"].
+FUNC1PT8_GRID = {
+    "subj01": (81, 104, 83),
+    "subj02": (82, 106, 84),
+    "subj03": (81, 106, 82),
+    "subj04": (85, 99, 80),
+    "subj05": (79, 97, 78),
+    "subj06": (85, 113, 83),
+    "subj07": (78, 95, 81),
+    "subj08": (80, 103, 78),
+}
+
+#: Completed NSD sessions per subject [NSD, Fig. 1 / manual "Experiments"].
+NSD_SESSIONS = {
+    "subj01": 40, "subj02": 40, "subj03": 32, "subj04": 30,
+    "subj05": 40, "subj06": 32, "subj07": 40, "subj08": 30,
+}
+
+ALL_SUBJECTS = tuple(sorted(FUNC1PT8_GRID))
+
+#: Trials per NSD scan session: 12 runs of 62/63 trials [NSD manual, "nsd_expdesign.mat"].
+TRIALS_PER_SESSION = 750
+RUNS_PER_SESSION = 12
+
+#: Images per subject (10,000; each shown up to 3 times) and shared images (1,000) [NSD].
+IMAGES_PER_SUBJECT = 10_000
+N_SHARED = 1_000
+MAX_REPEATS = 3
+
+#: Total images of the NSD stimulus set ("73k") [NSD manual, "nsd_stimuli.hdf5"].
+N_IMAGES_73K = 73_000
+
+#: Stimulus image size in nsd_stimuli.hdf5 'imgBrick' (73000 x 425 x 425 x 3 uint8) [NSD manual].
+IMAGE_SIZE = 425
+
+#: Beta encoding: int16 values are percent signal change x 300 [NSD manual, "Betas"].
+BETA_SCALE = 300.0
+
+#: nsdgeneral ROI: value 1 marks voxels inside; 0 and -1 lie outside [NSD manual, "ROIs"].
+NSDGENERAL_INSIDE = 1
+
+#: Voxels in subj01's nsdgeneral at 1.8 mm (the size used by most decoding papers).
+NSDGENERAL_VOXELS_SUBJ01 = 15_724
+
+#: NSD-Imagery [NSDI]: stimulus sets and their types, stimuli per set, runs and betas per subject.
+IMAGERY_SETS = {"A": "simple", "B": "complex", "C": "conceptual"}
+IMAGERY_STIMULI_PER_SET = 6
+IMAGERY_RUNS = 12
+IMAGERY_BETAS = 720
+IMAGERY_TASKS = ("vision", "imagery", "attention")
+
+#: Release-relative paths (templates take ``subject`` and ``session``) [NSD manual, "Data files"].
+EXPDESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
+STIM_INFO = "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
+NSDGENERAL = "nsddata/ppdata/{subject}/func1pt8mm/roi/nsdgeneral.nii.gz"
+BRAINMASK = "nsddata/ppdata/{subject}/func1pt8mm/brainmask.nii.gz"
+RESPONSES = "nsddata/ppdata/{subject}/behav/responses.tsv"
+BETAS_DIR = "nsddata_betas/ppdata/{subject}/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+BETAS_NII = BETAS_DIR + "/betas_session{session:02d}.nii.gz"
+BETAS_HDF5 = BETAS_DIR + "/betas_session{session:02d}.hdf5"
+STIMULI_HDF5 = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+IMAGERY_BETAS_FILE = (
+    "nsddata_betas/ppdata/{subject}/func1pt8mm/nsdimagerybetas_fithrf_GLMdenoise_RR/betas_nsdimagery.nii.gz"
+)
+#: The trial table is this project's format (documented in docs/contracts.md); the real release
+#: describes trials in MATLAB design matrices instead.
+IMAGERY_TRIALS = "nsddata/experiments/nsdimagery/nsdimagery_trials_{subject}.tsv"
+IMAGERY_STIMULI_DIR = "nsddata_stimuli/stimuli/nsdimagery"
+IMAGERY_STIMULI_TABLE = IMAGERY_STIMULI_DIR + "/stimuli.tsv"
+
+
+def subject_number(subject: str) -> int:
+    """``'subj01'`` -> 1. Raises :class:`~fmri2img.errors.InputError` for unknown subjects."""
+    from fmri2img.errors import InputError
+
+    if subject not in FUNC1PT8_GRID:
+        raise InputError(f"Unknown subject {subject!r}; choose one of {', '.join(ALL_SUBJECTS)}.")
+    return int(subject[4:])

@@ -1,0 +1,1 @@
+"""Decoders (ridge, mlp, two_stage) and adapters behind one registry (:mod:`.registry`)."""

@@ -1,0 +1,47 @@
+"""One registry of decoders and adapters: adding one touches its module and one entry here."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fmri2img.errors import InputError
+
+#: Decoder name -> "module:Class" (imported lazily so ``--help`` stays fast).
+DECODERS = {
+    "ridge": "fmri2img.models.ridge:RidgeDecoder",
+    "mlp": "fmri2img.models.mlp:MLPDecoder",
+    "two_stage": "fmri2img.models.two_stage:TwoStageDecoder",
+}
+
+#: Adapter name -> "module:Class".
+ADAPTERS = {
+    "linear": "fmri2img.models.adapters:LinearAdapter",
+    "mlp": "fmri2img.models.adapters:MLPAdapter",
+}
+
+
+def _load(table: dict[str, str], name: str, kind: str) -> type:
+    if name not in table:
+        allowed = ", ".join(repr(k) for k in table)
+        raise InputError(f"Unknown {kind} {name!r}. Choose one of {allowed}.")
+    module, cls = table[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def decoder_class(name: str) -> type:
+    return _load(DECODERS, name, "decoder")
+
+
+def make_decoder(name: str, **params: Any):
+    """Instantiate decoder ``name`` with ``params`` (unknown names/params raise InputError)."""
+    cls = decoder_class(name)
+    allowed = cls._param_names()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise InputError(f"Unknown parameter {unknown[0]!r} for decoder {name!r}; allowed: {', '.join(allowed)}.")
+    return cls(**params)
+
+
+def adapter_class(name: str) -> type:
+    return _load(ADAPTERS, name, "adapter")

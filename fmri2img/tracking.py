@@ -1,0 +1,333 @@
+"""The one place that talks to MLflow.
+
+Every command that produces results runs inside :func:`run`, which
+
+* resolves the tracking URI (``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > MLflow's own
+  default, ``sqlite:///mlflow.db`` in the working directory, artifacts under ``./mlruns``),
+  and fails fast with one line when a remote server cannot be reached;
+* logs the resolved parameters, the seeds, the git commit (if any), package versions, the
+  command line and the process id (so a later run can tell a crashed run from a live one);
+* ends the run FINISHED on success, FAILED on an error and KILLED on Ctrl-C / SIGTERM.
+
+It uses :class:`mlflow.tracking.MlflowClient` explicitly (no fluent global state), so
+nested runs and parallel workers never step on each other's "active run".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from fmri2img import __version__
+from fmri2img.constants import DEFAULT_EXPERIMENT, INIT_SEED, SPLIT_SEED
+from fmri2img.errors import TrackingError
+from fmri2img.io import dumps_json
+
+#: MLflow's own default store in MLflow 3.x (see the MLflow tracking docs, "Backend stores").
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+#: Seconds to wait for a remote tracking server before failing (fail fast, never hang).
+CONNECT_TIMEOUT_S = 3.0
+
+#: MLflow rejects parameter values longer than this many characters (MLflow 3 limit is 6000).
+MAX_PARAM_CHARS = 6000
+
+#: Packages whose versions are recorded in every run.
+TRACKED_PACKAGES = (
+    "numpy", "scipy", "pandas", "pyarrow", "h5py", "nibabel", "torch", "open_clip_torch",
+    "scikit-learn", "pingouin", "mlflow", "matplotlib",
+)
+
+TAG_PID = "fmri2img.pid"
+TAG_HOST = "fmri2img.host"
+TAG_STAGE = "fmri2img.stage"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else :data:`DEFAULT_TRACKING_URI`."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast (one line) if the store at ``uri`` is obviously unusable."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "", port), timeout=CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise TrackingError(
+                f"Tracking server {uri} is unreachable ({exc.strerror or exc}); start it, "
+                "or use a local store with --tracking-uri sqlite:///mlflow.db."
+            ) from None
+    elif parsed.scheme == "sqlite":
+        db_path = uri[len("sqlite:///"):]
+        parent = Path(db_path).parent if db_path else Path(".")
+        if db_path and not (parent.is_dir() and os.access(parent, os.W_OK)):
+            raise TrackingError(
+                f"Tracking store {uri}: folder {parent} does not exist or is not writable."
+            )
+    elif parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri)
+        parent = path if path.exists() else path.parent
+        if not (parent.exists() and os.access(parent, os.W_OK)):
+            raise TrackingError(f"Tracking store {uri}: {parent} is not a writable folder.")
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current git commit of ``cwd`` (or the package's folder), or ``None``."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of :data:`TRACKED_PACKAGES` that are installed, plus Python's."""
+    versions = {"python": platform.python_version(), "fmri2img": __version__}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        else:
+            text = value if isinstance(value, str) else dumps_json(value).strip()
+            flat[name] = text[:MAX_PARAM_CHARS]
+    return flat
+
+
+@dataclass
+class Run:
+    """Handle on one MLflow run (what :func:`run` yields)."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    _logged_params: dict[str, str] = field(default_factory=dict)
+
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        """Log (nested) parameters; nested keys become ``a.b``. Re-logging a key is skipped."""
+        from mlflow.entities import Param
+
+        flat = {k: v for k, v in _flatten(params, prefix).items() if k not in self._logged_params}
+        if flat:
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
+            self._logged_params.update(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int | None = None) -> None:
+        """Log numeric metrics (``None`` and non-finite values are skipped)."""
+        import math
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in metrics.items()
+            if value is not None and math.isfinite(float(value))
+        ]
+        for start in range(0, len(batch), 900):  # MLflow accepts 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 900])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, os.fspath(path), artifact_path)
+
+    def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, os.fspath(folder), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """Log ``obj`` as a deterministic JSON artifact named ``artifact_file``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(artifact_file).name
+            target.write_text(dumps_json(obj), encoding="utf-8")
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(target), None if parent == "." else parent)
+
+
+def _client(uri: str):
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by a parallel worker
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class _Terminated(BaseException):
+    """Raised from the SIGTERM handler so the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def run(
+    stage: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent: Run | None = None,
+    seeds: Mapping[str, int] | None = None,
+) -> Iterator[Run]:
+    """Open an MLflow run for ``stage``; close it FINISHED / FAILED / KILLED.
+
+    Parameters
+    ----------
+    stage : str
+        Command name (``synth``, ``index``, ``train``...), stored as a tag.
+    params : mapping
+        Resolved configuration; nested mappings are flattened to ``a.b`` keys.
+    parent : Run, optional
+        Makes this a nested child run of ``parent`` (same experiment).
+    seeds : mapping, optional
+        Seeds used; defaults to the project seeds (split 42, init 123).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    try:
+        client = _client(uri)
+        exp_id = parent.experiment_id if parent else _experiment_id(client, experiment)
+        all_tags = {
+            TAG_STAGE: stage,
+            TAG_PID: str(os.getpid()),
+            TAG_HOST: socket.gethostname(),
+            "mlflow.source.name": "fmri2img " + " ".join(sys.argv[1:])[:200],
+        }
+        commit = git_commit()
+        if commit:
+            all_tags["mlflow.source.git.commit"] = commit
+        if run_name:
+            all_tags["mlflow.runName"] = run_name
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent.run_id
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        created = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+    except TrackingError:
+        raise
+    except Exception as exc:  # store cannot be opened or written
+        raise TrackingError(f"Cannot use tracking store {uri}: {exc}".splitlines()[0]) from None
+
+    handle = Run(client=client, run_id=created.info.run_id, experiment_id=exp_id, tracking_uri=uri)
+    previous_handler = None
+    if parent is None and _is_main_thread():
+        previous_handler = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    status = "FAILED"
+    try:
+        handle.log_params({"seed": dict(seeds or {"split": SPLIT_SEED, "init": INIT_SEED})})
+        handle.log_params({"versions": package_versions()})
+        if params:
+            handle.log_params(params)
+        yield handle
+        status = "FINISHED"
+    except (KeyboardInterrupt, _Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            client.set_terminated(handle.run_id, status=status)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
+def mark_orphaned_runs(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> list[str]:
+    """Mark RUNNING runs of this host whose process is gone as KILLED; return their ids.
+
+    A process killed with SIGKILL cannot close its run, so MLflow keeps showing it as
+    RUNNING. ``ablate`` calls this at start so such runs never look live or FINISHED.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    marked = []
+    for info in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = info.data.tags
+        if tags.get(TAG_HOST) != host:
+            continue
+        try:
+            pid = int(tags.get(TAG_PID, "-1"))
+        except ValueError:
+            continue
+        if pid > 0 and not _pid_alive(pid):
+            client.set_tag(info.info.run_id, "fmri2img.orphaned", "process died without closing the run")
+            client.set_terminated(info.info.run_id, status="KILLED")
+            marked.append(info.info.run_id)
+    return marked
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line for the store (bound to loopback unless told otherwise)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+            "--port", str(port)]
