@@ -22,8 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fmri2img demo
 
+# pytest exits 5 when it collects no tests: that must fail, not pass silently.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	@$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "Error: pytest collected no tests." >&2; exit 1; fi; exit $$rc
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"

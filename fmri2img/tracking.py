@@ -331,3 +331,13 @@ def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: i
     uri = resolve_tracking_uri(tracking_uri)
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
             "--port", str(port)]
+
+
+def log_artifacts_to_run(
+    run_id: str, folder: str | os.PathLike, artifact_path: str | None = None, tracking_uri: str | None = None
+) -> None:
+    """Attach the files of ``folder`` to an existing (possibly finished) run, e.g. figures
+    made later from an ablation."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    _client(uri).log_artifacts(run_id, os.fspath(folder), artifact_path)

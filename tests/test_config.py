@@ -1,0 +1,76 @@
+"""Config loading: validation, unknown keys, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from fmri2img.config import check_fraction, check_positive, from_dict, load_config, override, to_dict
+from fmri2img.errors import ConfigError, MissingInputError
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    epochs: int = 5
+
+    def validate(self):
+        check_positive("epochs", self.epochs)
+
+
+@dataclass(frozen=True)
+class Outer:
+    model: Literal["ridge", "mlp"] = "ridge"
+    subjects: tuple[str, ...] = ("subj01",)
+    fraction: float = 0.2
+    train: Inner = field(default_factory=Inner)
+    note: str | None = None
+
+    def validate(self):
+        check_fraction("fraction", self.fraction)
+
+
+def test_from_dict_nested_and_coercion():
+    cfg = from_dict(Outer, {"model": "mlp", "subjects": ["subj01", "subj02"], "train": {"lr": 1}})
+    assert cfg.model == "mlp" and cfg.subjects == ("subj01", "subj02")
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(ConfigError, match=r"unknown key 'modle'.*allowed keys: fraction, model"):
+        from_dict(Outer, {"modle": "mlp"})
+    with pytest.raises(ConfigError, match=r"config.train: unknown key 'lrr'"):
+        from_dict(Outer, {"train": {"lrr": 1}})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"model": "svm"}, "choose one of 'ridge', 'mlp'"),
+        ({"train": {"epochs": -1}}, "epochs=-1"),
+        ({"fraction": 1.5}, r"fraction in \(0, 1\]"),
+        ({"train": {"epochs": "ten"}}, "expected an integer"),
+    ],
+)
+def test_invalid_values(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Outer, data)
+
+
+def test_load_config_and_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: mlp\nfraction: 0.5\n")
+    cfg = load_config(Outer, path)
+    assert cfg.fraction == 0.5
+    cfg2 = override(cfg, fraction=None, model="ridge")
+    assert cfg2.model == "ridge" and cfg2.fraction == 0.5
+    assert to_dict(cfg2)["train"] == {"lr": 1e-3, "epochs": 5}
+    with pytest.raises(ConfigError, match="fraction"):
+        override(cfg, fraction=0.0)
+    with pytest.raises(MissingInputError, match="nope.yaml"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Outer, tmp_path / "bad.yaml")
