@@ -1,0 +1,241 @@
+"""Secondary image metrics (SSIM, pixel MSE, PixCorr, optional LPIPS) and reconstruction by retrieval.
+
+Images are uint8 RGB arrays of shape (H, W, 3) (batches: (n, H, W, 3)). Reconstruction by
+retrieval, the gallery image whose embedding is nearest the prediction, is the honest baseline
+every generative decoder must beat; a generator plugs in through :class:`ImageGenerator`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from fmri2img.errors import InputError, OfflineError
+from fmri2img.evaluation.metrics import cosine_similarity_matrix
+
+#: skimage's default SSIM window (7 x 7, Wang et al. 2004 use 11 with Gaussian weights); smaller
+#: images use the largest odd window that fits.
+SSIM_WIN_SIZE = 7
+
+#: Dynamic range of uint8 pixels.
+UINT8_RANGE = 255
+
+#: torchvision checkpoints the `lpips` package loads for its backbone (file names from
+#: torchvision.models' weight URLs); they must already be in the torch hub cache.
+LPIPS_BACKBONE_WEIGHTS = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_image(img: Any, name: str) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(
+            f"Expected {name} as a uint8 RGB array of shape (H, W, 3), got {arr.dtype} {arr.shape}."
+        )
+    return arr
+
+
+def _check_pair(img_a: Any, img_b: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = _check_image(img_a, "img_a")
+    b = _check_image(img_b, "img_b")
+    if a.shape != b.shape:
+        raise InputError(f"Expected images of the same shape, got {a.shape} and {b.shape}.")
+    return a, b
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def ssim(img_a: Any, img_b: Any) -> float:
+    """Structural similarity of two RGB images (``skimage.metrics.structural_similarity``).
+
+    Mean SSIM over the three channels, ``data_range=255``, uniform window of
+    :data:`SSIM_WIN_SIZE` (or the largest odd size that fits an image smaller than 7 px).
+    Note: MindEye / Brain-Diffuser compute SSIM on grayscale 425 px images with Gaussian
+    weights, so absolute values are comparable only within this benchmark.
+
+    Parameters
+    ----------
+    img_a, img_b : uint8 array of shape (H, W, 3), H, W >= 3
+
+    Returns
+    -------
+    float in [-1, 1]; 1 for identical images.
+    """
+    a, b = _check_pair(img_a, img_b)
+    side = min(a.shape[0], a.shape[1])
+    if side < 3:
+        raise InputError(f"SSIM needs images of at least 3 x 3 pixels, got {a.shape[:2]}.")
+    win = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=UINT8_RANGE, win_size=win))
+
+
+def pixel_mse(img_a: Any, img_b: Any) -> float:
+    """Mean squared pixel error, with pixels scaled to [0, 1].
+
+    Parameters
+    ----------
+    img_a, img_b : uint8 array of shape (H, W, 3)
+
+    Returns
+    -------
+    float in [0, 1]; 0 for identical images.
+    """
+    a, b = _check_pair(img_a, img_b)
+    diff = (a.astype(np.float64) - b.astype(np.float64)) / UINT8_RANGE
+    return float(np.mean(diff**2))
+
+
+def pixcorr(img_a: Any, img_b: Any) -> float:
+    """PixCorr: Pearson correlation of the flattened pixel values (the field's PixCorr).
+
+    Parameters
+    ----------
+    img_a, img_b : uint8 array of shape (H, W, 3)
+
+    Returns
+    -------
+    float in [-1, 1]; NaN when either image is constant (correlation undefined).
+    """
+    a, b = _check_pair(img_a, img_b)
+    x = a.astype(np.float64).ravel()
+    y = b.astype(np.float64).ravel()
+    x -= x.mean()
+    y -= y.mean()
+    denom = np.sqrt(np.dot(x, x) * np.dot(y, y))
+    return float(np.dot(x, y) / denom) if denom > 0 else float("nan")
+
+
+def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
+    """SSIM, PixCorr and pixel MSE of each reconstructed image against its true image.
+
+    Parameters
+    ----------
+    pred_images, true_images : uint8 array of shape (n, H, W, 3)
+
+    Returns
+    -------
+    dict ``ssim``, ``pixcorr``, ``pixel_mse`` -> float64 array of shape (n,)
+    """
+    pred = np.asarray(pred_images)
+    true = np.asarray(true_images)
+    if pred.ndim != 4 or pred.shape != true.shape:
+        raise InputError(
+            f"Expected two image batches of the same shape (n, H, W, 3), got {pred.shape} and "
+            f"{true.shape}."
+        )
+    return {
+        "ssim": np.array([ssim(p, t) for p, t in zip(pred, true)], dtype=np.float64),
+        "pixcorr": np.array([pixcorr(p, t) for p, t in zip(pred, true)], dtype=np.float64),
+        "pixel_mse": np.array([pixel_mse(p, t) for p, t in zip(pred, true)], dtype=np.float64),
+    }
+
+
+def lpips_distance(img_a: Any, img_b: Any, net: str = "alex") -> float:
+    """LPIPS distance (Zhang et al. 2018), only when the optional ``lpips`` package and its
+    backbone weights are available locally (nothing is downloaded).
+
+    Parameters
+    ----------
+    img_a, img_b : uint8 array of shape (H, W, 3)
+    net : {'alex', 'vgg', 'squeeze'}
+
+    Returns
+    -------
+    float >= 0; 0 for identical images.
+
+    Raises
+    ------
+    OfflineError
+        If ``lpips`` is not installed or the backbone weights are not in the torch hub cache.
+    """
+    a, b = _check_pair(img_a, img_b)
+    if net not in LPIPS_BACKBONE_WEIGHTS:
+        choices = ", ".join(map(repr, LPIPS_BACKBONE_WEIGHTS))
+        raise InputError(f"Unknown LPIPS network {net!r}. Choose one of {choices}.")
+    try:
+        import lpips  # optional dependency
+    except ImportError:
+        raise OfflineError(
+            "LPIPS is unavailable: the optional 'lpips' package is not installed (pip install lpips)."
+        ) from None
+    import torch
+
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS[net]
+    if not weights.is_file():
+        raise OfflineError(f"LPIPS is unavailable: backbone weights {weights} are not cached locally.")
+    model = lpips.LPIPS(net=net, verbose=False).eval()
+
+    def to_tensor(img: np.ndarray) -> Any:  # uint8 (H, W, 3) -> float (1, 3, H, W) in [-1, 1]
+        return torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+    with torch.no_grad():
+        return float(model(to_tensor(a), to_tensor(b)).item())
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def retrieve_images(pred: Any, gallery_embeddings: Any) -> np.ndarray:
+    """Index of the gallery item whose embedding is nearest (cosine) each prediction.
+
+    Parameters
+    ----------
+    pred : array of shape (n, d)
+    gallery_embeddings : array of shape (m, d)
+
+    Returns
+    -------
+    indices : int64 array of shape (n,)
+        Exact ties go to the lowest gallery index (``numpy.argmax``), so the result is deterministic.
+    """
+    return np.argmax(cosine_similarity_matrix(pred, gallery_embeddings), axis=1).astype(np.int64)
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    """Hook for anything that turns predicted embeddings into images.
+
+    The default is :class:`RetrievalGenerator`. A generative decoder (e.g. an unCLIP diffusion
+    model) implements the same method and is scored by :func:`score_images` unchanged.
+    """
+
+    def generate(self, pred_embeddings: np.ndarray) -> np.ndarray:
+        """Map predictions of shape (n, d) to uint8 RGB images of shape (n, H, W, 3)."""
+        ...
+
+
+class RetrievalGenerator:
+    """Reconstruction by retrieval: return the gallery image nearest each prediction.
+
+    Parameters
+    ----------
+    gallery_embeddings : array of shape (m, d)
+        Embeddings of the candidate images.
+    gallery_images : uint8 array of shape (m, H, W, 3)
+        The candidate images, same order.
+    """
+
+    def __init__(self, gallery_embeddings: Any, gallery_images: Any) -> None:
+        self.gallery_embeddings = gallery_embeddings
+        self.gallery_images = gallery_images
+
+    def generate(self, pred_embeddings: np.ndarray) -> np.ndarray:
+        """Images of shape (n, H, W, 3): ``gallery_images[retrieve_images(pred, gallery)]``."""
+        images = np.asarray(self.gallery_images)
+        emb = np.asarray(self.gallery_embeddings)
+        if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] != emb.shape[0]:
+            raise InputError(
+                f"Expected gallery_images as uint8 (m, H, W, 3) with m = {emb.shape[0]} gallery embeddings, "
+                f"got {images.dtype} {images.shape}."
+            )
+        return images[retrieve_images(pred_embeddings, emb)]

@@ -1,0 +1,520 @@
+"""Statistics for the benchmark: paired tests, bootstrap CIs, permutation tests, Holm.
+
+The unit of inference is the **stimulus** (repeats averaged first, see
+:func:`fmri2img.evaluation.metrics.average_by_stimulus`): 18 imagery stimuli of one subject are
+18 samples, not 288 trials. At group level the unit is the subject (per-subject means).
+
+Every random procedure takes a ``seed`` (``numpy.random.default_rng``); same inputs and seed give
+identical numbers. The tests come from pingouin 0.7 (result columns ``T``, ``dof``, ``p_val``, ``CI95``,
+``W_val``), returned here as plain Python floats so they serialise to JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pingouin as pg
+from scipy.stats import rankdata
+from scipy.stats import t as student_t
+
+from fmri2img.constants import INIT_SEED
+from fmri2img.errors import InputError
+from fmri2img.evaluation.metrics import _target_index, correlation_matrix, cosine_similarity_matrix
+
+#: Bootstrap resamples. 10 000 keeps the Monte-Carlo error of a 95 % percentile bound well below
+#: the reported precision (Efron & Tibshirani 1993, ch. 19 recommend >= 1000 for percentile CIs).
+DEFAULT_N_BOOT = 10_000
+
+#: Permutations of a permutation test; the smallest attainable p is 1 / (DEFAULT_N_PERM + 1).
+DEFAULT_N_PERM = 10_000
+
+#: Resamples drawn at once by the bootstraps (bounds memory; part of the random stream, keep fixed).
+_BOOT_CHUNK = 500
+
+#: Statistics computed on a whole block of resamples at once (same numbers as row by row).
+_VECTORISED: dict[Callable[..., Any], Callable[..., np.ndarray]] = {
+    np.mean: np.mean,
+    np.median: np.median,
+}
+
+#: Default seed of every resampling procedure (the project's seed of stochastic steps).
+DEFAULT_SEED = INIT_SEED
+
+#: Confidence level of every interval (the issue: "95% confidence intervals").
+DEFAULT_LEVEL = 0.95
+
+
+class ConfidenceInterval(NamedTuple):
+    """A two-sided interval (unpacks as ``low, high``, like scipy's ``ConfidenceInterval``)."""
+
+    low: float
+    high: float
+
+
+class RatioCI(NamedTuple):
+    """Ratio of means with its bootstrap interval (unpacks as ``ratio, ci_low, ci_high``)."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_1d(values: Any, name: str, min_n: int = 1) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise InputError(f"Expected {name} of shape (n,), got shape {arr.shape}.")
+    if arr.size < min_n:
+        raise InputError(f"Expected at least {min_n} values in {name}, got {arr.size}.")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"Expected finite values in {name}, got NaN or inf.")
+    return arr
+
+
+def _check_level(level: float) -> float:
+    if not 0 < level < 1:
+        raise InputError(f"Expected a confidence level in (0, 1), got {level}.")
+    return float(level)
+
+
+def _percentile_interval(boot: np.ndarray, level: float) -> ConfidenceInterval:
+    alpha = 1.0 - level
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return ConfidenceInterval(float(low), float(high))
+
+
+def _permutation_p(observed: float, null: np.ndarray) -> float:
+    """One-sided p of ``observed`` being as large as chance: (count(null >= obs) + 1) / (n + 1)."""
+    # a tiny tolerance so that float noise in an identical statistic counts as ">="
+    count = int(np.sum(null >= observed - 1e-12))
+    return (count + 1) / (null.size + 1)
+
+
+def _t_interval(x: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
+    """Student t interval of the mean of x (pingouin's CI95 column is rounded to 2 decimals)."""
+    half = student_t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def _check_n(n: int, name: str) -> int:
+    if int(n) < 1:
+        raise InputError(f"Expected {name} >= 1, got {n}.")
+    return int(n)
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def paired_comparison(a: Any, b: Any) -> dict[str, float | int]:
+    """Paired comparison of two conditions on the same stimuli (e.g. perception vs imagery).
+
+    Parameters
+    ----------
+    a, b : array of shape (n,)
+        One score per stimulus, same stimulus order; n >= 2.
+
+    Returns
+    -------
+    dict
+        ``n``; ``mean_a``, ``mean_b``, ``mean_diff`` (a - b); paired t-test ``t``, ``df``,
+        ``p_value`` (two-sided) and ``ci_low``/``ci_high`` (95 % t interval of the mean
+        difference), all from ``pingouin.ttest(a, b, paired=True)``; Wilcoxon signed-rank
+        ``wilcoxon_w`` and ``p_wilcoxon`` (``pingouin.wilcoxon``: scipy's test with a
+        continuity correction when the normal approximation is used, i.e. with ties or
+        n > 50; NaN when every difference is zero); effect sizes from
+        ``pingouin.compute_effsize(paired=True)``:
+        ``cohen_d`` (d_av: mean difference over the average SD, Cumming 2012),
+        ``hedges_g`` (its small-sample correction) and ``cohen_dz`` (mean difference over the
+        SD of the differences).
+    """
+    a = _as_1d(a, "a", min_n=2)
+    b = _as_1d(b, "b", min_n=2)
+    if a.shape != b.shape:
+        raise InputError(f"Expected paired scores of the same length, got {a.size} and {b.size}.")
+    diff = a - b
+    out: dict[str, float | int] = {
+        "n": int(a.size),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_diff": float(diff.mean()),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero-variance differences -> NaN t
+        warnings.filterwarnings("ignore", message="x and y are equals")
+        tt = pg.ttest(a, b, paired=True).iloc[0]
+        ci = _t_interval(diff)
+        out.update(t=float(tt["T"]), df=float(tt["dof"]), p_value=float(tt["p_val"]),
+                   ci_low=float(ci[0]), ci_high=float(ci[1]))
+        if np.all(diff == 0):
+            out.update(wilcoxon_w=float("nan"), p_wilcoxon=float("nan"))
+        else:
+            wx = pg.wilcoxon(a, b).iloc[0]
+            out.update(wilcoxon_w=float(wx["W_val"]), p_wilcoxon=float(wx["p_val"]))
+        out["cohen_d"] = float(pg.compute_effsize(a, b, paired=True, eftype="cohen"))
+        out["hedges_g"] = float(pg.compute_effsize(a, b, paired=True, eftype="hedges"))
+        out["cohen_dz"] = float(pg.compute_effsize(a, b, paired=True, eftype="cohen_dz"))
+    return out
+
+
+def one_sample_test(values: Any, popmean: float = 0.0) -> dict[str, float | int]:
+    """One-sample comparison against a fixed value (e.g. chance level).
+
+    Parameters
+    ----------
+    values : array of shape (n,)
+        One score per unit (stimulus, or subject at group level); n >= 2.
+    popmean : float
+        Value under the null hypothesis.
+
+    Returns
+    -------
+    dict
+        ``n``, ``mean``, ``popmean``, ``mean_diff``; one-sample t-test ``t``, ``df``,
+        ``p_value`` (two-sided), ``ci_low``/``ci_high`` (95 % t interval of the mean) from
+        ``pingouin.ttest(values, popmean)``; Wilcoxon signed-rank of ``values - popmean``
+        (``wilcoxon_w``, ``p_wilcoxon``); ``cohen_d`` = (mean - popmean) / SD.
+    """
+    x = _as_1d(values, "values", min_n=2)
+    out: dict[str, float | int] = {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "popmean": float(popmean),
+        "mean_diff": float(x.mean() - popmean),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tt = pg.ttest(x, float(popmean)).iloc[0]
+        ci = _t_interval(x)
+        out.update(t=float(tt["T"]), df=float(tt["dof"]), p_value=float(tt["p_val"]),
+                   ci_low=float(ci[0]), ci_high=float(ci[1]))
+        if np.all(x == popmean):
+            out.update(wilcoxon_w=float("nan"), p_wilcoxon=float("nan"))
+        else:
+            wx = pg.wilcoxon(x - popmean).iloc[0]
+            out.update(wilcoxon_w=float(wx["W_val"]), p_wilcoxon=float(wx["p_val"]))
+        out["cohen_d"] = float(pg.compute_effsize(x, float(popmean), eftype="cohen"))
+    return out
+
+
+def _subject_arrays(values_by_subject: Mapping[str, Any] | Sequence[Any], name: str) -> list[np.ndarray]:
+    if isinstance(values_by_subject, Mapping):
+        items = list(values_by_subject.values())
+    else:
+        items = list(values_by_subject)
+    if not items:
+        raise InputError(f"Expected at least one subject in {name}, got none.")
+    return [_as_1d(v, f"{name}[{i}]") for i, v in enumerate(items)]
+
+
+def subject_means(values_by_subject: Mapping[str, Any] | Sequence[Any]) -> np.ndarray:
+    """Per-subject mean score.
+
+    Parameters
+    ----------
+    values_by_subject : mapping subject -> array of shape (n_stimuli_s,), or a sequence of them
+        Per-stimulus scores of each subject (insertion order kept).
+
+    Returns
+    -------
+    means : array of shape (n_subjects,)
+    """
+    return np.array([v.mean() for v in _subject_arrays(values_by_subject, "values_by_subject")])
+
+
+def group_level_test(
+    a_by_subject: Mapping[str, Any] | Sequence[Any],
+    b_by_subject: Mapping[str, Any] | Sequence[Any] | None = None,
+    popmean: float = 0.0,
+) -> dict[str, float | int]:
+    """Group-level test across subjects on per-subject means (the subject is the unit).
+
+    With ``b_by_subject`` it is a paired test of the per-subject means of a vs b
+    (:func:`paired_comparison`); without it a one-sample test of the per-subject means of a
+    against ``popmean`` (:func:`one_sample_test`, e.g. chance). Needs >= 2 subjects. With the 4
+    NSD-Imagery subjects the exact Wilcoxon p cannot go below 0.125: read the t-test.
+
+    Parameters
+    ----------
+    a_by_subject, b_by_subject : mapping subject -> array of shape (n_stimuli_s,), or sequences
+        Per-stimulus scores; a and b are paired by subject order (mappings: by key).
+    popmean : float
+
+    Returns
+    -------
+    dict
+        As :func:`paired_comparison` or :func:`one_sample_test`, computed on subject means.
+    """
+    if b_by_subject is None:
+        return one_sample_test(subject_means(a_by_subject), popmean)
+    if isinstance(a_by_subject, Mapping) and isinstance(b_by_subject, Mapping):
+        if list(a_by_subject) != list(b_by_subject):
+            raise InputError(
+                f"Expected the same subjects in both conditions, got {list(a_by_subject)} "
+                f"and {list(b_by_subject)}."
+            )
+    return paired_comparison(subject_means(a_by_subject), subject_means(b_by_subject))
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_ci(
+    values: Any,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = DEFAULT_SEED,
+) -> ConfidenceInterval:
+    """Percentile bootstrap interval over stimuli.
+
+    Parameters
+    ----------
+    values : array of shape (n,)
+        One score per stimulus.
+    statistic : callable
+        Maps an array of shape (n,) to a float; default the mean (``np.mean`` and
+        ``np.median`` are computed on blocks of resamples at once, any other callable row by row).
+    n_boot : int
+        Number of resamples (with replacement, size n).
+    level : float
+        Confidence level.
+    seed : int
+
+    Returns
+    -------
+    ConfidenceInterval
+        ``(low, high)``: the (1 - level)/2 and (1 + level)/2 quantiles of the bootstrap
+        distribution (numpy's default linear interpolation).
+    """
+    x = _as_1d(values, "values")
+    level = _check_level(level)
+    n_boot = _check_n(n_boot, "n_boot")
+    rng = np.random.default_rng(seed)
+    vectorised = _VECTORISED.get(statistic)
+    boot = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        stop = min(start + _BOOT_CHUNK, n_boot)
+        samples = x[rng.integers(0, x.size, size=(stop - start, x.size))]
+        if vectorised is not None:
+            boot[start:stop] = vectorised(samples, axis=1)
+        else:
+            boot[start:stop] = [statistic(row) for row in samples]
+    return _percentile_interval(boot, level)
+
+
+def bootstrap_ratio_ci(
+    numerator: Any,
+    denominator: Any,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = DEFAULT_SEED,
+) -> RatioCI:
+    """Ratio of means with a paired percentile bootstrap interval (H1's imagery / perception).
+
+    The same resampled stimuli enter numerator and denominator (the pairing is kept).
+
+    Parameters
+    ----------
+    numerator, denominator : array of shape (n,)
+        Paired per-stimulus scores (e.g. imagery and perception cosine of the same stimuli).
+    n_boot, level, seed
+        As :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    RatioCI
+        ``ratio = mean(numerator) / mean(denominator)`` and its interval. The interval is NaN
+        when a resample has a zero denominator mean (the ratio is then not defined).
+
+    Raises
+    ------
+    InputError
+        If the observed denominator mean is zero, or the arrays are not paired.
+    """
+    num = _as_1d(numerator, "numerator")
+    den = _as_1d(denominator, "denominator")
+    if num.shape != den.shape:
+        raise InputError(f"Expected paired scores of the same length, got {num.size} and {den.size}.")
+    if den.mean() == 0:
+        raise InputError("The ratio of means is undefined: the denominator's mean is 0.")
+    level = _check_level(level)
+    n_boot = _check_n(n_boot, "n_boot")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(n_boot, num.size))
+    num_b = num[idx].mean(axis=1)
+    den_b = den[idx].mean(axis=1)
+    if np.any(den_b == 0):
+        low = high = float("nan")
+    else:
+        low, high = _percentile_interval(num_b / den_b, level)
+    return RatioCI(float(num.mean() / den.mean()), low, high)
+
+
+def hierarchical_bootstrap_ci(
+    values_by_subject: Mapping[str, Any] | Sequence[Any],
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = DEFAULT_SEED,
+) -> ConfidenceInterval:
+    """Group-level percentile bootstrap: resample subjects, then stimuli within each subject.
+
+    The statistic is the grand mean of per-subject means (every subject weighs the same,
+    whatever its number of stimuli). Each resample draws n_subjects subjects with replacement,
+    then for each drawn subject its stimuli with replacement.
+
+    Parameters
+    ----------
+    values_by_subject : mapping subject -> array of shape (n_stimuli_s,), or a sequence of them
+        Per-stimulus scores of each subject.
+    n_boot, level, seed
+        As :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    ConfidenceInterval
+    """
+    subjects = _subject_arrays(values_by_subject, "values_by_subject")
+    level = _check_level(level)
+    n_boot = _check_n(n_boot, "n_boot")
+    rng = np.random.default_rng(seed)
+    n_sub = len(subjects)
+    sizes = np.array([v.size for v in subjects])
+    padded = np.zeros((n_sub, sizes.max()))
+    for i, v in enumerate(subjects):
+        padded[i, : v.size] = v
+    slots = np.arange(sizes.max())
+    boot = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        stop = min(start + _BOOT_CHUNK, n_boot)
+        picks = rng.integers(0, n_sub, size=(stop - start, n_sub))  # subjects drawn
+        n_pick = sizes[picks][..., None]  # (chunk, n_sub, 1)
+        # stimuli drawn within each drawn subject: uniform in [0, n_s), slots >= n_s masked out
+        stim = (rng.random((stop - start, n_sub, sizes.max())) * n_pick).astype(np.int64)
+        vals = padded[picks[..., None], stim] * (slots < n_pick)
+        boot[start:stop] = (vals.sum(axis=2) / n_pick[..., 0]).mean(axis=1)
+    return _percentile_interval(boot, level)
+
+
+# --------------------------------------------------------------------------- permutation tests
+
+
+def permutation_test_retrieval(
+    pred: Any,
+    gallery: Any,
+    target_index: Any,
+    k: int,
+    n_perm: int = DEFAULT_N_PERM,
+    seed: int = DEFAULT_SEED,
+) -> float:
+    """Permutation p-value of retrieval@K against chance (shuffled stimulus labels).
+
+    The statistic is the hit rate at K (conservative tie rule of
+    :func:`fmri2img.evaluation.metrics.retrieval_ranks`). Under the null, which prediction
+    belongs to which stimulus is exchangeable: each permutation shuffles ``target_index``
+    across predictions. One-sided p = (#{null >= observed} + 1) / (n_perm + 1).
+
+    Parameters
+    ----------
+    pred : array of shape (n, d)
+    gallery : array of shape (m, d)
+    target_index : int array of shape (n,)
+    k : int
+        Cut-off, 1 <= k <= m.
+    n_perm : int
+    seed : int
+
+    Returns
+    -------
+    p : float in (0, 1]
+    """
+    sim = cosine_similarity_matrix(pred, gallery)
+    n, m = sim.shape
+    idx = _target_index(target_index, n, m)
+    if not 1 <= k <= m:
+        raise InputError(f"Expected 1 <= K <= gallery size {m}, got K={k}.")
+    n_perm = _check_n(n_perm, "n_perm")
+    # rank_table[i, j] = #{j' : sim[i, j'] >= sim[i, j]}: the rank of item j if it were i's target
+    rank_table = rankdata(-sim, method="max", axis=1).astype(np.int64)
+    rows = np.arange(n)
+    observed = float(np.mean(rank_table[rows, idx] <= k))
+    rng = np.random.default_rng(seed)
+    null = np.array([np.mean(rank_table[rows, idx[rng.permutation(n)]] <= k) for _ in range(n_perm)])
+    return _permutation_p(observed, null)
+
+
+def permutation_test_two_way(
+    pred: Any,
+    true: Any,
+    n_perm: int = DEFAULT_N_PERM,
+    seed: int = DEFAULT_SEED,
+) -> float:
+    """Permutation p-value of two-way identification against chance (shuffled labels).
+
+    Each permutation re-pairs predictions and targets (``true`` rows shuffled) and recomputes
+    the two-way accuracy of :func:`fmri2img.evaluation.metrics.two_way_identification`.
+    One-sided p = (#{null >= observed} + 1) / (n_perm + 1).
+
+    Parameters
+    ----------
+    pred, true : array of shape (n, d), n >= 2
+    n_perm : int
+    seed : int
+
+    Returns
+    -------
+    p : float in (0, 1]
+    """
+    corr = correlation_matrix(pred, true)
+    n = corr.shape[0]
+    if corr.shape != (n, n) or n < 2:
+        raise InputError(
+            f"Expected pred and true with the same n >= 2 rows, got correlation shape {corr.shape}."
+        )
+    n_perm = _check_n(n_perm, "n_perm")
+    # wins_table[i, j] = #{j' : corr[i, j'] < corr[i, j]}: comparisons won if true_j were i's target
+    wins_table = (rankdata(corr, method="min", axis=1) - 1).astype(np.int64)
+    rows = np.arange(n)
+    observed = float(np.mean(wins_table[rows, rows] / (n - 1)))
+    rng = np.random.default_rng(seed)
+    null = np.array([np.mean(wins_table[rows, rng.permutation(n)] / (n - 1)) for _ in range(n_perm)])
+    return _permutation_p(observed, null)
+
+
+# --------------------------------------------------------------------------- multiple comparisons
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values (family-wise error control).
+
+    Sorted ascending, ``p_adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` (1-based), mapped
+    back to the input order. NaN entries are ignored (they stay NaN and do not count in m).
+
+    Parameters
+    ----------
+    pvalues : array of shape (m,)
+
+    Returns
+    -------
+    p_adjusted : array of shape (m,), float64
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise InputError(f"Expected p-values of shape (m,), got shape {p.shape}.")
+    finite = ~np.isnan(p)
+    vals = p[finite]
+    if np.any((vals < 0) | (vals > 1)):
+        raise InputError(f"Expected p-values in [0, 1], got values in [{vals.min()}, {vals.max()}].")
+    out = np.full(p.shape, np.nan)
+    m = vals.size
+    order = np.argsort(vals, kind="stable")
+    adj = np.minimum(1.0, (m - np.arange(m)) * vals[order])
+    adj = np.maximum.accumulate(adj)
+    res = np.empty(m)
+    res[order] = adj
+    out[finite] = res
+    return out

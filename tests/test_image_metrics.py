@@ -1,0 +1,109 @@
+"""Image metrics (SSIM, PixCorr, pixel MSE, LPIPS availability) and reconstruction by retrieval."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from fmri2img.errors import InputError, OfflineError
+from fmri2img.evaluation import image_metrics as I
+
+
+def _image(seed: int = 0, size: int = 16) -> np.ndarray:
+    """A smooth-ish uint8 RGB image (gradients plus texture), so SSIM has structure to measure."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([xx, yy, (xx + yy) / 2], axis=-1) * 200
+    return np.clip(base + 30 * rng.random((size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def _noisy(img: np.ndarray, sd: float, seed: int = 1) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(scale=sd, size=img.shape)
+    return np.clip(img.astype(float) + noise, 0, 255).astype(np.uint8)
+
+
+def test_identity_scores():
+    x = _image()
+    assert I.ssim(x, x) == pytest.approx(1.0)
+    assert I.pixcorr(x, x) == pytest.approx(1.0)
+    assert I.pixel_mse(x, x) == 0.0
+
+
+def test_noisier_image_scores_worse():
+    x = _image()
+    mild, strong = _noisy(x, 10), _noisy(x, 60)
+    assert I.ssim(x, mild) > I.ssim(x, strong)
+    assert I.pixcorr(x, mild) > I.pixcorr(x, strong)
+    assert I.pixel_mse(x, mild) < I.pixel_mse(x, strong)
+    assert I.ssim(x, mild) < 1.0
+
+
+def test_pixel_metrics_against_independent_formulas():
+    a, b = _image(0), _image(5)
+    fa, fb = a.astype(float).ravel(), b.astype(float).ravel()
+    assert I.pixcorr(a, b) == pytest.approx(np.corrcoef(fa, fb)[0, 1], rel=1e-12)
+    assert I.pixel_mse(a, b) == pytest.approx(np.mean(((fa - fb) / 255) ** 2), rel=1e-12)
+    black, white = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
+    assert I.pixel_mse(black, white) == 1.0
+    assert np.isnan(I.pixcorr(black, white))  # constant images: correlation undefined
+
+
+@pytest.mark.parametrize("size", [3, 4, 5, 6])
+def test_ssim_small_images(size):
+    x = _image(size=size)
+    assert I.ssim(x, x) == pytest.approx(1.0)
+    assert I.ssim(x, _noisy(x, 80)) < 1.0
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.float32)),  # not uint8
+        (np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)),  # not RGB
+        (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8)),  # shape mismatch
+        (np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)),  # too small for SSIM
+    ],
+)
+def test_ssim_rejects_bad_images(a, b):
+    with pytest.raises(InputError):
+        I.ssim(a, b)
+
+
+def test_lpips_unavailable_raises_offline_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
+    x = _image()
+    with pytest.raises(OfflineError, match="lpips"):
+        I.lpips_distance(x, x)
+    with pytest.raises(InputError):
+        I.lpips_distance(x, x, net="resnet")
+
+
+def test_retrieve_images_hand_computed_and_ties():
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # item 2 duplicates item 0
+    pred = np.array([[0.2, 1.0], [1.0, 0.1], [2.0, 0.0]])
+    np.testing.assert_array_equal(I.retrieve_images(pred, gallery), [1, 0, 0])  # tie -> lowest index
+
+
+def test_retrieval_generator_and_scores():
+    rng = np.random.default_rng(3)
+    images = np.stack([_image(s) for s in range(5)])
+    emb = rng.normal(size=(5, 8))
+    gen = I.RetrievalGenerator(emb, images)
+    assert isinstance(gen, I.ImageGenerator)
+    # ground-truth embeddings retrieve their own images: perfect scores
+    out = gen.generate(emb)
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(out, images)
+    perfect = I.score_images(out, images)
+    np.testing.assert_allclose(perfect["ssim"], 1.0)
+    np.testing.assert_allclose(perfect["pixel_mse"], 0.0)
+    # predictions nearest another item retrieve that item's image
+    shifted = gen.generate(emb[[1, 2, 3, 4, 0]])
+    np.testing.assert_array_equal(shifted, images[[1, 2, 3, 4, 0]])
+    worse = I.score_images(shifted, images)
+    assert set(worse) == {"ssim", "pixcorr", "pixel_mse"}
+    assert np.all(worse["ssim"] < 1.0) and np.all(worse["pixel_mse"] > 0.0)
+    with pytest.raises(InputError):
+        I.RetrievalGenerator(emb, images[:3]).generate(emb)
