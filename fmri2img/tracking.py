@@ -232,6 +232,11 @@ def run(
     """
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
+    outer = os.environ.get("MLFLOW_RUN_ID") if parent is None else None
+    if outer:  # launched by `mlflow run`: log into the run MLflow opened (and let it close it)
+        os.environ.pop("MLFLOW_RUN_ID")
+        yield from _adopt(outer, uri, stage, params, tags, seeds)
+        return
     try:
         client = _client(uri)
         exp_id = parent.experiment_id if parent else _experiment_id(client, experiment)
@@ -276,6 +281,18 @@ def run(
             client.set_terminated(handle.run_id, status=status)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _adopt(run_id, uri, stage, params, tags, seeds):
+    client = _client(uri)
+    info = client.get_run(run_id).info
+    handle = Run(client=client, run_id=run_id, experiment_id=info.experiment_id, tracking_uri=uri)
+    handle.set_tags({TAG_STAGE: stage, TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **(tags or {})})
+    handle.log_params({"seed": dict(seeds or {"split": SPLIT_SEED, "init": INIT_SEED})})
+    handle.log_params({"versions": package_versions()})
+    if params:
+        handle.log_params(params)
+    yield handle
 
 
 def _is_main_thread() -> bool:
@@ -341,3 +358,11 @@ def log_artifacts_to_run(
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
     _client(uri).log_artifacts(run_id, os.fspath(folder), artifact_path)
+
+
+def attach(run_id: str, tracking_uri: str | None = None) -> Run:
+    """A :class:`Run` handle on an existing run (e.g. the ablation's parent, from a worker process)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    info = client.get_run(run_id).info
+    return Run(client=client, run_id=run_id, experiment_id=info.experiment_id, tracking_uri=uri)

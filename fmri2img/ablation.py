@@ -1,0 +1,522 @@
+"""``fmri2img ablate``: the research track's whole experimental matrix in one command.
+
+Cells are (subject, decoder, configuration); which cells run is a config file
+(``projects/imagery/configs/ablation.yaml``) plus overrides, never a copied script.
+
+Stages per subject (each reused when its inputs are unchanged):
+
+1. the synthetic world (only when ``data_root`` holds none and ``synthesize`` is on);
+2. the trial index + beta cache (``build_index`` is a no-op on unchanged inputs);
+3. the embedding set (``synthetic-truth`` or a CLIP set already in the cache);
+4. one perception-only checkpoint per decoder (shared by the perception-only, adapter
+   and fine-tune cells; reused when its key matches);
+5. the cells: ``perception_only`` (evaluate), ``mixed`` (one model per held-out imagery
+   fold, H2), ``adapter_linear`` / ``adapter_mlp`` / ``adapter_mlp_condition`` (H3) and
+   ``finetune`` (H3's baseline); each evaluated on the perception and imagery test sets.
+
+Resumable: a cell writes ``eval/<cell>/cell.json`` (its key: config, input checksums and the
+code's hash) last; a rerun skips cells whose key is unchanged; ``force`` reruns all. A crash
+loses only the cell in progress (every file is written atomically). ``jobs > 1`` runs cells
+in worker processes; results are identical to a serial run (every model is seeded and
+trained deterministically, and each worker uses the same thread settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmri2img import __version__
+from fmri2img.config import check_positive
+from fmri2img.constants import (
+    DEFAULT_CACHE_ROOT,
+    DEFAULT_CHECKPOINT_ROOT,
+    DEFAULT_DATA_ROOT,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_INDEX_DIR,
+    DEFAULT_MANIFEST_DIR,
+    DEFAULT_SUBJECTS,
+    SYNTHETIC_TRUTH_EMBEDDINGS,
+)
+from fmri2img.errors import ConfigError
+from fmri2img.evaluation.evaluate import EvalOptions
+from fmri2img.models.adapt import AdaptConfig
+
+#: Every configuration of the research track's matrix, in report order.
+CONFIGURATIONS = ("perception_only", "mixed", "adapter_linear", "adapter_mlp", "adapter_mlp_condition", "finetune")
+DECODERS = ("ridge", "mlp", "two_stage")
+
+#: Adapter configurations -> (adapter type, condition embedding).
+ADAPTER_CELLS = {
+    "adapter_linear": ("linear", False),
+    "adapter_mlp": ("mlp", False),
+    "adapter_mlp_condition": ("mlp", True),
+    "finetune": ("finetune", False),
+}
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """The ablation matrix and where it reads and writes. See ablation.yaml for comments."""
+
+    subjects: tuple[str, ...] = DEFAULT_SUBJECTS
+    decoders: tuple[str, ...] = DECODERS
+    configurations: tuple[str, ...] = CONFIGURATIONS
+    mode: str = "both"
+    data_root: str = DEFAULT_DATA_ROOT
+    cache_root: str = DEFAULT_CACHE_ROOT
+    index_dir: str = DEFAULT_INDEX_DIR
+    manifest_dir: str = DEFAULT_MANIFEST_DIR
+    checkpoint_root: str = DEFAULT_CHECKPOINT_ROOT
+    output_root: str = "outputs/imagery_ablations"
+    log_dir: str = "outputs/logs/imagery"
+    embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
+    synthesize: bool = True
+    synth_seed: int | None = None
+    folds: int = 3
+    imagery_weight: float = 1.0
+    device: str = "cpu"
+    decoder_params: dict[str, Any] = field(default_factory=dict)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    figures: bool = True
+
+    def validate(self) -> None:
+        from fmri2img.data.nsd_constants import subject_number
+
+        for subject in self.subjects:
+            subject_number(subject)
+        for name in self.decoders:
+            if name not in DECODERS:
+                raise ConfigError(f"Unknown decoder {name!r}. Choose one of {', '.join(map(repr, DECODERS))}.")
+        for name in self.configurations:
+            if name not in CONFIGURATIONS:
+                raise ConfigError(
+                    f"Unknown configuration {name!r}. Choose one of {', '.join(map(repr, CONFIGURATIONS))}.")
+        unknown = sorted(set(self.decoder_params) - set(DECODERS))
+        if unknown:
+            raise ConfigError(f"decoder_params: unknown decoder {unknown[0]!r}; allowed: {', '.join(DECODERS)}.")
+        if self.mode not in ("perception", "imagery", "both"):
+            raise ConfigError(f"Invalid mode {self.mode!r}; choose one of 'perception', 'imagery', 'both'.")
+        if self.folds < 2:
+            raise ConfigError(f"Invalid folds={self.folds}; expected at least 2 imagery folds.")
+        check_positive("imagery_weight", self.imagery_weight)
+        self.adapt.validate()
+        self.eval.validate()
+
+
+@dataclass(frozen=True)
+class Cell:
+    subject: str
+    decoder: str
+    configuration: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.decoder}__{self.configuration}"
+
+
+# ----------------------------------------------------------------------------- keys
+
+def code_sha256() -> str:
+    """SHA-256 over the package's source files: a cell reruns when the code changes."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _key(obj: Any) -> str:
+    from fmri2img.io import sha256_json
+
+    return sha256_json(obj)
+
+
+# ----------------------------------------------------------------------------- paths
+
+def subject_dir(config: AblationConfig, subject: str) -> Path:
+    return Path(config.output_root) / subject
+
+
+def index_path(config: AblationConfig, subject: str) -> Path:
+    return Path(config.index_dir) / f"{subject}.parquet"
+
+
+def base_checkpoint_dir(config: AblationConfig, subject: str, decoder: str) -> Path:
+    return Path(config.checkpoint_root) / decoder / subject
+
+
+def cell_dir(config: AblationConfig, cell: Cell) -> Path:
+    return subject_dir(config, cell.subject) / "eval" / cell.name
+
+
+def adapter_dir(config: AblationConfig, cell: Cell) -> Path:
+    return subject_dir(config, cell.subject) / "adapters" / cell.decoder / cell.configuration
+
+
+# ----------------------------------------------------------------------------- stages
+
+def ensure_inputs(config: AblationConfig, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """World, indices and embedding set for every subject; returns their fingerprints."""
+    from fmri2img.data.index import build_index
+    from fmri2img.io import sha256_file
+
+    root = Path(config.data_root)
+    if config.synthesize and not (root / "nsddata").exists():
+        from fmri2img.data.synthetic import write_world
+
+        kwargs = {"subjects": config.subjects, "progress": progress}
+        if config.synth_seed is not None:
+            kwargs["seed"] = config.synth_seed
+        write_world(root, **kwargs)
+    fingerprints: dict[str, Any] = {}
+    for subject in config.subjects:
+        path = build_index(subject, config.data_root, config.cache_root, output=index_path(config, subject),
+                           manifest_dir=config.manifest_dir, progress=progress, folds=config.folds)
+        fingerprints[subject] = {"index_sha256": sha256_file(path)}
+    embeddings = ensure_embeddings(config, [index_path(config, s) for s in config.subjects])
+    for subject in config.subjects:
+        fingerprints[subject]["embedding_set"] = embeddings
+    return fingerprints
+
+
+def ensure_embeddings(config: AblationConfig, indices: list[Path]) -> dict[str, Any]:
+    """Make sure the embedding set exists; return its identity (tag + content hash)."""
+    from fmri2img.embeddings.cache import load_embedding_set, set_dir, synthetic_truth_set
+    from fmri2img.errors import MissingInputError
+    from fmri2img.io import sha256_file
+
+    if config.embedding_set == SYNTHETIC_TRUTH_EMBEDDINGS:
+        synthetic_truth_set(config.data_root, config.cache_root)
+    else:
+        try:
+            load_embedding_set(config.cache_root, config.embedding_set)
+        except MissingInputError:
+            raise ConfigError(
+                f"Embedding set {config.embedding_set!r} is not in {config.cache_root}/clip; compute it first with "
+                "`fmri2img embed --index ... --model ... --checkpoint ...`.") from None
+    folder = set_dir(config.cache_root, config.embedding_set)
+    return {"tag": config.embedding_set, "sha256": sha256_file(folder / "embeddings.npy")}
+
+
+def train_config(config: AblationConfig, decoder: str, **extra: Any):
+    from fmri2img.models.training import TrainConfig
+
+    return TrainConfig(model=decoder, embedding_set=config.embedding_set, device=config.device,
+                       decoder_params=dict(config.decoder_params.get(decoder, {})), **extra)
+
+
+def ensure_base_checkpoint(config: AblationConfig, subject: str, decoder: str, fingerprint: dict[str, Any],
+                           parent_run, force: bool, progress: bool) -> Path:
+    """Train (or reuse) the perception-only checkpoint of ``decoder`` for ``subject``."""
+    from fmri2img.io import read_json
+    from fmri2img.models.training import train_decoder
+
+    cfg = train_config(config, decoder)
+    key = _key({"train": dataclasses.asdict(cfg), "inputs": fingerprint, "code": code_sha256()})
+    out = base_checkpoint_dir(config, subject, decoder)
+    meta_path = out / "metadata.json"
+    if not force and meta_path.is_file() and (out / "best.pt").is_file():
+        if read_json(meta_path).get("ablation_key") == key:
+            return out / "best.pt"
+    result = train_decoder(index_path(config, subject), out, cfg, cache_root=config.cache_root,
+                           tracking_uri=parent_run.tracking_uri, parent_run=parent_run, progress=progress,
+                           extra_metadata={"ablation_key": key})
+    return result.checkpoint
+
+
+def _cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
+    """The exact CLI commands that reproduce ``cell`` one stage at a time."""
+    idx = str(index_path(config, cell.subject))
+    base = str(base_checkpoint_dir(config, cell.subject, cell.decoder) / "best.pt")
+    common = f"--cache-root {config.cache_root}"
+    ev = str(cell_dir(config, cell))
+    cmds = [f"fmri2img index --subject {cell.subject} --data-root {config.data_root} {common} --output {idx} "
+            f"--folds {config.folds}"]
+    train = f"fmri2img train --index {idx} --model {cell.decoder} --embeddings {config.embedding_set} {common}"
+    if cell.configuration == "mixed":
+        for fold in range(config.folds):
+            out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
+            cmds.append(f"{train} --train-on mixed --holdout-fold {fold} --imagery-weight {config.imagery_weight} "
+                        f"--output-dir {out}")
+            cmds.append(f"fmri2img eval --index {idx} --checkpoint {out}/best.pt --model-type {cell.decoder} "
+                        f"--mode {config.mode} --split test --output-dir {ev}/fold{fold} {common}")
+        return cmds
+    cmds.append(f"{train} --output-dir {base_checkpoint_dir(config, cell.subject, cell.decoder)}")
+    if cell.configuration == "perception_only":
+        cmds.append(f"fmri2img eval --index {idx} --checkpoint {base} --model-type {cell.decoder} "
+                    f"--mode {config.mode} --split test --output-dir {ev} {common}")
+        return cmds
+    kind, cond = ADAPTER_CELLS[cell.configuration]
+    a = config.adapt
+    adir = adapter_dir(config, cell)
+    cmds.append(f"fmri2img adapt --index {idx} --checkpoint {base} --model-type {cell.decoder} --adapter {kind}"
+                f"{' --with-condition' if cond else ''} --imagery-fraction {a.imagery_fraction} --epochs {a.epochs} "
+                f"--lr {a.lr} --batch-size {a.batch_size} --output-dir {adir} {common}")
+    cmds.append(f"fmri2img eval --index {idx} --checkpoint {base} --model-type {cell.decoder} "
+                f"--adapter-checkpoint {adir}/checkpoints/adapter_best.pt --adapter-type {kind} "
+                f"--mode {config.mode} --split test --output-dir {ev} {common}")
+    return cmds
+
+
+def run_cell(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any], parent_run_id: str,
+             tracking_uri: str, force: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Run one cell (train what it needs, evaluate) unless its key is unchanged; return its record."""
+    from fmri2img import tracking
+    from fmri2img.data.index import read_index
+    from fmri2img.embeddings.cache import load_embedding_set
+    from fmri2img.evaluation.evaluate import evaluate_predictor
+    from fmri2img.io import read_json, write_json
+    from fmri2img.models.adapt import adapter_predictor, train_adapters
+    from fmri2img.models.checkpoint import load_checkpoint
+    from fmri2img.models.predictors import Predictor, decoder_fn
+    from fmri2img.models.training import train_decoder
+
+    out = cell_dir(config, cell)
+    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / "best.pt"
+    key_parts = {"cell": dataclasses.asdict(cell), "inputs": fingerprint, "code": code_sha256(),
+                 "mode": config.mode, "eval": dataclasses.asdict(config.eval), "folds": config.folds,
+                 "train": dataclasses.asdict(train_config(config, cell.decoder)),
+                 "base_checkpoint": read_json(base_ckpt.parent / "metadata.json").get("weights_sha256")}
+    if cell.configuration == "mixed":
+        key_parts["imagery_weight"] = config.imagery_weight
+    if cell.configuration in ADAPTER_CELLS:
+        key_parts["adapt"] = dataclasses.asdict(config.adapt)
+    key = _key(key_parts)
+    marker = out / "cell.json"
+    if not force and marker.is_file() and (out / "metrics.json").is_file():
+        record = read_json(marker)
+        if record.get("key") == key:
+            return {**record, "skipped": True}
+
+    parent = tracking.attach(parent_run_id, tracking_uri)
+    index = read_index(index_path(config, cell.subject))
+    tags = {"subject": cell.subject, "decoder": cell.decoder, "configuration": cell.configuration,
+            "test_domain": config.mode, "cell": cell.name}
+    start = time.perf_counter()
+    with tracking.run("cell", {"cell": dataclasses.asdict(cell), "key": key}, tracking_uri=tracking_uri,
+                      run_name=f"{cell.subject}/{cell.name}", tags=tags, parent=parent) as run:
+        decoder, meta = load_checkpoint(base_ckpt, expected_decoder=cell.decoder)
+        embedding_set = load_embedding_set(config.cache_root, meta["embedding_set"])
+        extra: dict[str, Any] = {}
+        if cell.configuration == "perception_only":
+            predictor = Predictor(single=decoder_fn(decoder))
+        elif cell.configuration == "mixed":
+            from fmri2img.data import selection
+
+            fold_models = {}
+            seconds = 0.0
+            for fold in selection.imagery_folds(index):
+                cfg = train_config(config, cell.decoder, train_on="mixed", holdout_fold=fold,
+                                   imagery_weight=config.imagery_weight)
+                result = train_decoder(index_path(config, cell.subject),
+                                       Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}",
+                                       cfg, cache_root=config.cache_root, tracking_uri=tracking_uri, parent_run=run,
+                                       progress=progress)
+                fold_model, _ = load_checkpoint(result.checkpoint, expected_decoder=cell.decoder)
+                fold_models[fold] = decoder_fn(fold_model)
+                seconds += result.metadata["train_seconds"]
+            predictor = Predictor(fold_models=fold_models)
+            extra["train_seconds_total"] = seconds
+        else:
+            kind, cond = ADAPTER_CELLS[cell.configuration]
+            acfg = dataclasses.replace(config.adapt, adapter=kind, condition=cond, device=config.device)
+            result = train_adapters(index_path(config, cell.subject), base_ckpt, adapter_dir(config, cell), acfg,
+                                    model_type=cell.decoder, cache_root=config.cache_root, tracking_uri=tracking_uri,
+                                    parent_run=run, progress=progress)
+            predictor, ameta = adapter_predictor(decoder, result.checkpoint, base_ckpt, kind)
+            extra.update({k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters",
+                                               "n_base_parameters", "parameter_overhead")})
+        result_eval = evaluate_predictor(
+            index, predictor, embedding_set, out, decoder=cell.decoder, configuration=cell.configuration,
+            n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,
+            cache_root=config.cache_root, run=run,
+            info={"cell": cell.name, "index": str(index_path(config, cell.subject)),
+                  "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
+                  # wall times vary run to run: they go to timings.json, never into metrics files
+                  **{k: v for k, v in extra.items() if "seconds" not in k}})
+        run.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+        record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run.run_id,
+                  "seconds": time.perf_counter() - start, "commands": _cell_commands(config, cell), **extra}
+        write_json(marker, record)
+    del result_eval
+    return {**record, "skipped": False}
+
+
+def _run_cell_star(args):
+    # Worker entry point (must be importable for the spawn start method).
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    return run_cell(*args)
+
+
+# ----------------------------------------------------------------------------- report
+
+def collect_subject(config: AblationConfig, subject: str, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Write the subject's results_table.csv/.md, metrics_all.json and commands.txt."""
+    from fmri2img.io import read_json, write_json, write_text
+
+    sdir = subject_dir(config, subject)
+    frames, metrics_all, timings, commands = [], {}, {}, []
+    for rec in sorted(records, key=lambda r: (DECODERS.index(r["cell"]["decoder"]),
+                                              CONFIGURATIONS.index(r["cell"]["configuration"]))):
+        cell = Cell(**rec["cell"])
+        cdir = cell_dir(config, cell)
+        table = pd.read_csv(cdir / "results_table.csv")
+        frames.append(table)
+        metrics_all[cell.name] = read_json(cdir / "metrics.json")
+        timings[cell.name] = {"cell_seconds": rec.get("seconds"), "train_seconds_total": rec.get("train_seconds_total"),
+                              "n_trainable_parameters": rec.get("n_trainable_parameters"),
+                              "n_base_parameters": rec.get("n_base_parameters"),
+                              "parameter_overhead": rec.get("parameter_overhead")}
+        commands.append(f"# {subject} {cell.name}")
+        commands.extend(rec["commands"])
+        commands.append("")
+    table = pd.concat(frames, ignore_index=True)
+    is_base = table["configuration"].str.startswith("baseline_")
+    baselines = table[is_base].drop_duplicates(["test_set", "configuration", "stimulus_type", "metric"])
+    table = pd.concat([table[~is_base], baselines], ignore_index=True)
+    write_text(sdir / "results_table.csv", table.to_csv(index=False))
+    write_text(sdir / "results_table.md", markdown_table(table))
+    write_json(sdir / "metrics_all.json", metrics_all)
+    write_json(sdir / "timings.json", timings)
+    write_text(sdir / "commands.txt", "\n".join(commands) + "\n")
+    return table
+
+
+def markdown_table(table: pd.DataFrame, metrics=("cosine", "retrieval_at_1", "retrieval_at_5", "two_way")) -> str:
+    """Compact markdown: one row per (decoder, configuration, test set), stimulus type ``all``."""
+    sub = table[(table["stimulus_type"] == "all") & table["metric"].isin(metrics)]
+    lines = ["| subject | decoder | configuration | test set | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    keys = sub[["subject", "decoder", "configuration", "test_set"]].drop_duplicates().to_records(index=False)
+    for subject, decoder, configuration, test_set in keys:
+        cells = []
+        for metric in metrics:
+            row = sub[(sub["subject"] == subject) & (sub["decoder"] == decoder) & (sub["configuration"] == configuration)
+                      & (sub["test_set"] == test_set) & (sub["metric"] == metric)]
+            if row.empty or pd.isna(row["value"].iloc[0]):
+                cells.append("n/a")
+                continue
+            r = row.iloc[0]
+            text = f"{r['value']:.3f}"
+            if not pd.isna(r["ci_low"]):
+                text += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            if not pd.isna(r["chance"]):
+                text += f" (chance {r['chance']:.3f})"
+            cells.append(text)
+        lines.append(f"| {subject} | {decoder} | {configuration} | {test_set} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+@dataclass
+class AblationResult:
+    output_root: Path
+    records: list[dict[str, Any]]
+    summary_dir: Path
+    hypotheses: dict[str, Any]
+    run_id: str
+    seconds: float
+
+
+def run_ablation(
+    config: AblationConfig,
+    *,
+    jobs: int = 1,
+    force: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    progress: bool = True,
+) -> AblationResult:
+    """Run the whole matrix; write per-subject trees, a cross-subject summary and figures."""
+    from tqdm import tqdm
+
+    from fmri2img import tracking
+    from fmri2img.io import ensure_dir, write_json
+    from fmri2img.reporting.hypotheses import hypothesis_report
+
+    config.validate()
+    check_positive("jobs", jobs)
+    start = time.perf_counter()
+    ensure_dir(config.output_root)
+    tracking.check_tracking_uri(tracking.resolve_tracking_uri(tracking_uri))
+    orphans = tracking.mark_orphaned_runs(tracking_uri, experiment)
+    params = {"stage": "ablate", "config": dataclasses.asdict(config), "jobs": jobs, "force": force}
+    from fmri2img.logs import get_logger, stage_log
+
+    log = get_logger("ablate")
+    with stage_log(config.log_dir, "ablate") as log_path, tracking.run(
+            "ablate", params, tracking_uri=tracking_uri, experiment=experiment, run_name="ablation",
+            tags={"n_orphaned_runs_marked": len(orphans)}) as run:
+        log.info("ablation run %s: %d subjects x %d decoders x %d configurations; %d orphaned runs marked KILLED",
+                 run.run_id, len(config.subjects), len(config.decoders), len(config.configurations), len(orphans))
+        write_json(Path(config.output_root) / "mlflow_run.json",
+                   {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
+        fingerprints = ensure_inputs(config, force=force, progress=progress)
+        log.info("inputs ready: %s", {s: f["index_sha256"][:12] for s, f in fingerprints.items()})
+        cells = [Cell(s, d, c) for s in config.subjects for d in config.decoders for c in config.configurations]
+        for subject in config.subjects:
+            for decoder in config.decoders:
+                path = ensure_base_checkpoint(config, subject, decoder, fingerprints[subject], run, force, progress)
+                log.info("perception-only checkpoint %s", path)
+        args = [(config, cell, fingerprints[cell.subject], run.run_id, run.tracking_uri, force, False)
+                for cell in cells]
+        records: list[dict[str, Any]] = []
+        bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", file=sys.stderr, disable=not progress)
+        if jobs == 1:
+            for a in args:
+                records.append(run_cell(*a))
+                log.info("cell %s/%s %s", a[1].subject, a[1].name, "reused" if records[-1]["skipped"] else "done")
+                bar.update()
+        else:
+            import multiprocessing
+
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for rec in pool.map(_run_cell_star, args):
+                    records.append(rec)
+                    log.info("cell %s/%s__%s %s", rec["cell"]["subject"], rec["cell"]["decoder"],
+                             rec["cell"]["configuration"], "reused" if rec["skipped"] else "done")
+                    bar.update()
+        bar.close()
+        tables = [collect_subject(config, s, [r for r in records if r["cell"]["subject"] == s])
+                  for s in config.subjects]
+        summary_dir = ensure_dir(Path(config.output_root) / "summary")
+        summary = pd.concat(tables, ignore_index=True)
+        from fmri2img.io import write_text
+
+        write_text(summary_dir / "results_table.csv", summary.to_csv(index=False))
+        write_text(summary_dir / "results_table.md", markdown_table(summary))
+        hypotheses = hypothesis_report(config, summary, records, summary_dir)
+        run.log_dict(hypotheses, "summary/hypotheses.json")
+        run.log_artifacts(summary_dir, "summary")
+        for subject in config.subjects:
+            sdir = subject_dir(config, subject)
+            for name in ("results_table.csv", "results_table.md", "metrics_all.json", "commands.txt"):
+                run.log_artifact(sdir / name, subject)
+        if config.figures:
+            from fmri2img.reporting.figures import make_figures
+
+            # make_figures logs each figures/ folder to the run named in <folder>/mlflow_run.json.
+            for folder in [summary_dir, *(subject_dir(config, s) for s in config.subjects)]:
+                write_json(folder / "mlflow_run.json", {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
+                make_figures(folder, folder / "figures")
+        run.log_metrics({"n_cells": len(cells), "n_cells_skipped": sum(r["skipped"] for r in records),
+                         "wall_seconds": time.perf_counter() - start})
+        log.info("ablation finished in %.1f s", time.perf_counter() - start)
+        run.log_artifact(log_path, "logs")
+    return AblationResult(output_root=Path(config.output_root), records=records, summary_dir=summary_dir,
+                          hypotheses=hypotheses, run_id=run.run_id, seconds=time.perf_counter() - start)

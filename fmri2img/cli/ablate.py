@@ -1,0 +1,43 @@
+"""``fmri2img ablate``: the whole experimental matrix (and its figures) in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+
+DEFAULT_CONFIG = Path("projects/imagery/configs/ablation.yaml")
+
+
+@handle_errors
+def command(
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Ablation YAML (which cells run)."),
+    subject: list[str] = typer.Option(None, "--subject", help="Subjects (repeatable); default: the config's."),
+    decoder: list[str] = typer.Option(None, "--decoder", help="Decoders (repeatable); default: the config's."),
+    configuration: list[str] = typer.Option(None, "--configuration", help="Configurations (repeatable)."),
+    data_root: str = typer.Option(None, "--data-root", help="NSD release or synthetic world root."),
+    output_root: str = typer.Option(None, "--output-dir", help="Default: outputs/imagery_ablations."),
+    jobs: int = typer.Option(1, "--jobs", help="Cells run in parallel worker processes."),
+    force: bool = typer.Option(False, "--force", help="Rerun every cell even if its inputs are unchanged."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures."),
+    tracking_uri: str = TrackingUriOption,
+    experiment: str = ExperimentOption,
+) -> None:
+    """Run the perception-vs-imagery matrix: decoders x configurations x test domains, with reports."""
+    from fmri2img.ablation import AblationConfig, run_ablation
+    from fmri2img.config import load_config, override
+
+    base = load_config(AblationConfig, config) if config.exists() or config != DEFAULT_CONFIG else AblationConfig()
+    cfg = override(base, subjects=tuple(subject) if subject else None, decoders=tuple(decoder) if decoder else None,
+                   configurations=tuple(configuration) if configuration else None, data_root=data_root,
+                   output_root=output_root, figures=False if no_figures else None)
+    result = run_ablation(cfg, jobs=jobs, force=force, tracking_uri=tracking_uri, experiment=experiment)
+    skipped = sum(r["skipped"] for r in result.records)
+    echo(f"Ablation done in {result.seconds:.1f} s: {len(result.records)} cells ({skipped} reused).")
+    echo(f"Results: {result.output_root}/<subject>/results_table.md; summary: {result.summary_dir}/report.md")
+    from fmri2img.tracking import resolve_tracking_uri
+
+    echo(f"MLflow UI: fmri2img ui   (or: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)} "
+         "--host 127.0.0.1), then open http://127.0.0.1:5000")

@@ -1,0 +1,54 @@
+"""``fmri2img train``: fit a perception (or mixed) decoder and write ``best.pt`` + metadata."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+
+
+class Model(str, Enum):
+    ridge = "ridge"
+    mlp = "mlp"
+    two_stage = "two_stage"
+
+
+class TrainOn(str, Enum):
+    perception = "perception"
+    mixed = "mixed"
+
+
+@handle_errors
+def command(
+    index: Path = typer.Option(..., "--index", help="Trial index Parquet (from `fmri2img index`)."),
+    model: Model = typer.Option(None, "--model", "--model-type", help="Decoder to train."),
+    train_on: TrainOn = typer.Option(None, "--train-on", help="perception (default) or mixed (H2)."),
+    holdout_fold: int = typer.Option(None, "--holdout-fold", help="Mixed: the imagery fold kept out for evaluation."),
+    imagery_weight: float = typer.Option(None, "--imagery-weight", help="Mixed: sample weight of imagery trials."),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Default: checkpoints/<model>/<subject>."),
+    embeddings: str = typer.Option(None, "--embeddings", help="Embedding set tag (default: synthetic-truth)."),
+    epochs: int = typer.Option(None, "--epochs", help="Torch decoders: maximum epochs."),
+    lr: float = typer.Option(None, "--lr", help="Torch decoders: learning rate."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Torch decoders: batch size."),
+    device: str = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    config: Path = typer.Option(None, "--config", help="YAML TrainConfig; options above override it."),
+    cache_root: Path = typer.Option(Path("cache"), "--cache-root", help="Cache root (betas, embeddings)."),
+    tracking_uri: str = TrackingUriOption,
+    experiment: str = ExperimentOption,
+) -> None:
+    """Train a ridge / MLP / two-stage decoder on perception (or mixed) trials."""
+    from fmri2img.config import load_config, override
+    from fmri2img.models.training import TrainConfig, train_decoder
+
+    base = load_config(TrainConfig, config) if config else TrainConfig()
+    cfg = override(
+        base, model=model.value if model else None, train_on=train_on.value if train_on else None,
+        holdout_fold=holdout_fold, imagery_weight=imagery_weight, embedding_set=embeddings,
+        epochs=epochs, lr=lr, batch_size=batch_size, device=device,
+    )
+    result = train_decoder(index, output_dir, cfg, cache_root=cache_root, tracking_uri=tracking_uri,
+                           experiment=experiment)
+    echo(f"Wrote {result.checkpoint} (val cosine {result.metadata['val_cosine']:.3f}; MLflow run {result.run_id}).")

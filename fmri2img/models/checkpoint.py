@@ -1,0 +1,169 @@
+"""Checkpoint folders: ``best.pt`` (flat ``dict[str, Tensor]``) + ``metadata.json`` (contracts §5).
+
+``save_checkpoint`` writes both files atomically (weights first, then the metadata that
+records their SHA-256); ``load_checkpoint`` verifies the hash, loads the weights with
+``torch.load(weights_only=True)`` (no arbitrary unpickling), rebuilds the decoder from the
+registry with the saved params and refuses a checkpoint that does not match what it is applied
+to (decoder type, voxel count, embedding set) with one line naming both values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.io import read_json, sha256_bytes, verify_sha256, write_bytes, write_json
+
+#: File names inside a checkpoint folder (roadmap: ``checkpoints/<model>/subj01/best.pt``).
+WEIGHTS_FILE = "best.pt"
+METADATA_FILE = "metadata.json"
+
+#: Keys of metadata.json (docs/contracts.md section 5) plus the weights' hash added here.
+METADATA_KEYS = (
+    "decoder", "params", "n_voxels", "dim", "embedding_set", "index_sha256",
+    "split_manifest_sha256", "seeds", "train_seconds", "versions", "train_on", "weights_sha256",
+)
+
+#: Keys ``save_checkpoint`` fills itself when the caller leaves them out.
+_AUTO_KEYS = ("decoder", "params", "versions", "weights_sha256")
+
+
+def _check_state(state: Any, source: str) -> dict:
+    import torch
+
+    if not isinstance(state, dict) or not state:
+        raise CorruptFileError(f"{source} is not a flat dict of tensors (got {type(state).__name__}).")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CorruptFileError(
+                f"{source} is not a flat dict of tensors: entry {key!r} is a {type(value).__name__}."
+            )
+    return state
+
+
+def save_checkpoint(decoder: Any, out_dir: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """Write ``best.pt`` and ``metadata.json`` for a fitted decoder into ``out_dir``.
+
+    Parameters
+    ----------
+    decoder : BaseDecoder
+        Fitted decoder exposing ``name``, ``get_params()`` and ``state_dict()``.
+    out_dir : path
+        Checkpoint folder (created if needed).
+    metadata : dict
+        The contract's keys ``n_voxels, dim, embedding_set, index_sha256,
+        split_manifest_sha256, seeds, train_seconds, train_on`` (others allowed).
+        ``decoder``, ``params`` and ``versions`` are filled from the decoder / environment when
+        absent; ``weights_sha256`` is always computed here.
+
+    Returns
+    -------
+    Path of the written ``best.pt``.
+    """
+    import torch
+
+    meta = dict(metadata)
+    meta.setdefault("decoder", decoder.name)
+    if meta["decoder"] != decoder.name:
+        raise MismatchError(f"metadata says decoder {meta['decoder']!r} but the decoder is {decoder.name!r}.")
+    meta.setdefault("params", decoder.get_params())
+    if "versions" not in meta:
+        from fmri2img.tracking import package_versions
+
+        meta["versions"] = package_versions()
+    missing = [k for k in METADATA_KEYS if k not in meta and k not in _AUTO_KEYS]
+    if missing:
+        raise InputError(f"Checkpoint metadata lacks {', '.join(missing)}; expected the keys of docs/contracts.md §5.")
+    state = _check_state(decoder.state_dict(), f"{type(decoder).__name__}.state_dict()")
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    out = Path(out_dir)
+    weights = out / WEIGHTS_FILE
+    # Serialise in memory: torch.save names the zip's root folder after the target file, so
+    # saving to a random temporary name would make the bytes (and the hash) differ per run.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    write_bytes(weights, data)
+    meta["weights_sha256"] = sha256_bytes(data)
+    write_json(out / METADATA_FILE, meta)
+    return weights
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    expected_decoder: str | None = None,
+    expected_n_voxels: int | None = None,
+    expected_embedding_set: str | None = None,
+    device: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Load a checkpoint folder (or its ``best.pt``) and rebuild the fitted decoder.
+
+    Parameters
+    ----------
+    path : path
+        Checkpoint folder or its ``best.pt``; ``metadata.json`` must sit next to the weights.
+    expected_decoder, expected_n_voxels, expected_embedding_set : optional
+        What the checkpoint is applied to; any difference raises :class:`MismatchError`.
+    device : str, optional
+        Overrides the saved ``device`` param (e.g. load a CUDA-trained model on 'cpu').
+
+    Returns
+    -------
+    (decoder, metadata)
+
+    Raises
+    ------
+    MissingInputError, CorruptFileError (unreadable or non-tensor weights, bad metadata),
+    ChecksumError (weights changed since saving), MismatchError.
+    """
+    import torch
+
+    from fmri2img.models.registry import make_decoder
+
+    path = Path(path)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    meta_path = weights.parent / METADATA_FILE
+    if not weights.is_file():
+        raise MissingInputError(f"Checkpoint weights not found: {weights}; expected a {WEIGHTS_FILE} file.")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{meta_path} is not a JSON object; expected checkpoint metadata.")
+    missing = [k for k in ("decoder", "params", "n_voxels", "embedding_set", "weights_sha256") if k not in meta]
+    if missing:
+        raise CorruptFileError(f"{meta_path} lacks {', '.join(missing)}; expected checkpoint metadata (contracts §5).")
+    checks = (
+        ("decoder", expected_decoder, meta["decoder"]),
+        ("voxel count", expected_n_voxels, meta["n_voxels"]),
+        ("embedding set", expected_embedding_set, meta["embedding_set"]),
+    )
+    for what, expected, actual in checks:
+        if expected is not None and expected != actual:
+            raise MismatchError(f"Checkpoint {weights.parent} has {what} {actual!r}, expected {expected!r}.")
+    verify_sha256(weights, meta["weights_sha256"])
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"Cannot load {weights} as a tensor state dict: {first}") from None
+    state = _check_state(state, str(weights))
+    params = dict(meta["params"])
+    if device is not None and "device" in params:
+        params["device"] = device
+    decoder = make_decoder(meta["decoder"], **params)
+    kwargs = {}
+    signature = inspect.signature(decoder.load_state_dict).parameters
+    if "n_features" in signature:
+        kwargs["n_features"] = meta["n_voxels"]
+    if "n_targets" in signature and "dim" in meta:
+        kwargs["n_targets"] = meta["dim"]
+    try:
+        decoder.load_state_dict(state, **kwargs)
+    except (KeyError, RuntimeError, ValueError) as exc:  # InputError is a ValueError
+        raise CorruptFileError(f"Cannot load {weights} into a {meta['decoder']} decoder: {exc}") from None
+    return decoder, meta

@@ -1,0 +1,248 @@
+"""The research track's hypotheses, decided from an ablation's numbers (and, on the synthetic
+world, checked against what was planted).
+
+Every effect is measured **above the mean-embedding baseline** (a constant guess already
+scores a high cosine, so raw cosine ratios flatter): for a score ``x`` of a configuration on a
+test set, ``x - b`` where ``b`` is the baseline's score on the same stimuli. Group values are
+means over subjects; CIs are percentile bootstraps over subjects (few subjects: wide CIs).
+
+* H1 (roadmap: "60-80% of within-domain performance"): perception-only decoders, ratio of
+  imagery to matched perception (NSD-Imagery vision trials of the same stimuli), per stimulus.
+* H2 ("<5% perception drop with >15% imagery gain"): mixed vs perception-only training.
+* H3 ("80-90% of fine-tuning performance with 10x faster training"): best adapter vs full
+  fine-tuning on imagery, and their measured training times.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmri2img.evaluation import stats as S
+
+#: Roadmap thresholds (../shared/ROADMAP.md, "Hypotheses").
+H1_EXPECTED_RANGE = (0.60, 0.80)
+H2_MIN_IMAGERY_GAIN = 0.15
+H2_MAX_PERCEPTION_DROP = 0.05
+H3_EXPECTED_PERFORMANCE = (0.80, 0.90)
+H3_EXPECTED_SPEEDUP = 10.0
+
+ADAPTERS = ("adapter_linear", "adapter_mlp", "adapter_mlp_condition")
+METRIC = "cosine"
+#: Bootstrap over subjects.
+N_BOOT_SUBJECTS = 2_000
+
+
+def _value(table: pd.DataFrame, subject, configuration, test_set, metric=METRIC, decoder=None) -> float:
+    sel = ((table["subject"] == subject) & (table["configuration"] == configuration)
+           & (table["test_set"] == test_set) & (table["metric"] == metric) & (table["stimulus_type"] == "all"))
+    if decoder is not None:
+        sel &= table["decoder"] == decoder
+    rows = table.loc[sel, "value"]
+    return float(rows.iloc[0]) if len(rows) and not pd.isna(rows.iloc[0]) else float("nan")
+
+
+def _above(table, subject, configuration, test_set, decoder) -> float:
+    base = _value(table, subject, "baseline_mean_embedding", test_set)
+    return _value(table, subject, configuration, test_set, decoder=decoder) - base
+
+
+def _group(values: list[float], seed: int) -> dict[str, Any]:
+    arr = np.array([v for v in values if np.isfinite(v)])
+    if arr.size == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n_subjects": 0}
+    ci = S.bootstrap_ci(arr, n_boot=N_BOOT_SUBJECTS, seed=seed) if arr.size > 1 else (None, None)
+    return {"mean": float(arr.mean()), "ci_low": None if ci[0] is None else float(ci[0]),
+            "ci_high": None if ci[1] is None else float(ci[1]), "n_subjects": int(arr.size),
+            "per_subject": [float(v) for v in arr]}
+
+
+def _h1(table, subjects, decoder, cell_metrics, seed) -> dict[str, Any]:
+    ratios, per_subject = [], {}
+    for subject in subjects:
+        comp = cell_metrics.get((subject, f"{decoder}__perception_only"), {}).get("comparisons", {}).get("all", {})
+        entry = comp.get("ratio_above_mean_embedding_baseline")
+        test = comp.get("paired_test", {})
+        per_subject[subject] = {"ratio": entry, "paired_test_p": test.get("p_value"),
+                                "paired_test_p_holm": test.get("p_holm"), "cohen_d": test.get("cohen_d")}
+        ratios.append(entry["value"] if entry else float("nan"))
+    group = _group(ratios, seed)
+    if group["n_subjects"] == 1:  # one subject: its own CI (bootstrap over stimuli) is the only one
+        only = next(v["ratio"] for v in per_subject.values() if v["ratio"])
+        group.update(ci_low=only["ci_low"], ci_high=only["ci_high"], ci="bootstrap over stimuli (one subject)")
+    elif group["n_subjects"] > 1:
+        group["ci"] = "bootstrap over subjects"
+    verdict = "not evaluated"
+    if group["mean"] is not None:
+        lo, hi = group["ci_low"], group["ci_high"]
+        degraded = hi is not None and hi < 1.0
+        nonzero = lo is not None and lo > 0.0
+        in_range = H1_EXPECTED_RANGE[0] <= group["mean"] <= H1_EXPECTED_RANGE[1]
+        verdict = ("supported: transfer is degraded but non-zero" if degraded and nonzero else
+                   "not supported: no transfer deficit detected" if not degraded else
+                   "not supported: transfer not distinguishable from zero")
+        verdict += f"; ratio {'inside' if in_range else 'outside'} the roadmap's expected 60-80%"
+    return {"metric": "cosine above mean-embedding baseline, imagery / matched perception (per stimulus)",
+            "group": group, "per_subject": per_subject, "verdict": verdict}
+
+
+def _h2(table, subjects, decoder, seed) -> dict[str, Any] | None:
+    if not (table["configuration"] == "mixed").any():
+        return None
+    gains, drops = [], []
+    for subject in subjects:
+        po_i = _above(table, subject, "perception_only", "imagery", decoder)
+        mx_i = _above(table, subject, "mixed", "imagery", decoder)
+        po_p = _above(table, subject, "perception_only", "shared1000", decoder)
+        mx_p = _above(table, subject, "mixed", "shared1000", decoder)
+        gains.append((mx_i - po_i) / po_i if po_i > 0 else float("nan"))
+        drops.append((po_p - mx_p) / po_p if po_p > 0 else float("nan"))
+    gain, drop = _group(gains, seed), _group(drops, seed + 1)
+    verdict = "not evaluated"
+    if gain["mean"] is not None and drop["mean"] is not None:
+        ok = gain["mean"] > H2_MIN_IMAGERY_GAIN and drop["mean"] < H2_MAX_PERCEPTION_DROP
+        verdict = (f"{'supported' if ok else 'not supported'}: imagery gain {gain['mean']:+.1%} "
+                   f"(roadmap > +15%), perception drop {drop['mean']:+.1%} (roadmap < 5%)")
+    return {"metric": "relative change of cosine above mean-embedding baseline (mixed vs perception-only)",
+            "imagery_gain": gain, "perception_drop": drop, "verdict": verdict}
+
+
+def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
+    present = set(table.loc[table["decoder"] == decoder, "configuration"])
+    adapters = [a for a in ADAPTERS if a in present]
+    if not adapters or "finetune" not in present:
+        return None
+    seconds = {(r["cell"]["subject"], r["cell"]["configuration"]): r.get("train_seconds_total")
+               for r in records if r["cell"]["decoder"] == decoder}
+    out: dict[str, Any] = {"metric": "imagery cosine above mean-embedding baseline", "adapters": {}}
+    best_name, best_mean = None, -np.inf
+    for adapter in adapters:
+        perf, speed, gain = [], [], []
+        for subject in subjects:
+            a = _above(table, subject, adapter, "imagery", decoder)
+            f = _above(table, subject, "finetune", "imagery", decoder)
+            po = _above(table, subject, "perception_only", "imagery", decoder)
+            perf.append(a / f if f > 0 else float("nan"))
+            gain.append((a - po) / po if po > 0 else float("nan"))
+            sa, sf = seconds.get((subject, adapter)), seconds.get((subject, "finetune"))
+            speed.append(sf / sa if sa and sf else float("nan"))
+        entry = {"performance_vs_finetune": _group(perf, seed), "speedup_vs_finetune": _group(speed, seed + 1),
+                 "gain_vs_perception_only": _group(gain, seed + 2)}
+        out["adapters"][adapter] = entry
+        mean = entry["performance_vs_finetune"]["mean"]
+        if mean is not None and mean > best_mean:
+            best_name, best_mean = adapter, mean
+    if best_name is not None:
+        best = out["adapters"][best_name]
+        speed = best["speedup_vs_finetune"]["mean"]
+        ok = best_mean >= H3_EXPECTED_PERFORMANCE[0] and (speed or 0) >= H3_EXPECTED_SPEEDUP
+        out["best_adapter"] = best_name
+        out["verdict"] = (f"{'supported' if ok else 'not supported'}: {best_name} reaches {best_mean:.0%} of "
+                          f"fine-tuning's imagery gain above baseline at {speed:.1f}x its speed "
+                          "(roadmap: 80-90% at 10x)")
+    return out
+
+
+def planted_truth_check(data_root: str | Path, report: dict[str, Any]) -> dict[str, Any] | None:
+    """On the synthetic world: do the verdicts match what was planted (``truth/params.json``)?"""
+    from fmri2img.io import read_json
+
+    path = Path(data_root) / "truth" / "params.json"
+    if not path.is_file():
+        return None
+    truth = read_json(path)
+    null = bool(truth.get("null"))
+    checks = []
+    for decoder, entry in report["decoders"].items():
+        h1 = entry["H1"]["group"]
+        if h1["mean"] is not None and h1["ci_low"] is not None:
+            if null:
+                ok = h1["ci_low"] <= 1.0 <= h1["ci_high"] or h1["mean"] > 0.8
+                expect = "no transfer deficit (ratio CI includes 1)"
+            else:
+                ok = h1["ci_high"] < 1.0 and h1["ci_low"] > 0.0
+                expect = "degraded but non-zero transfer (0 < ratio CI < 1)"
+            checks.append({"decoder": decoder, "hypothesis": "H1", "planted": expect, "ok": bool(ok),
+                           "measured": h1})
+        h2 = entry.get("H2")
+        if h2 and h2["imagery_gain"]["mean"] is not None:
+            gain = h2["imagery_gain"]["mean"]
+            ok = gain <= 0.15 if null else gain > 0
+            checks.append({"decoder": decoder, "hypothesis": "H2", "ok": bool(ok), "measured": gain,
+                           "planted": "no imagery gain" if null else "mixed training improves imagery"})
+        h3 = entry.get("H3")
+        if h3 and h3.get("best_adapter"):
+            gain = h3["adapters"][h3["best_adapter"]]["gain_vs_perception_only"]["mean"]
+            if gain is not None:
+                ok = gain <= 0.15 if null else gain > 0
+                checks.append({"decoder": decoder, "hypothesis": "H3", "ok": bool(ok), "measured": gain,
+                               "planted": "no adapter gain" if null else "an adapter improves imagery"})
+    return {"truth_file": str(path), "null_world": null, "planted_effects": truth.get("planted_effects", {}),
+            "checks": checks, "all_match": all(c["ok"] for c in checks) if checks else None}
+
+
+def hypothesis_report(config, summary: pd.DataFrame, records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Decide H1-H3 per decoder across subjects; write hypotheses.json and report.md."""
+    from fmri2img.ablation import Cell, cell_dir
+    from fmri2img.io import read_json, write_json, write_text
+
+    subjects = list(config.subjects)
+    cell_metrics = {}
+    for rec in records:
+        cell = Cell(**rec["cell"])
+        cell_metrics[(cell.subject, cell.name)] = read_json(cell_dir(config, cell) / "metrics.json")
+    seed = config.eval.seed
+    report: dict[str, Any] = {"subjects": subjects, "decoders": {}}
+    for decoder in config.decoders:
+        entry = {"H1": _h1(summary, subjects, decoder, cell_metrics, seed)}
+        h2 = _h2(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, seed)
+        if h2:
+            entry["H2"] = h2
+        h3 = _h3(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, records, seed)
+        if h3:
+            entry["H3"] = h3
+        report["decoders"][decoder] = entry
+    report["planted_truth"] = planted_truth_check(config.data_root, report)
+    write_json(Path(out_dir) / "hypotheses.json", report)
+    write_text(Path(out_dir) / "report.md", render_markdown(report))
+    return report
+
+
+def _fmt(group: dict[str, Any], pct: bool = False) -> str:
+    if not group or group.get("mean") is None:
+        return "n/a"
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
+    text = f(group["mean"])
+    if group.get("ci_low") is not None:
+        text += f" [95% CI {f(group['ci_low'])}, {f(group['ci_high'])}]"
+    return text + f" (n={group['n_subjects']} subjects)"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Perception vs imagery: hypotheses", "",
+             f"Subjects: {', '.join(report['subjects'])}. Effects are measured above the mean-embedding "
+             "baseline; CIs bootstrap over subjects.", ""]
+    for decoder, entry in report["decoders"].items():
+        lines += [f"## {decoder}", "", f"- **H1** ratio imagery/perception: {_fmt(entry['H1']['group'])}. "
+                  f"Verdict: {entry['H1']['verdict']}."]
+        if "H2" in entry:
+            lines.append(f"- **H2** mixed training: imagery gain {_fmt(entry['H2']['imagery_gain'], True)}, "
+                         f"perception drop {_fmt(entry['H2']['perception_drop'], True)}. Verdict: {entry['H2']['verdict']}.")
+        if "H3" in entry and "best_adapter" in entry["H3"]:
+            best = entry["H3"]["adapters"][entry["H3"]["best_adapter"]]
+            lines.append(f"- **H3** {entry['H3']['best_adapter']}: {_fmt(best['performance_vs_finetune'], True)} of "
+                         f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'])}x. Verdict: {entry['H3']['verdict']}.")
+        lines.append("")
+    truth = report.get("planted_truth")
+    if truth:
+        status = "all match" if truth["all_match"] else "MISMATCH"
+        lines += ["## Planted-truth check (synthetic world)", "",
+                  f"World: {'null (imagery = perception)' if truth['null_world'] else 'planted effects'}; {status}.", ""]
+        for check in truth["checks"]:
+            lines.append(f"- {check['decoder']} {check['hypothesis']}: planted '{check['planted']}' -> "
+                         f"{'OK' if check['ok'] else 'MISMATCH'}")
+        lines.append("")
+    return "\n".join(lines) + "\n"

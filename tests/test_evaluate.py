@@ -1,0 +1,117 @@
+"""The eval stage's scoring on hand-built predictions (no files needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmri2img.evaluation.evaluate import EvalOptions, Predictions, score, write_outputs
+from fmri2img.io import dumps_json
+
+
+class _Set:
+    def __init__(self, ids, vectors):
+        self.pos = {s: i for i, s in enumerate(ids)}
+        self.vectors = vectors
+
+    def lookup(self, ids):
+        return self.vectors[[self.pos[s] for s in ids]]
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def world():
+    rng = np.random.default_rng(0)
+    d = 32
+    types = ["simple"] * 6 + ["complex"] * 6 + ["conceptual"] * 6
+    ids = [f"img-{t[0]}-{i}" for i, t in enumerate(types)]
+    shared = rng.normal(size=d)
+    emb = _unit(0.8 * shared + rng.normal(size=(18, d)))
+    rows = []
+    for cond in ("perception", "imagery"):
+        for i, (sid, t) in enumerate(zip(ids, types)):
+            for r in range(4):
+                rows.append({"stimulus_id": sid, "stimulus_type": t, "condition": cond, "trial": len(rows),
+                             "dataset": "nsdimagery", "fold": i % 3})
+    rows = pd.DataFrame(rows)
+    truth = _Set(ids, emb)
+    noise = {"perception": 0.6, "imagery": 1.6}
+    preds = {}
+    for test_set, cond in (("imagery_vision", "perception"), ("imagery", "imagery")):
+        r = rows[rows["condition"] == cond].reset_index(drop=True)
+        Y = truth.lookup(r["stimulus_id"].tolist())
+        preds[test_set] = Predictions(test_set, _unit(Y + noise[cond] * rng.normal(size=Y.shape) / np.sqrt(d) * 3), r)
+    return truth, preds, emb.mean(0)
+
+
+def _opts():
+    return EvalOptions(n_boot=200, n_perm=200, seed=1)
+
+
+def test_score_table_baselines_and_groups(world):
+    truth, preds, mean = world
+    res = score(preds, truth, mean, subject="subj01", decoder="ridge", configuration="perception_only",
+                options=_opts())
+    t = res.table
+    gt = t[(t.configuration == "baseline_ground_truth") & (t.metric == "cosine")]
+    assert np.allclose(gt["value"], 1.0)
+    assert np.allclose(t[(t.configuration == "baseline_ground_truth") & (t.metric == "retrieval_at_1")]["value"], 1.0)
+    # 'all' = the 12 image stimuli; conceptual reported on its own with a 6-item gallery
+    model = t[t.configuration == "perception_only"]
+    r1 = model[(model.metric == "retrieval_at_1") & (model.test_set == "imagery")]
+    assert set(r1["stimulus_type"]) == {"all", "simple", "complex", "conceptual"}
+    assert r1.set_index("stimulus_type").loc["all", "chance"] == pytest.approx(1 / 12)
+    assert r1.set_index("stimulus_type").loc["conceptual", "chance"] == pytest.approx(1 / 6)
+    assert r1.set_index("stimulus_type").loc["all", "n"] == 12
+    # K larger than the gallery: not applicable
+    r50 = model[(model.metric == "retrieval_at_50")]
+    assert r50["value"].isna().all() and r50["chance"].isna().all()
+    # perception (vision) beats imagery, as planted by the noise levels
+    cos = model[(model.metric == "cosine") & (model.stimulus_type == "all")].set_index("test_set")["value"]
+    assert cos["imagery_vision"] > cos["imagery"]
+    # every p-value got a Holm-adjusted twin that is never smaller
+    tested = model[model.p_value.notna()]
+    assert len(tested) > 0 and (tested.p_holm >= tested.p_value - 1e-12).all()
+    comp = res.comparisons["all"]
+    assert comp["n_stimuli"] == 12 and comp["paired_test"]["mean_diff"] > 0
+    assert 0 < comp["ratio_imagery_over_perception"]["value"] < 1
+
+
+def test_score_is_deterministic_and_writes_reports(world, tmp_path):
+    truth, preds, mean = world
+    a = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    b = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    assert dumps_json(a.metrics_json()) == dumps_json(b.metrics_json())
+    write_outputs(a, tmp_path / "one")
+    write_outputs(b, tmp_path / "two")
+    for name in ("metrics.json", "per_trial.csv", "per_stimulus.csv", "results_table.csv",
+                 "perception_baseline_results.json", "cross_domain_transfer_results.json", "comparison_table.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    per_stim = pd.read_csv(tmp_path / "one" / "per_stimulus.csv")
+    assert len(per_stim) == 36 and per_stim["n_trials"].eq(4).all()
+    assert per_stim["cosine_mean_embedding_baseline"].notna().all()
+
+
+def test_invalid_k_rejected(world):
+    truth, preds, mean = world
+    from fmri2img.errors import InputError
+
+    with pytest.raises(InputError, match="K > 0"):
+        score(preds, truth, mean, subject="s", decoder="r", configuration="perception_only",
+              options=EvalOptions(ks=(0, 1)))
+
+
+def test_distractors_enlarge_gallery_without_test_stimuli(world):
+    truth, preds, mean = world
+    rng = np.random.default_rng(3)
+    extra_ids = ["nsd-90000", "nsd-90001", "nsd-90002", "img-s-0"]  # the last one is a gallery stimulus
+    extra = _unit(rng.normal(size=(4, 32)))
+    res = score(preds, truth, mean, subject="s", decoder="r", configuration="perception_only", options=_opts(),
+                baselines=False, distractor_embeddings=(extra_ids, extra))
+    r1 = res.table[(res.table.metric == "retrieval_at_1") & (res.table.test_set == "imagery")].set_index("stimulus_type")
+    assert r1.loc["all", "chance"] == pytest.approx(1 / (12 + 3))
+    assert r1.loc["conceptual", "chance"] == pytest.approx(1 / 6)  # text gallery: no image distractors

@@ -1,0 +1,130 @@
+"""train -> eval -> adapt on a tiny synthetic world, through the CLI and the library."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fmri2img.cli.main import app
+
+from _world import build_tiny
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_tiny(tmp_path_factory.mktemp("world"))
+
+
+def _invoke(args, tracking_uri):
+    result = runner.invoke(app, [*args, "--tracking-uri", tracking_uri])
+    return result
+
+
+def test_train_eval_adapt_cli(world, tmp_path, tracking_uri):
+    idx, cache = str(world["subj01"]), str(world["cache"])
+    ckpt = tmp_path / "checkpoints" / "ridge" / "subj01"
+    r = _invoke(["train", "--index", idx, "--model", "ridge", "--output-dir", str(ckpt), "--cache-root", cache],
+                tracking_uri)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((ckpt / "metadata.json").read_text())
+    assert meta["decoder"] == "ridge" and meta["train_on"] == "perception"
+    assert meta["seeds"] == {"split": 42, "init": 123} and meta["n_voxels"] > 0
+    state = torch.load(ckpt / "best.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+    out = tmp_path / "eval"
+    r = _invoke(["eval", "--index", idx, "--checkpoint", str(ckpt / "best.pt"), "--model-type", "ridge",
+                 "--mode", "both", "--split", "test", "--output-dir", str(out), "--cache-root", cache,
+                 "--n-boot", "100", "--n-perm", "100"], tracking_uri)
+    assert r.exit_code == 0, r.output
+    for name in ("metrics.json", "per_trial.csv", "per_stimulus.csv", "perception_baseline_results.json",
+                 "cross_domain_transfer_results.json", "comparison_table.csv"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "results_table.csv")
+    model = table[(table.configuration == "perception_only") & (table.stimulus_type == "all")]
+    cos = model[model.metric == "cosine"].set_index("test_set")["value"]
+    base = table[(table.configuration == "baseline_mean_embedding") & (table.metric == "cosine")
+                 & (table.stimulus_type == "all")].set_index("test_set")["value"]
+    # planted: perception decodes above the constant guess; imagery sits below matched perception
+    assert cos["shared1000"] > base["shared1000"]
+    assert cos["imagery_vision"] > cos["imagery"]
+
+    adir = tmp_path / "adapters" / "linear"
+    r = _invoke(["adapt", "--index", idx, "--checkpoint", str(ckpt / "best.pt"), "--model-type", "ridge",
+                 "--adapter", "linear", "--output-dir", str(adir), "--epochs", "3", "--cache-root", cache],
+                tracking_uri)
+    assert r.exit_code == 0, r.output
+    ameta = json.loads((adir / "checkpoints" / "metadata.json").read_text())
+    assert ameta["folds"] == [0, 1, 2] and ameta["n_trainable_parameters"] > 0
+    r = _invoke(["eval", "--index", idx, "--checkpoint", str(ckpt / "best.pt"), "--output-dir", str(tmp_path / "ev2"),
+                 "--adapter-checkpoint", str(adir / "checkpoints" / "adapter_best.pt"), "--adapter-type", "linear",
+                 "--cache-root", cache, "--n-boot", "50", "--n-perm", "50"], tracking_uri)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["info"]["configuration"] == "adapter_linear"
+
+    # an adapter is refused on another base checkpoint
+    other = tmp_path / "checkpoints" / "other"
+    assert _invoke(["train", "--index", idx, "--model", "ridge", "--output-dir", str(other), "--cache-root", cache,
+                    "--config", str(_ridge_config(tmp_path))], tracking_uri).exit_code == 0
+    r = _invoke(["eval", "--index", idx, "--checkpoint", str(other / "best.pt"), "--output-dir", str(tmp_path / "ev3"),
+                 "--adapter-checkpoint", str(adir / "checkpoints" / "adapter_best.pt"), "--cache-root", cache],
+                tracking_uri)
+    assert r.exit_code == 2 and "another base checkpoint" in r.output
+    # a checkpoint of another model type is refused
+    r = _invoke(["eval", "--index", idx, "--checkpoint", str(ckpt / "best.pt"), "--model-type", "mlp",
+                 "--output-dir", str(tmp_path / "ev4"), "--cache-root", cache], tracking_uri)
+    assert r.exit_code == 2 and "mlp" in r.output
+
+
+def _ridge_config(tmp_path):
+    path = tmp_path / "ridge.yaml"
+    path.write_text("model: ridge\ndecoder_params: {alphas: [10.0, 100.0]}\n")
+    return path
+
+
+def test_mixed_training_uses_training_folds_only(world, tmp_path, tracking_uri):
+    from fmri2img.data.index import read_index
+    from fmri2img.embeddings.cache import load_embedding_set
+    from fmri2img.models.training import TrainConfig, training_data
+
+    index = read_index(world["subj01"])
+    emb = load_embedding_set(world["cache"], "synthetic-truth")
+    cfg = TrainConfig(train_on="mixed", holdout_fold=1, imagery_weight=0.5)
+    train, val = training_data(index, world["cache"], emb, cfg)
+    imagery = train.rows[train.rows["dataset"] == "nsdimagery"]
+    assert len(imagery) > 0 and set(imagery["fold"]) == {0, 2}
+    assert set(imagery["condition"]) == {"imagery"}
+    held_out = set(index.loc[(index["dataset"] == "nsdimagery") & (index["fold"] == 1), "stimulus_id"])
+    assert held_out.isdisjoint(train.rows["stimulus_id"])
+    assert not (train.rows["split"] == "test").any() or set(train.rows.loc[train.rows["split"] == "test", "dataset"]) == {"nsdimagery"}
+    assert set(np.unique(train.sample_weight)) == {0.5, 1.0}
+    assert set(val.rows["split"]) == {"val"}
+
+
+def test_training_is_deterministic(world, tmp_path, tracking_uri):
+    from fmri2img.models.training import TrainConfig, train_decoder
+
+    cfg = TrainConfig(model="mlp", epochs=2)
+    a = train_decoder(world["subj01"], tmp_path / "a", cfg, cache_root=world["cache"], progress=False)
+    b = train_decoder(world["subj01"], tmp_path / "b", cfg, cache_root=world["cache"], progress=False)
+    assert a.metadata["weights_sha256"] == b.metadata["weights_sha256"]
+
+
+def test_invalid_options_one_line(world, tracking_uri, tmp_path):
+    idx = str(world["subj01"])
+    for args, message in [
+        (["train", "--index", idx, "--model", "mlp", "--epochs", "-1"], "epochs=-1"),
+        (["train", "--index", idx, "--model", "ridge", "--epochs", "3"], "does not apply"),
+        (["train", "--index", idx, "--train-on", "mixed"], "--holdout-fold"),
+    ]:
+        r = _invoke([*args, "--cache-root", str(world["cache"]), "--output-dir", str(tmp_path / "x")], tracking_uri)
+        assert r.exit_code == 2, r.output
+        assert message in r.output and len(r.output.strip().splitlines()) == 1

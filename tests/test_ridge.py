@@ -1,0 +1,224 @@
+"""RidgeDecoder and its solvers against scikit-learn's Ridge / RidgeCV (the trusted reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge, RidgeCV
+
+from fmri2img.errors import InputError
+from fmri2img.models.registry import make_decoder
+from fmri2img.models.ridge import DEFAULT_ALPHAS, RidgeDecoder
+from fmri2img.models.solvers import RIDGE_SOLVERS
+
+SOLVERS = sorted(RIDGE_SOLVERS)
+#: (n_trials, n_voxels): kernel branch (p > n) and primal branch (p <= n).
+SHAPES = [(40, 90), (90, 25)]
+ALPHAS = np.logspace(-1, 4, 12)
+#: Grid for float32 comparisons. Below alpha ~ 1 (alpha / eigenvalue ~ 1e-3 here) float32
+#: products carry ~1e-4 relative error on the LOO scores, enough to flip genuine near-ties
+#: between neighbouring alphas; float64 fits are compared on the full ALPHAS grid.
+ALPHAS_F32 = np.logspace(0, 4, 10)
+
+
+def _data(n, p, d=6, seed=0, noise=6.0):
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, p)) * rng.uniform(0.5, 3.0, p) + rng.uniform(-2, 2, p)).astype(np.float32)
+    W = rng.standard_normal((p, d))
+    Y = (X @ W + noise * rng.standard_normal((n, d)) + 1.5).astype(np.float32)
+    return X, Y
+
+
+def _weighted_standardize(X, w=None):
+    """Reference standardisation (float64) with the same weighted statistics as the decoder."""
+    X = X.astype(np.float64)
+    w = np.ones(len(X)) if w is None else w
+    m = w @ X / w.sum()
+    sd = np.sqrt(w @ (X - m) ** 2 / w.sum())
+    return (X - m) / sd
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fixed_alpha_matches_sklearn_ridge(solver, shape, weighted):
+    X, Y = _data(*shape)
+    w = np.random.default_rng(1).uniform(0.2, 3.0, len(X)) if weighted else None
+    alpha = 7.0
+    ours = RidgeDecoder(alphas=[alpha], solver=solver).fit(X, Y, sample_weight=w)
+    Z = _weighted_standardize(X, w)
+    ref = Ridge(alpha=alpha).fit(Z, Y.astype(np.float64), sample_weight=w)
+    scale = np.abs(ref.coef_).max()
+    np.testing.assert_allclose(ours.coef_, ref.coef_.T, atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(Z), atol=1e-4 * np.abs(Y).max(), rtol=0)
+
+
+@pytest.mark.parametrize(("solver", "dtype"), [("eigh_loo", "float32"), ("eigh_loo", "float64"), ("svd_loo", "float64")])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("per_target", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loo_selection_matches_sklearn_ridgecv(solver, dtype, shape, per_target, weighted):
+    X, Y = _data(*shape, seed=3)
+    w = np.random.default_rng(2).uniform(0.2, 3.0, len(X)) if weighted else None
+    alphas = ALPHAS_F32 if dtype == "float32" else ALPHAS
+    ours = RidgeDecoder(alphas=alphas, alpha_per_target=per_target, solver=solver, dtype=dtype)
+    ours.fit(X, Y, sample_weight=w)
+    Z = _weighted_standardize(X, w)
+    ref = RidgeCV(alphas=alphas, alpha_per_target=per_target).fit(Z, Y.astype(np.float64), sample_weight=w)
+    np.testing.assert_array_equal(np.broadcast_to(ours.alpha_, (Y.shape[1],)), np.broadcast_to(ref.alpha_, (Y.shape[1],)))
+    np.testing.assert_allclose(ours.predict(X), ref.predict(Z), atol=1e-4 * np.abs(Y).max(), rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_loo_scores_are_exact_leave_one_out(shape):
+    """cv_scores_ equal brute-force LOO refits (standardisation fixed, intercept refitted)."""
+    X, Y = _data(*shape, d=3, seed=5)
+    alphas = [0.5, 50.0]
+    ours = RidgeDecoder(alphas=alphas).fit(X, Y)
+    Z = _weighted_standardize(X)
+    brute = np.zeros((len(alphas), Y.shape[1]))
+    for k, a in enumerate(alphas):
+        for i in range(len(X)):
+            keep = np.arange(len(X)) != i
+            model = Ridge(alpha=a).fit(Z[keep], Y[keep].astype(np.float64))
+            brute[k] += (model.predict(Z[i:i + 1])[0] - Y[i]) ** 2
+    brute /= len(X)
+    np.testing.assert_allclose(ours.cv_scores_, brute, rtol=2e-4)
+
+
+def test_solvers_agree_with_each_other_per_target():
+    X, Y = _data(60, 150, d=8, seed=7)
+    a = RidgeDecoder(alphas=ALPHAS, solver="eigh_loo", dtype="float64").fit(X, Y)
+    b = RidgeDecoder(alphas=ALPHAS, solver="svd_loo").fit(X, Y)
+    np.testing.assert_array_equal(a.alpha_, b.alpha_)
+    assert len(set(a.alpha_)) > 1, "the test data should make targets pick different alphas"
+    np.testing.assert_allclose(a.cv_scores_, b.cv_scores_, rtol=1e-9)
+    c = RidgeDecoder(alphas=ALPHAS, solver="eigh_loo").fit(X, Y)  # float32 products
+    np.testing.assert_allclose(c.cv_scores_, b.cv_scores_, rtol=2e-3)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_learns_planted_linear_map(solver):
+    rng = np.random.default_rng(11)
+    n, p, d = 300, 120, 16
+    W = rng.standard_normal((p, d)) / np.sqrt(p)
+    X = rng.standard_normal((n + 100, p)).astype(np.float32)
+    Y = (X @ W + 0.3 * rng.standard_normal((n + 100, d))).astype(np.float32)
+    model = RidgeDecoder(solver=solver).fit(X[:n], Y[:n], X_val=X[n:], Y_val=Y[n:])
+    pred = model.predict(X[n:])
+    assert pred.dtype == np.float32 and pred.shape == (100, d)
+    # Mean-embedding baseline has R^2 ~ 0; the planted map explains ~90% of the variance.
+    assert model.val_r2_ > 0.8
+    cos = (pred * Y[n:]).sum(1) / np.linalg.norm(pred, axis=1) / np.linalg.norm(Y[n:], axis=1)
+    assert cos.mean() > 0.9
+
+
+def test_deterministic():
+    X, Y = _data(50, 80)
+    a = RidgeDecoder().fit(X, Y)
+    b = RidgeDecoder().fit(X, Y)
+    assert a.coef_.tobytes() == b.coef_.tobytes()
+    assert a.predict(X).tobytes() == b.predict(X).tobytes()
+
+
+def test_fit_does_not_modify_inputs():
+    X, Y = _data(30, 70)
+    X0, Y0 = X.copy(), Y.copy()
+    RidgeDecoder().fit(X, Y)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(Y, Y0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_torch_backend_matches_numpy_backend(shape):
+    """The torch code path (the one used with device='cuda') on CPU equals the numpy path."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    X, Y = _data(*shape)
+    w = np.random.default_rng(4).uniform(0.2, 3.0, len(X))
+    a = RidgeDecoder(alphas=ALPHAS_F32).fit(X, Y, sample_weight=w)
+    b = RidgeDecoder(alphas=ALPHAS_F32, solver_params={"backend": "torch"}).fit(X, Y, sample_weight=w)
+    np.testing.assert_array_equal(a.alpha_, b.alpha_)
+    np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-4 * np.abs(a.coef_).max())
+
+
+def test_constant_voxel_and_unstandardized():
+    X, Y = _data(30, 20)
+    X[:, 3] = 5.0
+    model = RidgeDecoder(standardize=False, alphas=[1.0]).fit(X, Y)
+    assert np.all(np.isfinite(model.coef_))
+    np.testing.assert_array_equal(model.scale_, np.ones(20, dtype=np.float32))
+    ref = Ridge(alpha=1.0).fit(X.astype(np.float64), Y)
+    np.testing.assert_allclose(model.predict(X), ref.predict(X), atol=1e-4 * np.abs(Y).max())
+
+
+def test_to_module_matches_predict_and_update_roundtrip():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    X, Y = _data(40, 90)
+    model = RidgeDecoder().fit(X, Y)
+    module = model.to_module()
+    with torch.no_grad():
+        out = module(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(out, model.predict(X), rtol=1e-5, atol=1e-5 * np.abs(out).max())
+    assert {n for n, _ in module.named_parameters()} == {"weight", "bias"}
+    with torch.no_grad():
+        module.bias += 1.0
+    model.update_from_module(module)
+    np.testing.assert_allclose(model.predict(X), out + 1.0, rtol=1e-5, atol=1e-5 * np.abs(out).max())
+
+
+def test_state_dict_roundtrip():
+    torch = pytest.importorskip("torch")
+    X, Y = _data(40, 90)
+    model = RidgeDecoder(alpha_per_target=False).fit(X, Y)
+    state = model.state_dict()
+    assert all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    clone = RidgeDecoder(alpha_per_target=False).load_state_dict(state, n_features=90, n_targets=6)
+    assert clone.predict(X).tobytes() == model.predict(X).tobytes()
+    assert clone.alpha_ == model.alpha_
+    with pytest.raises(InputError, match="90 voxels, expected 91"):
+        RidgeDecoder().load_state_dict(state, n_features=91)
+
+
+def test_registry_and_params():
+    model = make_decoder("ridge", alphas=[1.0, 10.0], solver="svd_loo")
+    assert isinstance(model, RidgeDecoder)
+    assert model.get_params()["solver"] == "svd_loo"
+    assert len(DEFAULT_ALPHAS) == 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "call", "match"),
+    [
+        ({}, lambda m, X, Y: m.predict(X), "not fitted"),
+        ({}, lambda m, X, Y: m.fit(X[:, :, None], Y), "shape"),
+        ({}, lambda m, X, Y: m.fit(X, Y[:-1]), "shape"),
+        ({}, lambda m, X, Y: m.fit(np.where(X > 1, np.nan, X), Y), "NaN"),
+        ({}, lambda m, X, Y: m.fit(X, Y, sample_weight=-np.ones(len(X))), "sample_weight"),
+        ({"alphas": [0.0, 1.0]}, lambda m, X, Y: m.fit(X, Y), "positive"),
+        ({"solver": "cholesky"}, lambda m, X, Y: m.fit(X, Y), "Unknown ridge solver"),
+        ({}, lambda m, X, Y: m.fit(X, Y).predict(X[:, :-1]), "voxels"),
+    ],
+)
+def test_errors(kwargs, call, match):
+    X, Y = _data(20, 30)
+    with pytest.raises(InputError, match=match):
+        call(RidgeDecoder(**kwargs), X, Y)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    X, Y = _data(40, 90)
+    a = RidgeDecoder(alphas=ALPHAS_F32).fit(X, Y)
+    b = RidgeDecoder(alphas=ALPHAS_F32, device="cuda").fit(X, Y)
+    np.testing.assert_array_equal(a.alpha_, b.alpha_)
+    np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-4 * np.abs(a.coef_).max())
+
+
+def test_cuda_unavailable_is_a_clear_error():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("CUDA present")
+    X, Y = _data(20, 30)
+    with pytest.raises(InputError, match="cuda"):
+        RidgeDecoder(device="cuda").fit(X, Y)
