@@ -47,6 +47,7 @@ from fmri2img.constants import (
     DEFAULT_INDEX_DIR,
     DEFAULT_MANIFEST_DIR,
     DEFAULT_SUBJECTS,
+    INIT_SEED,
     SYNTHETIC_TRUTH_EMBEDDINGS,
 )
 from fmri2img.errors import ConfigError
@@ -87,6 +88,7 @@ class AblationConfig:
     folds: int = 3
     imagery_weight: float = 1.0
     device: str = "cpu"
+    seed: int = INIT_SEED  # model initialisation of every decoder (adapt/eval have their own seeds)
     decoder_params: dict[str, Any] = field(default_factory=dict)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -215,7 +217,7 @@ def ensure_embeddings(config: AblationConfig, indices: list[Path]) -> dict[str, 
 def train_config(config: AblationConfig, decoder: str, **extra: Any):
     from fmri2img.models.training import TrainConfig
 
-    return TrainConfig(model=decoder, embedding_set=config.embedding_set, device=config.device,
+    return TrainConfig(model=decoder, embedding_set=config.embedding_set, device=config.device, seed=config.seed,
                        decoder_params=dict(config.decoder_params.get(decoder, {})), **extra)
 
 
@@ -275,6 +277,20 @@ def _cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
 def run_cell(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any], parent_run_id: str,
              tracking_uri: str, force: bool = False, progress: bool = False) -> dict[str, Any]:
     """Run one cell (train what it needs, evaluate) unless its key is unchanged; return its record."""
+    out = cell_dir(config, cell)
+    try:
+        return _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, progress, out)
+    except BaseException:
+        # Ctrl-C or an error: remove the cell's partial outputs (kill -9 cannot clean up, but a
+        # cell without cell.json is never trusted and reruns from scratch).
+        if not (out / "cell.json").is_file():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, progress, out) -> dict[str, Any]:
     from fmri2img import tracking
     from fmri2img.data.index import read_index
     from fmri2img.embeddings.cache import load_embedding_set
@@ -285,7 +301,6 @@ def run_cell(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any], pa
     from fmri2img.models.predictors import Predictor, decoder_fn
     from fmri2img.models.training import train_decoder
 
-    out = cell_dir(config, cell)
     base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / "best.pt"
     key_parts = {"cell": dataclasses.asdict(cell), "inputs": fingerprint, "code": code_sha256(),
                  "mode": config.mode, "eval": dataclasses.asdict(config.eval), "folds": config.folds,

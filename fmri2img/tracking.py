@@ -109,7 +109,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def package_versions() -> dict[str, str]:
     """Versions of :data:`TRACKED_PACKAGES` that are installed, plus Python's."""
-    versions = {"python": platform.python_version(), "fmri2img": __version__}
+    versions = {"python": platform.python_version(), "fmri2img": __version__,
+                # float results are bit-identical only for the same BLAS/OpenMP thread count
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
     for name in TRACKED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)

@@ -149,8 +149,13 @@ def load_checkpoint(
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptFileError(f"Cannot load {weights} as a tensor state dict: {first}") from None
+        if isinstance(exc, pickle.UnpicklingError):  # torch's own text advises weights_only=False: never
+            first = "it holds pickled Python objects or is not a torch file (refused by weights_only=True)"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(
+            f"Cannot load {weights} as a tensor state dict: {first}; expected a flat dict of tensors (torch.save)."
+        ) from None
     state = _check_state(state, str(weights))
     params = dict(meta["params"])
     if device is not None and "device" in params:

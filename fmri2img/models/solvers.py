@@ -36,10 +36,21 @@ When p <= n the same quantities come from ``Zw^T Zw = W diag(s) W^T`` (primal fo
 Precision: the data and every matrix product stay in ``dtype`` (float32 by default). The
 eigendecomposition runs in ``eigh_dtype`` (float64 by default): LAPACK's error on the
 eigenvalues is about ``eps * lam_max``, which in float32 (1e-7) is not negligible next to the
-smallest alphas once fMRI's large leading eigenvalues are in play. The LOO denominators are
-sums of positive terms (kernel form) or computed in float64 (primal form), so float32 is safe
-there. On CPU the arrays are numpy and LAPACK/BLAS calls go through scipy; with
-``device="cuda"`` the identical code runs on torch tensors.
+smallest alphas once fMRI's large leading eigenvalues are in play. Measured on correlated
+synthetic betas (n=1500, p=2600, global factor + low rank + near-repeated trials), against an
+all-float64 fit: float64 eigh + float32 products give LOO scores to 3e-5 and coef to 1.4e-6
+(relative); a float32 eigh gives scores to 5e-3 and coef to 2e-5 (same alphas chosen there,
+but near-ties can flip). ``eigh_dtype="float32"`` halves the eigendecomposition's memory
+(n=9000: peak 1.7 GB instead of 2.65 GB, data included). The LOO denominators are sums of
+positive terms (kernel form) or computed in float64 (primal form), so float32 is safe there.
+
+Memory (kernel form): X (the caller's, never copied) + one float32 n x n kernel, converted to
+``eigh_dtype`` and decomposed in place; the 'evd' driver adds a 2 n^2 workspace. All alphas
+reuse two (n, d) buffers; nothing of shape (n_alphas, n, d) is ever formed.
+
+Backends: on CPU the arrays are numpy and LAPACK/BLAS calls go through scipy (scipy's eigh
+beat torch's on this machine: n=3000 float64, 4.3 s vs 8.5 s); with ``device="cuda"`` the
+identical code runs on torch tensors (``backend="torch"`` runs that path on CPU too).
 """
 
 from __future__ import annotations
