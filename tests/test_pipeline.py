@@ -53,6 +53,11 @@ def test_train_eval_adapt_cli(world, tmp_path, tracking_uri):
     cos = model[model.metric == "cosine"].set_index("test_set")["value"]
     base = table[(table.configuration == "baseline_mean_embedding") & (table.metric == "cosine")
                  & (table.stimulus_type == "all")].set_index("test_set")["value"]
+    # reconstruction by retrieval: the ground truth retrieves its own image (SSIM 1)
+    ssim = table[(table.metric == "ssim") & (table.stimulus_type == "all")]
+    assert set(ssim.configuration) >= {"perception_only", "baseline_ground_truth"}
+    assert (ssim[ssim.configuration == "baseline_ground_truth"]["value"] > 0.999).all()
+    assert not (table.metric == "ssim").loc[table.stimulus_type == "conceptual"].any()
     # planted: perception decodes above the constant guess; imagery sits below matched perception
     assert cos["shared1000"] > base["shared1000"]
     assert cos["imagery_vision"] > cos["imagery"]

@@ -75,6 +75,7 @@ class EvalOptions:
     n_perm: int = DEFAULT_N_PERM
     seed: int = INIT_SEED
     distractors: str | None = None  # "shared1000": add shared1000 embeddings to image galleries
+    image_metrics: bool = True  # SSIM / PixCorr / pixel MSE of reconstruction by retrieval
 
     def validate(self) -> None:
         if any(k <= 0 for k in self.ks):
@@ -185,6 +186,34 @@ def _score_group(pred, true, gallery, target, opts: EvalOptions, with_tests: boo
     return result
 
 
+def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray) -> dict[str, Any]:
+    """Reconstruction by retrieval among the group's own images, scored per stimulus."""
+    from fmri2img.evaluation.image_metrics import RetrievalGenerator, score_images
+
+    recon = RetrievalGenerator(gallery, true_images).generate(pred)
+    scored = score_images(recon, true_images)
+    return {name: {"value": float(np.nanmean(v)), "chance": None, "n": len(v), "p": None,
+                   "per_item": np.asarray(v, dtype=np.float64)} for name, v in scored.items()}
+
+
+def image_loader(index: pd.DataFrame, data_root: str | Path) -> Callable[[Sequence[str]], np.ndarray]:
+    """``load(stimulus_ids) -> uint8 (n, H, W, 3)`` reading each stimulus image once (cached)."""
+    from fmri2img.embeddings.stimuli import Stimulus, StimulusReader
+
+    refs = index.drop_duplicates("stimulus_id").set_index("stimulus_id")["image_ref"].to_dict()
+    cache: dict[str, np.ndarray] = {}
+
+    def load(ids: Sequence[str]) -> np.ndarray:
+        missing = [s for s in ids if s not in cache]
+        if missing:
+            with StimulusReader(data_root) as reader:
+                for sid in missing:
+                    cache[sid] = np.asarray(reader.image(Stimulus(sid, "image", image_ref=refs[sid])), np.uint8)
+        return np.stack([cache[s] for s in ids])
+
+    return load
+
+
 def score(
     predictions: Mapping[str, Predictions],
     embedding_set,
@@ -196,6 +225,7 @@ def score(
     options: EvalOptions = EvalOptions(),
     baselines: bool = True,
     distractor_embeddings: tuple[Sequence[str], np.ndarray] | None = None,
+    images: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> EvalResult:
     """Score decoded embeddings of each test set; see the module docstring for the rules.
 
@@ -207,6 +237,11 @@ def score(
         Mean training embedding (the constant-guess baseline).
     distractor_embeddings : (ids, array of shape (m, d)), optional
         Extra image-gallery candidates; those that are stimuli of the gallery itself are dropped.
+    images : callable, optional
+        ``images(stimulus_ids) -> uint8 array (n, H, W, 3)``. When given, image stimuli are
+        reconstructed by retrieval (the gallery image nearest each prediction, the honest
+        baseline every generative decoder must beat) and scored against the true image with
+        SSIM, PixCorr and pixel MSE (:mod:`fmri2img.evaluation.image_metrics`).
     """
     options.validate()
     records: list[dict[str, Any]] = []
@@ -245,6 +280,8 @@ def score(
                 dec = decoder if is_model else "none"
                 res = _score_group(cand, true_g, gallery, target, options,
                                    with_tests=is_model or cfg == "baseline_random")
+                if images is not None and group == "all" and options.image_metrics:
+                    res.update(_image_scores(cand, true_g, images(group_ids)))
                 for metric, r in res.items():
                     records.append(_row(subject, dec, cfg, test_set, group, metric, r["value"],
                                         _ci(r["per_item"], options), r["chance"], r["n"], r["p"]))
@@ -507,9 +544,13 @@ def evaluate_predictor(
     distractors = None
     if options.distractors == "shared1000":
         distractors = distractor_embeddings(index, embedding_set)
+    images = None
+    data_root = index.attrs.get("data_root")
+    if options.image_metrics and data_root and Path(data_root).is_dir():
+        images = image_loader(index, data_root)
     result = score(predictions, embedding_set, train_mean_embedding(index, embedding_set), subject=subject,
                    decoder=decoder, configuration=configuration, options=options,
-                   distractor_embeddings=distractors)
+                   distractor_embeddings=distractors, images=images)
     result.info.update(dict(info or {}))
     result.info["folds"] = list(folds) if folds is not None else None
     write_outputs(result, output_dir)

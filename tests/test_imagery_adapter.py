@@ -1,0 +1,80 @@
+"""H3's adapters on a frozen perception decoder (the roadmap's tests/test_imagery_adapter.py).
+
+Unit-level adapter behaviour (identity at init, recovery of a planted distortion) is in
+test_adapters_unit.py; this file checks the adapt stage on a tiny synthetic world.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _world import build_tiny
+
+from fmri2img.data import selection
+from fmri2img.data.index import read_index
+from fmri2img.io import sha256_file
+from fmri2img.models.adapt import AdaptConfig, _fold_rows, adapter_predictor, build_adapter, train_adapters
+from fmri2img.models.training import TrainConfig, train_decoder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("adapt")
+    world = build_tiny(root)
+    base = train_decoder(world["subj01"], root / "base", TrainConfig(model="mlp", epochs=3),
+                         cache_root=world["cache"], progress=False)
+    return world, base.checkpoint, root
+
+
+def test_identity_at_initialisation():
+    for config in (AdaptConfig(adapter="linear"), AdaptConfig(adapter="mlp", condition=True)):
+        adapter = build_adapter(config, 16)
+        y = torch.randn(5, 16)
+        cond = torch.tensor([0, 1, 0, 1, 1]) if config.condition else None
+        assert torch.equal(adapter(y, condition=cond), y)
+
+
+@pytest.mark.parametrize("fold", [0, 1, 2])
+def test_training_rows_never_touch_the_held_out_fold(setup, fold):
+    world, _, _ = setup
+    index = read_index(world["subj01"])
+    config = AdaptConfig(condition=True)
+    train, val, val_stimuli = _fold_rows(index, fold, config, config.seed + fold)
+    held_out = set(index.loc[(index["dataset"] == "nsdimagery") & (index["fold"] == fold), "stimulus_id"])
+    for mask in (train, val):
+        rows = index.loc[mask]
+        assert held_out.isdisjoint(rows["stimulus_id"]) and (rows["dataset"] == "nsdimagery").all()
+    assert set(index.loc[train, "stimulus_id"]).isdisjoint(val_stimuli)  # early stopping on unseen stimuli
+    # imagery_fraction: about 20% of each training stimulus' imagery trials
+    pool = selection.imagery_rows(index, "imagery", selection.training_folds(index, fold))
+    n_imagery = int((train & pool).sum())
+    assert 0 < n_imagery < 0.35 * pool.sum()
+
+
+def test_base_frozen_deterministic_and_finetune(setup):
+    world, base_ckpt, root = setup
+    before = sha256_file(base_ckpt)
+    results = {}
+    for name, config in {"a": AdaptConfig(adapter="mlp", epochs=3), "b": AdaptConfig(adapter="mlp", epochs=3),
+                         "ft": AdaptConfig(adapter="finetune", epochs=2)}.items():
+        results[name] = train_adapters(world["subj01"], base_ckpt, root / name, config, model_type="mlp",
+                                       cache_root=world["cache"], progress=False)
+    assert sha256_file(base_ckpt) == before  # the base checkpoint is never modified
+    assert results["a"].metadata["weights_sha256"] == results["b"].metadata["weights_sha256"]
+    meta = results["a"].metadata
+    assert meta["n_trainable_parameters"] < meta["n_base_parameters"]
+    assert results["ft"].metadata["n_trainable_parameters"] == meta["n_base_parameters"]
+    assert results["ft"].metadata["parameter_overhead"] == 1.0
+    # the fine-tuned copies and the adapters both decode through the per-fold predictor
+    from fmri2img.models.checkpoint import load_checkpoint
+
+    decoder, _ = load_checkpoint(base_ckpt)
+    index = read_index(world["subj01"])
+    rows = index.loc[selection.imagery_rows(index, "imagery")]
+    X = np.random.default_rng(0).normal(size=(len(rows), decoder.n_features_in_)).astype(np.float32)
+    for name in ("a", "ft"):
+        predictor, _ = adapter_predictor(decoder, results[name].checkpoint, base_ckpt)
+        assert predictor(X, rows).shape == (len(rows), decoder.n_targets_)
