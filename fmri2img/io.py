@@ -37,7 +37,10 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"Cannot create output folder {path}: {exc.strerror or exc}.") from None
+        raise OutputError(
+            f"Cannot create output folder {path}: {exc.strerror or exc}; expected a writable folder path "
+            "(no regular file on the way)."
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"Output folder {path} is not writable; expected a writable folder.")
     return path

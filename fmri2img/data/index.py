@@ -25,7 +25,7 @@ from fmri2img.data import betas as beta_cache
 from fmri2img.data import nsd, nsd_imagery, splits
 from fmri2img.data import nsd_constants as C
 from fmri2img.data.schema import SCHEMA, make_metadata, read_index, write_index
-from fmri2img.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError
+from fmri2img.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError, OutputError
 from fmri2img.io import read_json, resolve_under, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,22 @@ def source_path(data_root: str | os.PathLike, relative: str) -> Path:
 
 def _memo_path(cache_root: str | os.PathLike, subject: str) -> Path:
     return Path(cache_root) / "checksums" / f"{subject}.json"
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless ``path`` (a file to be written) can be created.
+
+    Creates nothing: the nearest existing ancestor must be a writable folder. Called before
+    any heavy work so an unusable output location fails at once, not after the beta cache.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"Cannot write {path}: {ancestor} is not a folder; expected a writable output location.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {path}: folder {ancestor} is not writable; expected a writable output location.")
 
 
 def hash_sources(
@@ -285,6 +301,8 @@ def build_index(
     output = Path(output) if output is not None else default_index_path(cache_root, subject)
     if verify:
         return verify_index(output, root, cache_root, manifest_dir)
+    for target in (output, splits.manifest_path(manifest_dir, subject), _memo_path(cache_root, subject)):
+        check_writable(target)  # fail before reading or hashing anything
     with_nsd, with_imagery = dataset in ("nsd", "both"), dataset in ("imagery", "both")
     if with_imagery and (not isinstance(folds, int) or folds < 2):
         raise ConfigError(f"Invalid folds={folds!r}; expected an integer >= 2.")

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -383,10 +385,13 @@ def load_clip(
     cache_dir = os.fspath(hub_cache_dir) if hub_cache_dir else None
     if identity["checkpoint_sha256"]:
         try:
-            with _quiet_logging():
+            with _quiet_logging(), warnings.catch_warnings():  # a bad file's warnings: the error says it all
+                warnings.simplefilter("ignore")
                 clip_model, preprocess = _create(model, os.fspath(checkpoint), device, None)
         except Exception as exc:  # torch / open_clip raise RuntimeError, UnpicklingError, KeyError...
             text = _first_line(exc)
+            if isinstance(exc, pickle.UnpicklingError):  # torch's own text advises weights_only=False: never
+                text = "it holds pickled Python objects or is not a torch file (refused by weights_only=True)"
             kind = MismatchError if re.search(r"size mismatch|Missing key|Unexpected key", str(exc)) else CorruptFileError
             raise kind(f"Checkpoint {checkpoint} does not load into open_clip model {model!r}: {text}") from None
     elif identity["init"]:
