@@ -6,6 +6,23 @@ import os
 
 import pytest
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_tracking_store(tmp_path_factory):
+    """No test writes mlflow.db or mlruns/ into the checkout: by default every test logs to a
+    session-wide store in a temp folder (the working directory moves there too, because MLflow
+    puts a SQLite store's artifacts under ./mlruns)."""
+    root = tmp_path_factory.mktemp("mlflow-session")
+    previous_cwd, previous_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.chdir(root)
+    yield
+    os.chdir(previous_cwd)
+    if previous_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+
 # Tests must be deterministic and must not oversubscribe the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -69,3 +69,13 @@ def test_gitignore_lists_generated_paths():
     for path in (".venv/", "data/synthetic/", "cache/", "outputs/", "checkpoints/", "mlruns/", "mlflow.db",
                  "__pycache__/"):
         assert path in ignored, path
+
+
+def test_every_shipped_config_validates():
+    from fmri2img.ablation import AblationConfig
+    from fmri2img.config import load_config
+
+    configs = sorted((ROOT / "projects" / "imagery" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(AblationConfig, path).validate()
