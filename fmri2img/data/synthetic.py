@@ -16,7 +16,8 @@ generated them. The generative model (``docs/synthetic_world.md``):
   per-session gain drift;
 * NSD-Imagery betas of stimulus ``s`` of set ``X``: vision trials as perception; imagery trials
   ``a G (gamma_X (rho_X e_s + sqrt(1 - rho_X^2) r_s) + c_X)`` + noise of sd ``noise_sd_X``, with
-  ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u`` a fixed offset;
+  ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u`` a fixed offset
+  (``u`` a unit vector in the span of the category directions, the same for every set);
   attention trials ``a G (attention_gain e_s)`` + perception noise.
 
 Everything is seeded: the same arguments give byte-identical files.
@@ -147,8 +148,9 @@ class GeneratorParams:
         Number of category clusters of the latents.
     weight_shared, weight_category, weight_unique : float
         Weights of the shared mean direction, the category direction and the stimulus' own
-        direction (each a unit vector) before normalisation; 0.7 / 0.5 / 0.6 give a mean
-        pairwise cosine of ~0.45.
+        direction (each a unit vector) before normalisation; 0.95 / 1.0 / 0.4 give a mean
+        pairwise cosine of ~0.45 and a category structure strong enough that a ridge decoder
+        reads the category directions (and hence the imagery offset along them) out well.
     amplitude : float
         Perception gain ``a``: ``(G e_s)_v`` has unit variance, so the signal sd is ``a`` psc.
     noise_sd : float
@@ -171,19 +173,19 @@ class GeneratorParams:
 
     dim: int = 512
     n_categories: int = 20
-    weight_shared: float = 0.7
-    weight_category: float = 0.5
-    weight_unique: float = 0.6
+    weight_shared: float = 0.95
+    weight_category: float = 1.0
+    weight_unique: float = 0.4
     amplitude: float = 0.75
     noise_sd: float = 4.0
     session_offset_sd: float = 2.0
     session_gain_sd: float = 0.2
     smooth_sigma_vox: float = 1.0
     smooth_fraction: float = 0.5
-    attention_gain: float = 0.1
-    imagery_a: ImageryEffect = ImageryEffect(gamma=0.8, rho=0.85, offset_norm=0.3, noise_sd=6.0)
-    imagery_b: ImageryEffect = ImageryEffect(gamma=0.7, rho=0.8, offset_norm=0.3, noise_sd=6.0)
-    imagery_c: ImageryEffect = ImageryEffect(gamma=0.5, rho=0.65, offset_norm=0.3, noise_sd=6.0)
+    attention_gain: float = 1.0
+    imagery_a: ImageryEffect = ImageryEffect(gamma=0.8, rho=0.85, offset_norm=1.0, noise_sd=6.0)
+    imagery_b: ImageryEffect = ImageryEffect(gamma=0.7, rho=0.8, offset_norm=1.0, noise_sd=6.0)
+    imagery_c: ImageryEffect = ImageryEffect(gamma=0.5, rho=0.65, offset_norm=1.0, noise_sd=6.0)
     render_contrast: float = 1.0
 
     def effect(self, stim_set: str) -> ImageryEffect:
@@ -277,7 +279,8 @@ GENERATIVE_MODEL_TEXT = (
     "nsdgeneral: s_kv*eps + o_kv. Stored int16 = round(x*300). NSD-Imagery (one session): vision "
     "trials as perception; imagery trials of set X: a*G(gamma_X*(rho_X*e_s + sqrt(1-rho_X^2)*r_s) "
     "+ c_X) + N(0, noise_sd_X^2), r_s unit and orthogonal to e_s (fixed per stimulus), c_X = "
-    "offset_norm_X*u with u a fixed unit vector; attention trials a*G(attention_gain*e_s) + "
+    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c (the "
+    "offset is shared by all imagery trials, along directions a perception decoder reads out); attention trials a*G(attention_gain*e_s) + "
     "N(0, noise_sd^2); same session drift form as perception."
 )
 
@@ -306,6 +309,15 @@ def _orthogonal_units(a: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return _unit_rows(a - np.outer(a @ direction, direction))
 
 
+def latent_directions(params: GeneratorParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shared direction ``m`` (dim,) and the category directions ``u_c`` (n_categories, dim),
+    unit vectors, ``u_c`` orthogonal to ``m``."""
+    base = _rng(seed, "latent-directions")
+    shared = _random_units(base, 1, params.dim)[0]
+    cat_dirs = _orthogonal_units(base.standard_normal((params.n_categories, params.dim)), shared)
+    return shared, cat_dirs
+
+
 def make_latents(
     n: int, params: GeneratorParams, seed: int, stream: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,9 +336,7 @@ def make_latents(
     categories : int array of shape (n,)
         Category of each stimulus.
     """
-    base = _rng(seed, "latent-directions")
-    shared = _random_units(base, 1, params.dim)[0]
-    cat_dirs = _orthogonal_units(base.standard_normal((params.n_categories, params.dim)), shared)
+    shared, cat_dirs = latent_directions(params, seed)
     rng = _rng(seed, "latents", stream)
     categories = rng.integers(0, params.n_categories, size=n)
     unique = _orthogonal_units(rng.standard_normal((n, params.dim)), shared)
@@ -791,7 +801,11 @@ def _write_into(
     stim_latents = np.concatenate([lat_a, latents[design.imagery_b], lat_c])  # table order (18, d)
     # imagery content: r_s orthogonal to e_s, c_X = offset_norm_X * u
     rng = _rng(seed, "imagery-effects")
-    u = _random_units(rng, 1, params.dim)[0]
+    # the offset direction u lies in the span of the category directions: the structured part
+    # of the latent space that a perception decoder reads out best, so the offset distorts
+    # decoded imagery (a random direction would be shrunk away by any regularised decoder)
+    _, cat_dirs = latent_directions(params, seed)
+    u = _unit_rows((rng.standard_normal(params.n_categories) @ cat_dirs)[None, :])[0]
     resid = rng.standard_normal(stim_latents.shape)
     resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents
     resid = _unit_rows(resid)
@@ -1054,8 +1068,9 @@ def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, n
                    "imagery carries the true latent with gain gamma*rho and larger noise: degraded "
                    "but non-zero transfer, strongest for A, weakest for C"),
             "H2": ("nothing to learn (null world)" if null else
-                   "imagery adds a fixed offset c_X and gain gamma_X shared by all stimuli of a set: "
-                   "learnable by training on imagery trials (mixed training)"),
+                   "imagery adds a fixed offset c_X (one direction u in the span of the category "
+                   "directions, shared by all imagery trials) and gain gamma_X shared by all stimuli of a "
+                   "set: learnable by training on imagery trials of other stimuli (mixed training)"),
             "H3": ("nothing to adapt (null world)" if null else
                    "decoded imagery embeddings are ~ gamma*(rho*e + ...) + c: an affine adapter on the "
                    "decoded embeddings can remove the offset"),
