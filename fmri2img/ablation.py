@@ -250,6 +250,8 @@ def _cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
             f"--folds {config.folds}"]
     train = f"fmri2img train --index {idx} --model {cell.decoder} --embeddings {config.embedding_set} {common}"
     if cell.configuration == "mixed":
+        cmds.append("# the ablation scores the fold models together (each on its held-out fold's imagery stimuli, "
+                    "shared1000 dealt round-robin); `eval` on one fold's checkpoint scores that fold alone")
         for fold in range(config.folds):
             out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
             cmds.append(f"{train} --train-on mixed --holdout-fold {fold} --imagery-weight {config.imagery_weight} "
