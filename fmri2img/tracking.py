@@ -16,6 +16,7 @@ nested runs and parallel workers never step on each other's "active run".
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -95,6 +96,7 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+@functools.lru_cache(maxsize=4)
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """The current git commit of ``cwd`` (or the package's folder), or ``None``."""
     where = Path(cwd) if cwd else Path(__file__).resolve().parent
@@ -109,13 +111,18 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def package_versions() -> dict[str, str]:
     """Versions of :data:`TRACKED_PACKAGES` that are installed, plus Python's."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version(), "fmri2img": __version__,
                 # float results are bit-identical only for the same BLAS/OpenMP thread count
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
     for name in TRACKED_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-    return versions
+    return tuple(versions.items())
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -183,7 +190,10 @@ class Run:
             self.client.log_artifact(self.run_id, str(target), None if parent == "." else parent)
 
 
+@functools.lru_cache(maxsize=8)
 def _client(uri: str):
+    """One client per store and process: opening a SQLite store (SQLAlchemy engine, schema
+    check) costs seconds, and an ablation opens hundreds of runs."""
     _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 

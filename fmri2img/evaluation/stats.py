@@ -443,7 +443,8 @@ def permutation_test_retrieval(
     rows = np.arange(n)
     observed = float(np.mean(rank_table[rows, idx] <= k))
     rng = np.random.default_rng(seed)
-    null = np.array([np.mean(rank_table[rows, idx[rng.permutation(n)]] <= k) for _ in range(n_perm)])
+    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n), same draws as a loop
+    null = np.mean(rank_table[rows[None, :], idx[perms]] <= k, axis=1)
     return _permutation_p(observed, null)
 
 
@@ -481,7 +482,8 @@ def permutation_test_two_way(
     rows = np.arange(n)
     observed = float(np.mean(wins_table[rows, rows] / (n - 1)))
     rng = np.random.default_rng(seed)
-    null = np.array([np.mean(wins_table[rows, rng.permutation(n)] / (n - 1)) for _ in range(n_perm)])
+    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n), same draws as a loop
+    null = np.mean(wins_table[rows[None, :], perms] / (n - 1), axis=1)
     return _permutation_p(observed, null)
 
 
