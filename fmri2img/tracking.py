@@ -197,7 +197,36 @@ def _client(uri: str):
     _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
+    _create_sqlite_store_atomically(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _create_sqlite_store_atomically(uri: str) -> None:
+    """Create a new SQLite store under a temporary name and link it into place.
+
+    MLflow creates its tables with a sequence of schema migrations; a process killed in the
+    middle (kill -9 of a first run) would leave a half-migrated ``mlflow.db`` that every later
+    run refuses ("table ... already exists"). Built aside and linked (which fails if another
+    process got there first), the store appears complete or not at all.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists() or not path.parent.is_dir():
+        return
+    from mlflow.tracking import MlflowClient
+
+    tmp = path.with_name(f".fmri2img-tmp-{os.getpid()}-{path.name}")
+    try:
+        store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store  # runs the migrations
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # created concurrently by another process: use theirs
+            pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def _experiment_id(client, name: str) -> str:
