@@ -20,7 +20,8 @@ class BaseDecoder:
 
     Subclasses implement ``fit(X, Y, X_val=None, Y_val=None, sample_weight=None)``,
     ``predict(X)``, ``state_dict()`` (flat ``dict[str, torch.Tensor]``) and
-    ``load_state_dict(state, n_features, n_targets)``.
+    ``load_state_dict(state, n_features=None, n_targets=None)`` (shapes come from the state;
+    the optional sizes are checks).
     """
 
     #: Registry name (``ridge``, ``mlp``, ``two_stage``).
