@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fmri2img ablate --config projects/imagery/configs/ablation.yaml
+	$(VENV)/bin/fmri2img ablate --config projects/imagery/configs/ablation.yaml --jobs 2
 
 # pytest exits 5 when it collects no tests: that must fail, not pass silently.
 test: $(STAMP)
