@@ -171,7 +171,7 @@ def adapter_dir(config: AblationConfig, cell: Cell) -> Path:
 
 # ----------------------------------------------------------------------------- stages
 
-def ensure_inputs(config: AblationConfig, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str, Any]:
     """World, indices and embedding set for every subject; returns their fingerprints."""
     from fmri2img.data.index import build_index
     from fmri2img.io import sha256_file
@@ -189,13 +189,13 @@ def ensure_inputs(config: AblationConfig, *, force: bool = False, progress: bool
         path = build_index(subject, config.data_root, config.cache_root, output=index_path(config, subject),
                            manifest_dir=config.manifest_dir, progress=progress, folds=config.folds)
         fingerprints[subject] = {"index_sha256": sha256_file(path)}
-    embeddings = ensure_embeddings(config, [index_path(config, s) for s in config.subjects])
+    embeddings = ensure_embeddings(config)
     for subject in config.subjects:
         fingerprints[subject]["embedding_set"] = embeddings
     return fingerprints
 
 
-def ensure_embeddings(config: AblationConfig, indices: list[Path]) -> dict[str, Any]:
+def ensure_embeddings(config: AblationConfig) -> dict[str, Any]:
     """Make sure the embedding set exists; return its identity (tag + content hash)."""
     from fmri2img.embeddings.cache import load_embedding_set, set_dir, synthetic_truth_set
     from fmri2img.errors import MissingInputError
@@ -357,7 +357,7 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
             predictor, ameta = adapter_predictor(decoder, result.checkpoint, base_ckpt, kind)
             extra.update({k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters",
                                                "n_base_parameters", "parameter_overhead")})
-        result_eval = evaluate_predictor(
+        evaluate_predictor(
             index, predictor, embedding_set, out, decoder=cell.decoder, configuration=cell.configuration,
             n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,
             cache_root=config.cache_root, run=run,
@@ -369,7 +369,6 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
         record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run.run_id,
                   "seconds": time.perf_counter() - start, "commands": _cell_commands(config, cell), **extra}
         write_json(marker, record)
-    del result_eval
     return {**record, "skipped": False}
 
 
@@ -483,7 +482,7 @@ def run_ablation(
                  run.run_id, len(config.subjects), len(config.decoders), len(config.configurations), len(orphans))
         write_json(Path(config.output_root) / "mlflow_run.json",
                    {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
-        fingerprints = ensure_inputs(config, force=force, progress=progress)
+        fingerprints = ensure_inputs(config, progress=progress)
         log.info("inputs ready: %s", {s: f["index_sha256"][:12] for s, f in fingerprints.items()})
         cells = [Cell(s, d, c) for s in config.subjects for d in config.decoders for c in config.configurations]
         for subject in config.subjects:

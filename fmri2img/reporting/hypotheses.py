@@ -30,6 +30,10 @@ H2_MAX_PERCEPTION_DROP = 0.05
 H3_EXPECTED_PERFORMANCE = (0.80, 0.90)
 H3_EXPECTED_SPEEDUP = 10.0
 
+#: In a null world (imagery distributed like perception) the H1 ratio is 1 up to noise; with
+#: few subjects its CI can just miss 1, so a mean above this also counts as "no deficit".
+NULL_MIN_RATIO = 0.8
+
 ADAPTERS = ("adapter_linear", "adapter_mlp", "adapter_mlp_condition")
 METRIC = "cosine"
 #: Bootstrap over subjects.
@@ -160,7 +164,7 @@ def planted_truth_check(data_root: str | Path, report: dict[str, Any]) -> dict[s
         h1 = entry["H1"]["group"]
         if h1["mean"] is not None and h1["ci_low"] is not None:
             if null:
-                ok = h1["ci_low"] <= 1.0 <= h1["ci_high"] or h1["mean"] > 0.8
+                ok = h1["ci_low"] <= 1.0 <= h1["ci_high"] or h1["mean"] > NULL_MIN_RATIO
                 expect = "no transfer deficit (ratio CI includes 1)"
             else:
                 ok = h1["ci_high"] < 1.0 and h1["ci_low"] > 0.0
