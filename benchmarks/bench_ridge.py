@@ -10,11 +10,13 @@ alpha per target, then predicts held-out trials. Prints a table and, last, exact
     python benchmarks/bench_ridge.py --tiny         # seconds (CI)
     python benchmarks/bench_ridge.py --size nsd     # n=9000, p=15724, d=512 (minutes per method)
     python benchmarks/bench_ridge.py --methods ours --size nsd
+    python benchmarks/bench_ridge.py --methods ours --solver eigh_loo   # one of our solvers
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import subprocess
@@ -22,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from fmri2img.models.solvers import RIDGE_SOLVERS
 
 #: Problem sizes (n_train, n_voxels, n_targets). "nsd": subj01's nsdgeneral mask (15,724 voxels),
 #: ~9,000 training trials, a 512-d CLIP embedding (issue 9).
@@ -56,17 +60,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
-def worker(method: str, n: int, p: int, d: int, himalaya_model: str, device: str, solver_params: dict) -> dict:
+def worker(method: str, n: int, p: int, d: int, himalaya_model: str, device: str, solver: str,
+           solver_params: dict) -> dict:
     X, Y, Xt, Yt = make_data(n, p, d)
     data_mb = _peak_rss_mb()
     if method == "ours":
         from fmri2img.models.ridge import RidgeDecoder
 
         t0 = time.perf_counter()
-        model = RidgeDecoder(alphas=ALPHAS, alpha_per_target=True, device=device,
+        model = RidgeDecoder(alphas=ALPHAS, alpha_per_target=True, device=device, solver=solver,
                              solver_params=solver_params).fit(X, Y)
         fit_s = time.perf_counter() - t0
         P = model.predict(Xt)
+        info = model.solver_info_
+        ran = info.get("solver", solver)
+        if "factor_dtypes" in info:
+            ran += " (factors: " + ",".join(sorted(set(info["factor_dtypes"]))) + ")"
     elif method == "sklearn":
         from sklearn.linear_model import RidgeCV
 
@@ -88,7 +97,16 @@ def worker(method: str, n: int, p: int, d: int, himalaya_model: str, device: str
         P = backend.to_numpy(model.predict(Xt))
     else:
         raise SystemExit(f"unknown method {method!r}")
-    return {"method": method, "fit_s": fit_s, "r2": r2(Yt, P), "peak_rss_mb": _peak_rss_mb(), "data_rss_mb": data_mb}
+    row = {"method": method, "fit_s": fit_s, "r2": r2(Yt, P), "peak_rss_mb": _peak_rss_mb(), "data_rss_mb": data_mb}
+    if method == "ours":
+        row["ran"] = ran
+    return row
+
+
+def solver_params_for(solver: str, eigh_dtype: str, driver: str) -> dict:
+    """The eigh options that ``solver`` accepts (svd_loo takes none)."""
+    accepted = inspect.signature(RIDGE_SOLVERS[solver]).parameters
+    return {k: v for k, v in (("eigh_dtype", eigh_dtype), ("driver", driver)) if k in accepted}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--himalaya-model", choices=("ridge", "kernel"), default="ridge",
                         help="himalaya RidgeCV (primal) or KernelRidgeCV (both torch backend)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--solver", choices=sorted(RIDGE_SOLVERS), default="auto", help="our RidgeDecoder's solver")
     parser.add_argument("--eigh-dtype", choices=("float64", "float32"), default="float64",
                         help="dtype of our solver's eigendecomposition")
     parser.add_argument("--driver", choices=("evd", "evr"), default="evd", help="our solver's LAPACK eigh driver")
@@ -110,19 +129,21 @@ def main(argv: list[str] | None = None) -> None:
     n, p, d = SIZES["tiny" if args.tiny else args.size]
     n, p, d = args.n or n, args.p or p, args.d or d
     if args.worker:
-        solver_params = {"eigh_dtype": args.eigh_dtype, "driver": args.driver}
-        print(json.dumps(worker(args.worker, n, p, d, args.himalaya_model, args.device, solver_params)))
+        solver_params = solver_params_for(args.solver, args.eigh_dtype, args.driver)
+        print(json.dumps(worker(args.worker, n, p, d, args.himalaya_model, args.device, args.solver, solver_params)))
         return
     rows = []
     for method in args.methods.split(","):
         cmd = [sys.executable, __file__, "--worker", method, "--n", str(n), "--p", str(p), "--d", str(d),
-               "--himalaya-model", args.himalaya_model, "--device", args.device,
+               "--himalaya-model", args.himalaya_model, "--device", args.device, "--solver", args.solver,
                "--eigh-dtype", args.eigh_dtype, "--driver", args.driver]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"ridge-CV benchmark: n={n} p={p} d={d} alphas={len(ALPHAS)} per-target, device={args.device}, "
-          f"himalaya={args.himalaya_model}, ours: eigh {args.eigh_dtype}/{args.driver}")
+          f"himalaya={args.himalaya_model}, ours: solver={args.solver} (eigh {args.eigh_dtype}/{args.driver})")
     ours = next((r for r in rows if r["method"] == "ours"), None)
+    if ours:
+        print(f"ours ran: {ours['ran']}")
     print(f"{'method':<10}{'fit_s':>9}{'peak_rss_mb':>13}{'data_rss_mb':>13}{'heldout_r2':>12}{'time/ours':>11}")
     for r in rows:
         ratio = r["fit_s"] / ours["fit_s"] if ours else float("nan")

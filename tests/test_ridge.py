@@ -9,7 +9,12 @@ from sklearn.linear_model import Ridge, RidgeCV
 from fmri2img.errors import InputError
 from fmri2img.models.registry import make_decoder
 from fmri2img.models.ridge import DEFAULT_ALPHAS, RidgeDecoder
-from fmri2img.models.solvers import RIDGE_SOLVERS
+from fmri2img.models.solvers import (
+    CHOLESKY_FLOAT32_MAX_COND,
+    CHOLESKY_MAX_ALPHAS,
+    RIDGE_SOLVERS,
+    weighted_column_stats,
+)
 
 SOLVERS = sorted(RIDGE_SOLVERS)
 #: (n_trials, n_voxels): kernel branch (p > n) and primal branch (p <= n).
@@ -53,7 +58,10 @@ def test_fixed_alpha_matches_sklearn_ridge(solver, shape, weighted):
     np.testing.assert_allclose(ours.predict(X), ref.predict(Z), atol=1e-4 * np.abs(Y).max(), rtol=0)
 
 
-@pytest.mark.parametrize(("solver", "dtype"), [("eigh_loo", "float32"), ("eigh_loo", "float64"), ("svd_loo", "float64")])
+@pytest.mark.parametrize(("solver", "dtype"), [
+    ("eigh_loo", "float32"), ("eigh_loo", "float64"), ("svd_loo", "float64"),
+    ("cholesky_loo", "float32"), ("cholesky_loo", "float64"), ("auto", "float32"),
+])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("per_target", [True, False])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -69,12 +77,13 @@ def test_loo_selection_matches_sklearn_ridgecv(solver, dtype, shape, per_target,
     np.testing.assert_allclose(ours.predict(X), ref.predict(Z), atol=1e-4 * np.abs(Y).max(), rtol=0)
 
 
+@pytest.mark.parametrize("solver", ["eigh_loo", "cholesky_loo"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_loo_scores_are_exact_leave_one_out(shape):
+def test_loo_scores_are_exact_leave_one_out(shape, solver):
     """cv_scores_ equal brute-force LOO refits (standardisation fixed, intercept refitted)."""
     X, Y = _data(*shape, d=3, seed=5)
     alphas = [0.5, 50.0]
-    ours = RidgeDecoder(alphas=alphas).fit(X, Y)
+    ours = RidgeDecoder(alphas=alphas, solver=solver).fit(X, Y)
     Z = _weighted_standardize(X)
     brute = np.zeros((len(alphas), Y.shape[1]))
     for k, a in enumerate(alphas):
@@ -113,10 +122,12 @@ def test_learns_planted_linear_map(solver):
     assert cos.mean() > 0.9
 
 
-def test_deterministic():
+@pytest.mark.parametrize("solver", ["auto", "cholesky_loo", "eigh_loo"])
+def test_deterministic(solver):
     X, Y = _data(50, 80)
-    a = RidgeDecoder().fit(X, Y)
-    b = RidgeDecoder().fit(X, Y)
+    w = np.random.default_rng(3).uniform(0.2, 3.0, len(X))
+    a = RidgeDecoder(solver=solver).fit(X, Y, sample_weight=w)
+    b = RidgeDecoder(solver=solver).fit(X, Y, sample_weight=w)
     assert a.coef_.tobytes() == b.coef_.tobytes()
     assert a.predict(X).tobytes() == b.predict(X).tobytes()
 
@@ -186,6 +197,7 @@ def test_registry_and_params():
     assert isinstance(model, RidgeDecoder)
     assert model.get_params()["solver"] == "svd_loo"
     assert len(DEFAULT_ALPHAS) == 10
+    assert RidgeDecoder().get_params()["solver"] == "auto"
 
 
 @pytest.mark.parametrize(
@@ -212,6 +224,7 @@ def test_cuda_matches_cpu():
     X, Y = _data(40, 90)
     a = RidgeDecoder(alphas=ALPHAS_F32).fit(X, Y)
     b = RidgeDecoder(alphas=ALPHAS_F32, device="cuda").fit(X, Y)
+    assert a.solver_info_["solver"] == b.solver_info_["solver"] == "cholesky_loo"
     np.testing.assert_array_equal(a.alpha_, b.alpha_)
     np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-4 * np.abs(a.coef_).max())
 
@@ -222,3 +235,93 @@ def test_cuda_unavailable_is_a_clear_error():
     X, Y = _data(20, 30)
     with pytest.raises(InputError, match="cuda"):
         RidgeDecoder(device="cuda").fit(X, Y)
+
+
+# ------------------------------------------------------------------ Cholesky solver and "auto"
+def _correlated(n, p, d=8, seed=0):
+    """fMRI-like betas: a global factor + low-rank structure + noise, and a planted linear map."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, 1))
+    F = rng.standard_normal((n, 5))
+    X = 3 * g * rng.uniform(0.5, 1.5, p) + F @ rng.standard_normal((5, p)) + rng.standard_normal((n, p))
+    X = (X * rng.uniform(0.5, 3.0, p) + rng.uniform(-2, 2, p)).astype(np.float32)
+    Y = (X @ (rng.standard_normal((p, d)) / np.sqrt(p)) + 2 * rng.standard_normal((n, d))).astype(np.float32)
+    return X, Y
+
+
+def _solve(name, X, Y, alphas, w=None, **kwargs):
+    """Call a registered solver directly (as RidgeDecoder.fit does) and return its dict."""
+    mean, scale = weighted_column_stats(X, w)
+    wd = np.ones(len(X)) if w is None else w
+    Yc = (Y - wd @ Y.astype(np.float64) / wd.sum()).astype(np.float32)
+    return RIDGE_SOLVERS[name](X, Yc, alphas, mean=mean, scale=scale, sample_weight=w, **kwargs)
+
+
+@pytest.mark.parametrize("per_target", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("max_cond", [CHOLESKY_FLOAT32_MAX_COND, 1.0])
+def test_cholesky_matches_float64_svd_reference_on_correlated_data(per_target, weighted, max_cond):
+    """cholesky_loo (float32 kernel) against svd_loo (float64 throughout) where p > n; with
+    max_cond_float32=1 every alpha must run in float64 and still match."""
+    X, Y = _correlated(120, 300, seed=1)
+    w = np.random.default_rng(2).uniform(0.2, 3.0, len(X)) if weighted else None
+    alphas = np.logspace(-1, 5, 10)
+    ref = _solve("svd_loo", X, Y, alphas, w, alpha_per_target=per_target)
+    ours = _solve("cholesky_loo", X, Y, alphas, w, alpha_per_target=per_target, max_cond_float32=max_cond)
+    if max_cond == 1.0:
+        assert ours["factor_dtypes"] == ["float64"] * len(alphas)
+    else:  # the data's large leading eigenvalue sends the smallest alphas to float64, not all
+        assert "float64" in ours["factor_dtypes"] and "float32" in ours["factor_dtypes"]
+        assert ours["factor_dtypes"] == sorted(ours["factor_dtypes"], reverse=True)  # float64 first
+    np.testing.assert_allclose(ours["cv_scores"], ref["cv_scores"], rtol=1e-3)
+    np.testing.assert_array_equal(ours["alpha"], ref["alpha"])
+    if per_target:
+        assert len(set(ref["alpha"])) > 1, "targets should pick different alphas here"
+    np.testing.assert_allclose(ours["coef"], ref["coef"], atol=1e-4 * np.abs(ref["coef"]).max(), rtol=0)
+
+
+def test_cholesky_float64_dtype_matches_reference_tightly():
+    X, Y = _correlated(80, 200, seed=4)
+    alphas = np.logspace(-1, 5, 8)
+    ref = _solve("svd_loo", X, Y, alphas)
+    ours = _solve("cholesky_loo", X, Y, alphas, dtype="float64")
+    assert ours["factor_dtypes"] == ["float64"] * len(alphas)
+    np.testing.assert_allclose(ours["cv_scores"], ref["cv_scores"], rtol=1e-5)
+    np.testing.assert_allclose(ours["coef"], ref["coef"], atol=1e-5 * np.abs(ref["coef"]).max(), rtol=0)
+
+
+def test_cholesky_torch_backend_matches_numpy_backend():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    X, Y = _correlated(90, 200, seed=5)
+    w = np.random.default_rng(6).uniform(0.2, 3.0, len(X))
+    alphas = np.logspace(-1, 5, 8)
+    a = _solve("cholesky_loo", X, Y, alphas, w)
+    b = _solve("cholesky_loo", X, Y, alphas, w, backend="torch")
+    assert a["factor_dtypes"] == b["factor_dtypes"]
+    np.testing.assert_array_equal(a["alpha"], b["alpha"])
+    np.testing.assert_allclose(a["cv_scores"], b["cv_scores"], rtol=1e-4)
+    np.testing.assert_allclose(a["coef"], b["coef"], atol=1e-4 * np.abs(a["coef"]).max(), rtol=0)
+
+
+@pytest.mark.parametrize(("shape", "n_alphas", "expected"), [
+    ((40, 90), 10, "cholesky_loo"),
+    ((40, 90), CHOLESKY_MAX_ALPHAS + 1, "eigh_loo"),
+    ((90, 25), 10, "eigh_loo"),
+])
+def test_auto_picks_cholesky_for_wide_designs_and_few_alphas(shape, n_alphas, expected):
+    X, Y = _data(*shape)
+    alphas = np.logspace(0, 4, n_alphas)
+    model = RidgeDecoder(alphas=alphas).fit(X, Y)
+    assert model.solver_info_["solver"] == expected
+    assert ("factor_dtypes" in model.solver_info_) == (expected == "cholesky_loo")
+    ref = RidgeDecoder(alphas=alphas, solver=expected).fit(X, Y)
+    assert model.coef_.tobytes() == ref.coef_.tobytes()
+
+
+def test_cholesky_delegates_to_eigh_when_not_wide():
+    X, Y = _data(90, 25)
+    a = RidgeDecoder(alphas=ALPHAS_F32, solver="cholesky_loo").fit(X, Y)
+    b = RidgeDecoder(alphas=ALPHAS_F32, solver="eigh_loo").fit(X, Y)
+    assert a.solver_info_ == {"solver": "eigh_loo"}
+    assert a.coef_.tobytes() == b.coef_.tobytes()

@@ -35,9 +35,12 @@ class RidgeDecoder(BaseDecoder):
         Z-score voxels with the (weighted) training mean and standard deviation. Voxels are
         always centred (the intercept is unpenalised).
     solver : str
-        Name in :data:`fmri2img.models.solvers.RIDGE_SOLVERS` ('eigh_loo' or 'svd_loo').
+        Name in :data:`fmri2img.models.solvers.RIDGE_SOLVERS`: 'auto' (default: one Cholesky
+        per alpha when n_voxels > n_trials and there are few alphas, else one
+        eigendecomposition), 'cholesky_loo', 'eigh_loo' or 'svd_loo' (float64 reference).
     solver_params : dict or None
-        Extra keyword arguments of the solver (e.g. ``{"eigh_dtype": "float32"}``).
+        Extra keyword arguments of the solver (e.g. ``{"eigh_dtype": "float32"}``,
+        ``{"max_cond_float32": 1e3}``).
     device : str
         'cpu' (numpy/scipy) or 'cuda' (torch).
     dtype : str
@@ -56,6 +59,9 @@ class RidgeDecoder(BaseDecoder):
         Weighted leave-one-out mean squared error per alpha and target.
     val_r2_ : float or None
         Mean R^2 on (X_val, Y_val) when given to ``fit``.
+    solver_info_ : dict
+        What the solver reported besides the fit (e.g. ``solver``: the method 'auto' ran,
+        ``factor_dtypes``: the dtype of each alpha's Cholesky factor); not saved by ``state_dict``.
 
     Notes
     -----
@@ -72,7 +78,7 @@ class RidgeDecoder(BaseDecoder):
         alphas: Any = DEFAULT_ALPHAS,
         alpha_per_target: bool = True,
         standardize: bool = True,
-        solver: str = "eigh_loo",
+        solver: str = "auto",
         solver_params: dict | None = None,
         device: str = "cpu",
         dtype: str = "float32",
@@ -116,6 +122,7 @@ class RidgeDecoder(BaseDecoder):
         self.intercept_ = y_mean.astype(np.float32)
         self.alpha_ = result["alpha"] if self.alpha_per_target else float(result["alpha"][0])
         self.cv_scores_ = result["cv_scores"]
+        self.solver_info_ = {k: v for k, v in result.items() if k not in ("coef", "alpha", "cv_scores")}
         self.n_features_in_ = X.shape[1]
         self.val_r2_ = None
         if X_val is not None and Y_val is not None:
@@ -176,6 +183,7 @@ class RidgeDecoder(BaseDecoder):
         self.cv_scores_ = arr.get("cv_scores")
         self.n_features_in_ = p
         self.val_r2_ = None
+        self.solver_info_ = {}
         return self
 
     def to_module(self):
@@ -192,9 +200,9 @@ class RidgeDecoder(BaseDecoder):
         """Copy the (fine-tuned) weights of a module from :meth:`to_module` back into ``coef_``."""
         self._check_is_fitted()
         state = {"coef": module.weight, "intercept": module.bias, "mean": module.mean, "scale": module.scale}
-        alpha, cv = self.alpha_, self.cv_scores_
+        alpha, cv, info = self.alpha_, self.cv_scores_, getattr(self, "solver_info_", {})
         self.load_state_dict(state, n_features=self.coef_.shape[0], n_targets=self.coef_.shape[1])
-        self.alpha_, self.cv_scores_ = alpha, cv
+        self.alpha_, self.cv_scores_, self.solver_info_ = alpha, cv, info
         return self
 
 
