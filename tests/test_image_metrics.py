@@ -107,3 +107,31 @@ def test_retrieval_generator_and_scores():
     assert np.all(worse["ssim"] < 1.0) and np.all(worse["pixel_mse"] > 0.0)
     with pytest.raises(InputError):
         I.RetrievalGenerator(emb, images[:3]).generate(emb)
+
+
+@pytest.mark.parametrize("size", [5, 6, 16, 33])
+def test_batched_scores_equal_skimage_and_pairwise_formulas(size):
+    """score_images (vectorised) against skimage's structural_similarity and the pairwise functions."""
+    from skimage.metrics import structural_similarity
+
+    true = np.stack([_image(seed, size) for seed in range(7)])
+    pred = np.stack([_noisy(img, 10.0 * (k + 1), seed=k) for k, img in enumerate(true)])
+    pred[3] = 77  # constant image: PixCorr undefined (NaN), SSIM still defined
+    scored = I.score_images(pred, true)
+    win = min(I.SSIM_WIN_SIZE, size if size % 2 else size - 1)
+    ref_ssim = [structural_similarity(p, t, channel_axis=-1, data_range=255, win_size=win) for p, t in zip(pred, true)]
+    np.testing.assert_allclose(scored["ssim"], ref_ssim, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scored["ssim"], [I.ssim(p, t) for p, t in zip(pred, true)], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scored["pixel_mse"], [I.pixel_mse(p, t) for p, t in zip(pred, true)], rtol=1e-12)
+    np.testing.assert_allclose(scored["pixcorr"], [I.pixcorr(p, t) for p, t in zip(pred, true)], rtol=1e-12)
+    assert np.isnan(scored["pixcorr"][3])
+
+
+def test_score_images_chunks_do_not_change_results(monkeypatch):
+    true = np.stack([_image(seed, 12) for seed in range(5)])
+    pred = np.stack([_noisy(img, 20.0, seed=k) for k, img in enumerate(true)])
+    whole = I.score_images(pred, true)
+    monkeypatch.setattr(I, "SCORE_CHUNK", 2)
+    chunked = I.score_images(pred, true)
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], chunked[key])

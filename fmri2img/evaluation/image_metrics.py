@@ -115,8 +115,57 @@ def pixcorr(img_a: Any, img_b: Any) -> float:
     return float(np.dot(x, y) / denom) if denom > 0 else float("nan")
 
 
+#: Images scored at a time by :func:`score_images` (bounds its float64 temporaries: five filtered
+#: copies of a chunk, 256 x 64 x 64 x 3 x 8 B = 25 MB each at the synthetic image size).
+SCORE_CHUNK = 256
+
+#: skimage's SSIM constants (Wang et al. 2004): C1 = (K1 R)^2, C2 = (K2 R)^2.
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """SSIM of each pair in two batches, vectorised; equals :func:`ssim` pair by pair.
+
+    The same computation as ``skimage.metrics.structural_similarity`` (uniform window,
+    sample covariance, ``data_range=255``, borders of half a window cropped, mean over
+    channels), on a whole batch per filter call instead of one image and channel at a time
+    (tested against skimage to 1e-12).
+
+    Parameters
+    ----------
+    pred, true : uint8 arrays of shape (n, H, W, 3), H, W >= 3
+
+    Returns
+    -------
+    float64 array of shape (n,)
+    """
+    from scipy.ndimage import uniform_filter
+
+    side = min(pred.shape[1], pred.shape[2])
+    if side < 3:
+        raise InputError(f"SSIM needs images of at least 3 x 3 pixels, got {pred.shape[1:3]}.")
+    win = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
+    size = (1, win, win, 1)
+    a = pred.astype(np.float64)
+    b = true.astype(np.float64)
+    n_px = win * win
+    cov_norm = n_px / (n_px - 1.0)
+    ux, uy = uniform_filter(a, size=size), uniform_filter(b, size=size)
+    vx = cov_norm * (uniform_filter(a * a, size=size) - ux * ux)
+    vy = cov_norm * (uniform_filter(b * b, size=size) - uy * uy)
+    vxy = cov_norm * (uniform_filter(a * b, size=size) - ux * uy)
+    c1, c2 = (SSIM_K1 * UINT8_RANGE) ** 2, (SSIM_K2 * UINT8_RANGE) ** 2
+    s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    pad = (win - 1) // 2
+    inner = s_map[:, pad:s_map.shape[1] - pad, pad:s_map.shape[2] - pad, :]
+    return inner.mean(axis=(1, 2)).mean(axis=1)
+
+
 def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
     """SSIM, PixCorr and pixel MSE of each reconstructed image against its true image.
+
+    Vectorised over the batch (chunks of :data:`SCORE_CHUNK`); per pair the values equal
+    :func:`ssim`, :func:`pixcorr` and :func:`pixel_mse`.
 
     Parameters
     ----------
@@ -128,16 +177,26 @@ def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
     """
     pred = np.asarray(pred_images)
     true = np.asarray(true_images)
-    if pred.ndim != 4 or pred.shape != true.shape:
+    if pred.ndim != 4 or pred.shape != true.shape or pred.shape[-1] != 3 or pred.dtype != np.uint8 \
+            or true.dtype != np.uint8:
         raise InputError(
-            f"Expected two image batches of the same shape (n, H, W, 3), got {pred.shape} and "
-            f"{true.shape}."
+            f"Expected two uint8 image batches of the same shape (n, H, W, 3), got {pred.dtype} {pred.shape} "
+            f"and {true.dtype} {true.shape}."
         )
-    return {
-        "ssim": np.array([ssim(p, t) for p, t in zip(pred, true)], dtype=np.float64),
-        "pixcorr": np.array([pixcorr(p, t) for p, t in zip(pred, true)], dtype=np.float64),
-        "pixel_mse": np.array([pixel_mse(p, t) for p, t in zip(pred, true)], dtype=np.float64),
-    }
+    out = {"ssim": [], "pixcorr": [], "pixel_mse": []}
+    for start in range(0, pred.shape[0], SCORE_CHUNK):
+        p, t = pred[start:start + SCORE_CHUNK], true[start:start + SCORE_CHUNK]
+        out["ssim"].append(ssim_batch(p, t))
+        x = p.reshape(len(p), -1).astype(np.float64)
+        y = t.reshape(len(t), -1).astype(np.float64)
+        out["pixel_mse"].append(np.mean(((x - y) / UINT8_RANGE) ** 2, axis=1))
+        x -= x.mean(axis=1, keepdims=True)
+        y -= y.mean(axis=1, keepdims=True)
+        denom = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["pixcorr"].append(np.where(denom > 0, np.einsum("ij,ij->i", x, y) / denom, np.nan))
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in {
+        "ssim": out["ssim"], "pixcorr": out["pixcorr"], "pixel_mse": out["pixel_mse"]}.items()}
 
 
 def lpips_distance(img_a: Any, img_b: Any, net: str = "alex") -> float:
