@@ -23,6 +23,7 @@ trained deterministically, and each worker uses the same thread settings).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -31,6 +32,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -372,10 +374,35 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
     return {**record, "skipped": False}
 
 
+#: Order in which cells are handed to the worker pool: the longest first (mixed training fits
+#: one model per imagery fold), so that the workers finish together (longest-processing-time
+#: scheduling). Results are collected in matrix order whatever the submission order.
+SUBMIT_ORDER = ("mixed", "finetune", "adapter_mlp_condition", "adapter_mlp", "adapter_linear", "perception_only")
+
+
 def _run_cell_star(args):
     # Worker entry point (must be importable for the spawn start method).
     os.environ.setdefault("TQDM_DISABLE", "1")
     return run_cell(*args)
+
+
+def _base_checkpoint_star(args) -> str:
+    # Worker entry point: one perception-only checkpoint, logged as a child of the ablation run.
+    from fmri2img import tracking
+
+    config, subject, decoder, fingerprint, parent_run_id, tracking_uri, force, progress = args
+    if progress is False:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    parent = tracking.attach(parent_run_id, tracking_uri)
+    return str(ensure_base_checkpoint(config, subject, decoder, fingerprint, parent, force, progress))
+
+
+def _figures_star(folder: str) -> str:
+    # Worker entry point: the figures of one ablation folder (logged to the run in mlflow_run.json).
+    from fmri2img.reporting.figures import make_figures
+
+    make_figures(folder, Path(folder) / "figures")
+    return folder
 
 
 # ----------------------------------------------------------------------------- report
@@ -439,6 +466,18 @@ def markdown_table(table: pd.DataFrame, metrics=("cosine", "retrieval_at_1", "re
 
 # ----------------------------------------------------------------------------- main
 
+@contextlib.contextmanager
+def _executor(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A spawn-based process pool of ``jobs`` workers, or None (run in this process) for jobs=1."""
+    if jobs == 1:
+        yield None
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
 @dataclass
 class AblationResult:
     output_root: Path
@@ -485,51 +524,48 @@ def run_ablation(
         fingerprints = ensure_inputs(config, progress=progress)
         log.info("inputs ready: %s", {s: f["index_sha256"][:12] for s, f in fingerprints.items()})
         cells = [Cell(s, d, c) for s in config.subjects for d in config.decoders for c in config.configurations]
-        for subject in config.subjects:
-            for decoder in config.decoders:
-                path = ensure_base_checkpoint(config, subject, decoder, fingerprints[subject], run, force, progress)
+        with _executor(jobs) as pool:
+            mapper = pool.map if pool is not None else map
+            # 1. perception-only checkpoints (independent: in parallel when jobs > 1)
+            bases = [(config, s, d, fingerprints[s], run.run_id, run.tracking_uri, force, progress and pool is None)
+                     for s in config.subjects for d in config.decoders]
+            for path in mapper(_base_checkpoint_star, bases):
                 log.info("perception-only checkpoint %s", path)
-        args = [(config, cell, fingerprints[cell.subject], run.run_id, run.tracking_uri, force, False)
-                for cell in cells]
-        records: list[dict[str, Any]] = []
-        bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", file=sys.stderr, disable=not progress)
-        if jobs == 1:
-            for a in args:
-                records.append(run_cell(*a))
-                log.info("cell %s/%s %s", a[1].subject, a[1].name, "reused" if records[-1]["skipped"] else "done")
+            # 2. the cells, longest first
+            order = sorted(cells, key=lambda c: SUBMIT_ORDER.index(c.configuration))
+            args = [(config, cell, fingerprints[cell.subject], run.run_id, run.tracking_uri, force, False)
+                    for cell in order]
+            records: list[dict[str, Any]] = []
+            bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", file=sys.stderr, disable=not progress)
+            for rec in mapper(_run_cell_star, args):
+                records.append(rec)
+                log.info("cell %s/%s__%s %s", rec["cell"]["subject"], rec["cell"]["decoder"],
+                         rec["cell"]["configuration"], "reused" if rec["skipped"] else "done")
                 bar.update()
-        else:
-            import multiprocessing
+            bar.close()
+            records.sort(key=lambda r: cells.index(Cell(**r["cell"])))
+            tables = [collect_subject(config, s, [r for r in records if r["cell"]["subject"] == s])
+                      for s in config.subjects]
+            summary_dir = ensure_dir(Path(config.output_root) / "summary")
+            summary = pd.concat(tables, ignore_index=True)
+            from fmri2img.io import write_text
 
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for rec in pool.map(_run_cell_star, args):
-                    records.append(rec)
-                    log.info("cell %s/%s__%s %s", rec["cell"]["subject"], rec["cell"]["decoder"],
-                             rec["cell"]["configuration"], "reused" if rec["skipped"] else "done")
-                    bar.update()
-        bar.close()
-        tables = [collect_subject(config, s, [r for r in records if r["cell"]["subject"] == s])
-                  for s in config.subjects]
-        summary_dir = ensure_dir(Path(config.output_root) / "summary")
-        summary = pd.concat(tables, ignore_index=True)
-        from fmri2img.io import write_text
-
-        write_text(summary_dir / "results_table.csv", summary.to_csv(index=False))
-        write_text(summary_dir / "results_table.md", markdown_table(summary))
-        hypotheses = hypothesis_report(config, summary, records, summary_dir)
-        run.log_dict(hypotheses, "summary/hypotheses.json")
-        run.log_artifacts(summary_dir, "summary")
-        for subject in config.subjects:
-            sdir = subject_dir(config, subject)
-            for name in ("results_table.csv", "results_table.md", "metrics_all.json", "commands.txt"):
-                run.log_artifact(sdir / name, subject)
-        if config.figures:
-            from fmri2img.reporting.figures import make_figures
-
-            # make_figures logs each figures/ folder to the run named in <folder>/mlflow_run.json.
-            for folder in [summary_dir, *(subject_dir(config, s) for s in config.subjects)]:
-                write_json(folder / "mlflow_run.json", {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
-                make_figures(folder, folder / "figures")
+            write_text(summary_dir / "results_table.csv", summary.to_csv(index=False))
+            write_text(summary_dir / "results_table.md", markdown_table(summary))
+            hypotheses = hypothesis_report(config, summary, records, summary_dir)
+            run.log_dict(hypotheses, "summary/hypotheses.json")
+            run.log_artifacts(summary_dir, "summary")
+            for subject in config.subjects:
+                sdir = subject_dir(config, subject)
+                for name in ("results_table.csv", "results_table.md", "metrics_all.json", "commands.txt"):
+                    run.log_artifact(sdir / name, subject)
+            if config.figures:
+                # make_figures logs each figures/ folder to the run named in <folder>/mlflow_run.json.
+                folders = [summary_dir, *(subject_dir(config, s) for s in config.subjects)]
+                for folder in folders:
+                    write_json(folder / "mlflow_run.json", {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
+                for folder in mapper(_figures_star, [str(f) for f in folders]):
+                    log.info("figures %s/figures", folder)
         run.log_metrics({"n_cells": len(cells), "n_cells_skipped": sum(r["skipped"] for r in records),
                          "wall_seconds": time.perf_counter() - start})
         log.info("ablation finished in %.1f s", time.perf_counter() - start)

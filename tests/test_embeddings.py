@@ -348,3 +348,14 @@ def test_cli_embed_with_real_tracking(world, tmp_path, tracking_uri):
     exp = client.get_experiment_by_name("fmri2img/imagery")
     (logged,) = client.search_runs([exp.experiment_id])
     assert logged.info.status == "FINISHED" and logged.data.params["embeddings.tag"] == SYNTHETIC_TRUTH_EMBEDDINGS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_embeddings_match_cpu(world):
+    """--device cuda encodes the same images and texts as the CPU, to float32 GPU tolerance."""
+    cpu = embed_stimuli([world["index"]], world["root"], world["tmp"] / "cache-cpu", model=TINY, random_init=True,
+                        progress=False)
+    gpu = embed_stimuli([world["index"]], world["root"], world["tmp"] / "cache-gpu", model=TINY, random_init=True,
+                        device="cuda", progress=False)
+    ids = ["nsd-00001", "img-A-circle", "img-C-dog"]
+    np.testing.assert_allclose(gpu.lookup(ids), cpu.lookup(ids), atol=1e-3)

@@ -115,3 +115,21 @@ def test_distractors_enlarge_gallery_without_test_stimuli(world):
     r1 = res.table[(res.table.metric == "retrieval_at_1") & (res.table.test_set == "imagery")].set_index("stimulus_type")
     assert r1.loc["all", "chance"] == pytest.approx(1 / (12 + 3))
     assert r1.loc["conceptual", "chance"] == pytest.approx(1 / 6)  # text gallery: no image distractors
+
+
+def test_cached_baselines_equal_freshly_computed_ones(world, monkeypatch):
+    """Baselines are memoised per process (same in every cell); a cold and a warm cache give
+    the same bytes, and another cell's predictions do not leak into them."""
+    import dataclasses
+
+    import fmri2img.evaluation.evaluate as E
+
+    truth, preds, mean = world
+    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
+    cold = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    assert len(E._BASELINE_CACHE) > 0
+    other = {k: dataclasses.replace(v, pred=v.pred[::-1].copy()) for k, v in preds.items()}
+    score(other, truth, mean, subject="s", decoder="mlp", configuration="mixed", options=_opts())
+    warm = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    assert dumps_json(cold.metrics_json()) == dumps_json(warm.metrics_json())
+    assert cold.table.equals(warm.table)

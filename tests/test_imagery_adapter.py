@@ -78,3 +78,18 @@ def test_base_frozen_deterministic_and_finetune(setup):
     for name in ("a", "ft"):
         predictor, _ = adapter_predictor(decoder, results[name].checkpoint, base_ckpt)
         assert predictor(X, rows).shape == (len(rows), decoder.n_targets_)
+
+
+def test_stimulus_means_average_each_stimulus_and_condition():
+    import pandas as pd
+
+    from fmri2img.models.adapt import stimulus_means
+
+    rows = pd.DataFrame({"stimulus_id": ["b", "a", "b", "a", "b"]})
+    cond = np.array([1, 1, 1, 0, 0])
+    X = np.arange(10, dtype=np.float32).reshape(5, 2)
+    Y = -X
+    Xm, Ym, cm = stimulus_means(X, Y, rows, cond)
+    np.testing.assert_array_equal(Xm, [[2, 3], [2, 3], [6, 7], [8, 9]])  # (b,1), (a,1), (a,0), (b,0)
+    np.testing.assert_array_equal(Ym, -Xm)
+    np.testing.assert_array_equal(cm, [1, 1, 0, 0])

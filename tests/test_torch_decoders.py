@@ -270,3 +270,37 @@ def test_fit_pca_matches_sklearn(shape):
     np.testing.assert_allclose(explained, reference.explained_variance_, rtol=1e-6)
     with pytest.raises(InputError, match="n_components"):
         fit_pca(X, min(n, p) + 1)
+
+
+def test_infonce_does_not_use_repeats_of_a_stimulus_as_negatives():
+    """Rows 0 and 2 share a target (one stimulus shown twice): neither is the other's negative."""
+    rng = np.random.default_rng(1)
+    P, T = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    T[2] = 3.0 * T[0]  # same direction = same stimulus embedding
+    loss = tu.InfoNCELoss(init_temperature=0.5).double()
+    Pn = P / np.linalg.norm(P, axis=1, keepdims=True)
+    Tn = T / np.linalg.norm(T, axis=1, keepdims=True)
+    logits = Pn @ Tn.T / 0.5
+    logits[0, 2] = logits[2, 0] = -np.inf  # the reference: repeats excluded from both softmaxes
+    rows = logsumexp(logits, axis=1) - np.diag(logits)
+    cols = logsumexp(logits, axis=0) - np.diag(logits)
+    got = loss.per_sample(torch.tensor(P), torch.tensor(T))
+    np.testing.assert_allclose(got.detach().numpy(), 0.5 * (rows + cols), rtol=1e-6)  # float32 logit scale
+    got.sum().backward()  # finite gradients despite the masked logits
+    assert np.isfinite(float(loss.logit_scale.grad))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_fit_matches_cpu_quality_and_loads_on_cpu(name):
+    """The same decoder trained on the GPU learns as well as on the CPU (not bit-identical:
+    cuBLAS sums in another order) and its state dict is usable on a CPU-only machine."""
+    X, Y = planted_world()
+    Xv, Yv = planted_world(seed=1, n=60)
+    cpu = make_decoder(name, **SMALL[name]).fit(X, Y, X_val=Xv, Y_val=Yv)
+    gpu = make_decoder(name, **dict(SMALL[name], device="cuda")).fit(X, Y, X_val=Xv, Y_val=Yv)
+    pred = gpu.predict(Xv)
+    assert pred.dtype == np.float32 and np.all(np.isfinite(pred))
+    assert abs(mean_cosine(pred, Yv) - mean_cosine(cpu.predict(Xv), Yv)) < 0.05
+    reloaded = make_decoder(name, **SMALL[name]).load_state_dict(gpu.state_dict())
+    np.testing.assert_allclose(reloaded.predict(Xv), pred, atol=1e-5)

@@ -78,3 +78,20 @@ def test_orphaned_runs_are_marked_killed(tracking_uri):
 def test_ui_binds_loopback_by_default():
     cmd = tracking.ui_command("sqlite:///x.db")
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+
+
+def test_log_history_logs_every_epoch_as_steps_in_one_batch(tracking_uri, monkeypatch):
+    history = [{"epoch": e, "val_loss": 1.0 / (e + 1), "val_cosine": 0.5 + e / 10, "note": "x"} for e in range(4)]
+    history[2]["val_loss"] = float("nan")  # non-finite values are skipped, like log_metrics
+    with tracking.run("unit", tracking_uri=tracking_uri, experiment="t/history") as run:
+        calls = []
+        real = run.client.log_batch
+        monkeypatch.setattr(run.client, "log_batch", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+        run.log_history(history, prefix="fold0/")
+        monkeypatch.undo()
+    assert len(calls) == 1
+    client = MlflowClient(tracking_uri)
+    steps = {m.step: m.value for m in client.get_metric_history(run.run_id, "fold0/val_loss")}
+    assert steps == {0: 1.0, 1: 0.5, 3: 0.25}
+    assert [m.step for m in client.get_metric_history(run.run_id, "fold0/val_cosine")] == [0, 1, 2, 3]
+    assert client.get_metric_history(run.run_id, "fold0/epoch") == []

@@ -186,6 +186,42 @@ def _score_group(pred, true, gallery, target, opts: EvalOptions, with_tests: boo
     return result
 
 
+def _score_candidate(pred, true, gallery, target, opts: EvalOptions, with_tests: bool,
+                     load_images: Callable[[], np.ndarray] | None) -> dict[str, Any]:
+    """Every metric of one candidate on one group (plus image metrics when ``load_images``)."""
+    res = _score_group(pred, true, gallery, target, opts, with_tests)
+    if load_images is not None:
+        res.update(_image_scores(pred, true, load_images()))
+    return res
+
+
+#: Baseline scores computed in this process, by content hash of their inputs. The baselines of
+#: a subject are the same in every cell (same test stimuli, gallery and training mean), and
+#: their bootstrap CIs, permutation tests and image metrics were most of each cell's
+#: evaluation time; a bounded cache computes them once per worker process instead.
+_BASELINE_CACHE: dict[str, dict[str, Any]] = {}
+BASELINE_CACHE_SIZE = 64
+
+
+def _score_baseline_cached(pred, true, gallery, target, opts: EvalOptions, with_tests: bool,
+                           load_images: Callable[[], np.ndarray] | None) -> dict[str, Any]:
+    """:func:`_score_candidate` for a baseline, memoised on the exact input bytes (same result)."""
+    import dataclasses
+    import hashlib
+
+    digest = hashlib.sha256(repr((dataclasses.asdict(opts), with_tests, load_images is not None)).encode())
+    for arr in (pred, true, gallery, target):
+        a = np.ascontiguousarray(arr)
+        digest.update(repr((a.dtype.str, a.shape)).encode())
+        digest.update(a.tobytes())
+    key = digest.hexdigest()
+    if key not in _BASELINE_CACHE:
+        if len(_BASELINE_CACHE) >= BASELINE_CACHE_SIZE:
+            _BASELINE_CACHE.pop(next(iter(_BASELINE_CACHE)))
+        _BASELINE_CACHE[key] = _score_candidate(pred, true, gallery, target, opts, with_tests, load_images)
+    return {metric: dict(entry) for metric, entry in _BASELINE_CACHE[key].items()}
+
+
 def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray) -> dict[str, Any]:
     """Reconstruction by retrieval among the group's own images, scored per stimulus."""
     from fmri2img.evaluation.image_metrics import RetrievalGenerator, score_images
@@ -278,10 +314,10 @@ def score(
             for cfg, cand in candidates.items():
                 is_model = cfg == configuration
                 dec = decoder if is_model else "none"
-                res = _score_group(cand, true_g, gallery, target, options,
-                                   with_tests=is_model or cfg == "baseline_random")
-                if images is not None and group == "all" and options.image_metrics:
-                    res.update(_image_scores(cand, true_g, images(group_ids)))
+                with_images = images is not None and group == "all" and options.image_metrics
+                score_fn = _score_candidate if is_model else _score_baseline_cached
+                res = score_fn(cand, true_g, gallery, target, options, is_model or cfg == "baseline_random",
+                               (lambda ids=group_ids: images(ids)) if with_images else None)
                 for metric, r in res.items():
                     records.append(_row(subject, dec, cfg, test_set, group, metric, r["value"],
                                         _ci(r["per_item"], options), r["chance"], r["n"], r["p"]))

@@ -8,7 +8,8 @@ exactly once by a model that never saw it):
   of each stimulus' trials (condition adapters also get the same stimuli's *vision* trials,
   condition 0, so one adapter serves both domains);
 * early stopping on a seeded ``val_stimulus_fraction`` of those training stimuli (held out
-  whole, stimulus-disjoint from the rest of training and from fold ``k``);
+  whole, stimulus-disjoint from the rest of training and from fold ``k``), scored on each
+  stimulus' mean, as evaluation scores them (:func:`stimulus_means`);
 * ``linear`` / ``mlp`` adapters map the frozen decoder's output to the target embedding
   (the base is run once under ``no_grad``; its weights are hashed before and after to
   prove they did not change); ``finetune`` trains a copy of the whole decoder on the same
@@ -133,6 +134,35 @@ def _fold_rows(index, fold: int, config: AdaptConfig, rng_seed: int):
     return train, val, sorted(val_stimuli)
 
 
+def stimulus_means(X: np.ndarray, Y: np.ndarray, rows, condition: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average ``X`` and ``Y`` over the trials of each (stimulus, condition); first-seen order.
+
+    Early stopping scores these means because evaluation scores the mean prediction of each
+    stimulus: a per-trial validation loss also rewards shrinking noisy trials towards the
+    mean embedding, which does not help (and, mixed into averaged predictions, hurts) the
+    evaluated score. For an affine adapter the mean of the adapted outputs equals the
+    adapted mean, so this is exactly the evaluated quantity.
+
+    Parameters
+    ----------
+    X : array of shape (n_trials, p); Y : array of shape (n_trials, d)
+    rows : DataFrame with a ``stimulus_id`` column, one row per trial
+    condition : int array of shape (n_trials,)
+
+    Returns
+    -------
+    X_mean (n_groups, p), Y_mean (n_groups, d), condition (n_groups,)
+    """
+    keys = list(zip(rows["stimulus_id"].to_numpy(), condition.tolist()))
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    members = list(groups.values())
+    Xm = np.stack([X[m].mean(axis=0) for m in members]).astype(np.float32)
+    Ym = np.stack([Y[m].mean(axis=0) for m in members]).astype(np.float32)
+    return Xm, Ym, np.array([condition[m[0]] for m in members], dtype=np.int64)
+
+
 @dataclass
 class AdaptResult:
     checkpoint: Path
@@ -206,8 +236,9 @@ def train_adapters(
                     module = copy.deepcopy(base)
                     for p in module.parameters():
                         p.requires_grad_(True)
+                    Xv, Yv, _ = stimulus_means(val.X, val.Y, val.rows, cond_val)
                     history = train_module(
-                        module, _loss(config), train.X, train.Y, val.X, val.Y, rng=rng, epochs=config.epochs,
+                        module, _loss(config), train.X, train.Y, Xv, Yv, rng=rng, epochs=config.epochs,
                         lr=config.lr, weight_decay=config.weight_decay, batch_size=config.batch_size,
                         patience=config.patience, device=config.device, progress=progress,
                         desc=f"finetune fold {fold}")
@@ -215,13 +246,13 @@ def train_adapters(
                 else:
                     module = build_adapter(config, train.Y.shape[1])
                     P_train = predict_module(base, train.X)
-                    P_val = predict_module(base, val.X)
+                    P_val, Yv, cond_v = stimulus_means(predict_module(base, val.X), val.Y, val.rows, cond_val)
                     history = train_module(
-                        module, _loss(config), P_train, train.Y, P_val, val.Y, rng=rng, epochs=config.epochs,
+                        module, _loss(config), P_train, train.Y, P_val, Yv, rng=rng, epochs=config.epochs,
                         lr=config.lr, weight_decay=config.weight_decay, batch_size=config.batch_size,
                         patience=config.patience, device=config.device, progress=progress,
                         condition=cond_train if config.condition else None,
-                        condition_val=cond_val if config.condition else None,
+                        condition_val=cond_v if config.condition else None,
                         desc=f"{config.name} fold {fold}")
                     n_trainable = count_parameters(module)
             seconds = time.perf_counter() - start
@@ -230,8 +261,7 @@ def train_adapters(
             module = module.cpu()
             for key, tensor in module.state_dict().items():
                 state[f"fold{fold}.{key}"] = tensor.detach().cpu().clone().contiguous()
-            for epoch, rec in enumerate(history):
-                run.log_metrics({f"fold{fold}/{k}": v for k, v in rec.items() if k != "epoch"}, step=epoch)
+            run.log_history(history, prefix=f"fold{fold}/")
             fold_info.append({"fold": fold, "train_seconds": seconds, "n_train_trials": int(train_mask.sum()),
                               "n_train_stimuli": int(len(np.unique(train.rows["stimulus_id"]))),
                               "val_stimuli": val_stimuli, "epochs_run": len(history),

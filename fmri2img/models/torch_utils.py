@@ -165,13 +165,20 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, scale: float | torch.Tens
     return (((pred - target) / scale) ** 2).mean(dim=1)
 
 
+#: Two targets with a cosine at least this high are the same stimulus (float32 rounding of a
+#: unit vector's self-similarity is ~1e-7); InfoNCE does not use them as each other's negatives.
+SAME_TARGET_COSINE = 1.0 - 1e-5
+
+
 class InfoNCELoss(nn.Module):
     """CLIP-style symmetric InfoNCE on L2-normalised outputs with a learnable temperature.
 
     ``logits = exp(logit_scale) * normalize(pred) @ normalize(target).T`` of shape (n, n);
     the per-sample loss is the mean of the cross-entropy of row ``i`` (pred -> targets) and
     of column ``i`` (target -> preds) with label ``i``. The other rows of the mini-batch are
-    the negatives (repeats of one stimulus in a batch count as negatives too).
+    the negatives, except rows with the same target (repeats of one stimulus: NSD shows each
+    image 3 times, NSD-Imagery repeats each stimulus many times): those are masked out, so a
+    trial is never pushed away from its own stimulus's embedding.
 
     Parameters
     ----------
@@ -195,8 +202,13 @@ class InfoNCELoss(nn.Module):
     def per_sample(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample symmetric cross-entropy, shape (n,)."""
         scale = self.logit_scale.exp().clamp(max=self.max_logit_scale)
-        logits = scale * F.normalize(pred, dim=1, eps=EPS) @ F.normalize(target, dim=1, eps=EPS).T
+        target_n = F.normalize(target, dim=1, eps=EPS)
+        logits = scale * F.normalize(pred, dim=1, eps=EPS) @ target_n.T
         labels = torch.arange(pred.shape[0], device=pred.device)
+        with torch.no_grad():
+            repeat = (target_n @ target_n.T) >= SAME_TARGET_COSINE
+            repeat.fill_diagonal_(False)
+        logits = logits.masked_fill(repeat, float("-inf"))
         rows = F.cross_entropy(logits, labels, reduction="none")
         cols = F.cross_entropy(logits.T, labels, reduction="none")
         return 0.5 * (rows + cols)
@@ -339,7 +351,8 @@ def train_module(
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
         params += [p for p in loss_fn.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                                  foreach=True)  # multi-tensor update: ~4x less per-step overhead on CPU
 
     Xt, Yt = _as_tensor(X, device), _as_tensor(Y, device)
     Xv, Yv = _as_tensor(X_val, device), _as_tensor(Y_val, device)

@@ -214,8 +214,7 @@ def train_decoder(
         start = time.perf_counter()
         decoder.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y, sample_weight=train.sample_weight)
         seconds = time.perf_counter() - start
-        for epoch, record in enumerate(getattr(decoder, "history_", []) or []):
-            run.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=epoch)
+        run.log_history(getattr(decoder, "history_", []) or [], skip=())
         val_cos = _mean_cosine(decoder.predict(val.X), val.Y)
         run.log_metrics({"val_cosine": val_cos, "train_seconds": seconds,
                          "n_train_trials": len(train.X), "n_voxels": train.X.shape[1]})
