@@ -223,10 +223,13 @@ def test_errors(kwargs, call, match):
 def test_cuda_matches_cpu():
     X, Y = _data(40, 90)
     a = RidgeDecoder(alphas=ALPHAS_F32).fit(X, Y)
-    b = RidgeDecoder(alphas=ALPHAS_F32, device="cuda").fit(X, Y)
-    assert a.solver_info_["solver"] == b.solver_info_["solver"] == "cholesky_loo"
-    np.testing.assert_array_equal(a.alpha_, b.alpha_)
-    np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-4 * np.abs(a.coef_).max())
+    assert a.solver_info_["solver"] == "cholesky_loo"
+    # on a GPU "auto" runs one eigendecomposition; both solvers must agree with the CPU fit
+    for solver, expected in (("auto", "eigh_loo"), ("cholesky_loo", "cholesky_loo")):
+        b = RidgeDecoder(alphas=ALPHAS_F32, device="cuda", solver=solver).fit(X, Y)
+        assert b.solver_info_["solver"] == expected
+        np.testing.assert_array_equal(a.alpha_, b.alpha_)
+        np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-4 * np.abs(a.coef_).max())
 
 
 def test_cuda_unavailable_is_a_clear_error():

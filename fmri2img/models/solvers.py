@@ -740,8 +740,10 @@ def solve_ridge_auto(
     max_cond_float32: float = CHOLESKY_FLOAT32_MAX_COND, power_iterations: int = POWER_ITERATIONS,
     eigh_dtype: str = "float64", driver: str = "evd",
 ) -> dict[str, Any]:
-    """Pick the faster exact-LOO solver: :func:`solve_ridge_cholesky_loo` when p > n and there
-    are at most :data:`CHOLESKY_MAX_ALPHAS` alphas, :func:`solve_ridge_eigh_loo` otherwise.
+    """Pick the faster exact-LOO solver: :func:`solve_ridge_cholesky_loo` on CPU when p > n and
+    there are at most :data:`CHOLESKY_MAX_ALPHAS` alphas, :func:`solve_ridge_eigh_loo` otherwise
+    (on a GPU one eigendecomposition beats ten factorisations: NSD shape on an H200, 2.5 s for
+    eigh_loo vs 2.9 s for cholesky_loo, ``benchmarks/device_check.sh``).
 
     Parameters and returns as :func:`solve_ridge_cholesky_loo` (``solver`` names the method
     that ran).
@@ -750,7 +752,7 @@ def solve_ridge_auto(
     n, p = X.shape
     common = dict(mean=mean, scale=scale, sample_weight=sample_weight, alpha_per_target=alpha_per_target,
                   device=device, dtype=dtype, backend=backend, block_size=block_size)
-    if p > n and alphas.size <= CHOLESKY_MAX_ALPHAS:
+    if device == "cpu" and p > n and alphas.size <= CHOLESKY_MAX_ALPHAS:
         return solve_ridge_cholesky_loo(X, Y, alphas, max_cond_float32=max_cond_float32,
                                         power_iterations=power_iterations, **common)
     result = solve_ridge_eigh_loo(X, Y, alphas, eigh_dtype=eigh_dtype, driver=driver, **common)
