@@ -42,6 +42,10 @@ def test_decoder_contract(name, data, tmp_path):
         dec.predict(X[:, :5])  # wrong voxel count
     with pytest.raises(InputError):
         dec.fit(X[:10], Y[:9])
+    # every decoder accepts stats_rows (the perception rows of mixed training); all rows = default
+    every = make_decoder(name, **SMALL[name]).fit(X[:100], Y[:100], X_val=X[100:], Y_val=Y[100:],
+                                                  stats_rows=np.ones(100, dtype=bool))
+    np.testing.assert_array_equal(every.predict(X), pred)
     meta = {"n_voxels": 40, "dim": 12, "embedding_set": "unit", "index_sha256": None,
             "split_manifest_sha256": None, "seeds": {"split": 42, "init": 123}, "train_seconds": 0.0,
             "train_on": "perception"}

@@ -133,3 +133,22 @@ def test_invalid_options_one_line(world, tracking_uri, tmp_path):
         r = _invoke([*args, "--cache-root", str(world["cache"]), "--output-dir", str(tmp_path / "x")], tracking_uri)
         assert r.exit_code == 2, r.output
         assert message in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_mixed_training_standardises_with_perception_rows_only(world, tmp_path, tracking_uri):
+    """The imagery trials of mixed training train the network but do not move its feature space."""
+    from fmri2img.data.index import read_index
+    from fmri2img.embeddings.cache import load_embedding_set
+    from fmri2img.models.checkpoint import load_checkpoint
+    from fmri2img.models.training import TrainConfig, train_decoder, training_data
+
+    cfg = TrainConfig(model="mlp", train_on="mixed", holdout_fold=1, epochs=1)
+    result = train_decoder(world["subj01"], tmp_path / "m", cfg, cache_root=world["cache"], progress=False)
+    decoder, _ = load_checkpoint(result.checkpoint, expected_decoder="mlp")
+    index = read_index(world["subj01"])
+    train, _ = training_data(index, world["cache"], load_embedding_set(world["cache"], "synthetic-truth"), cfg)
+    perception = (train.rows["dataset"] == "nsd").to_numpy()
+    assert 0 < perception.sum() < len(perception)
+    np.testing.assert_allclose(decoder.module_.input_norm.mean.numpy(), train.X[perception].mean(axis=0),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(train.X[perception].mean(axis=0), train.X.mean(axis=0), atol=1e-5)

@@ -304,3 +304,24 @@ def test_cuda_fit_matches_cpu_quality_and_loads_on_cpu(name):
     assert abs(mean_cosine(pred, Yv) - mean_cosine(cpu.predict(Xv), Yv)) < 0.05
     reloaded = make_decoder(name, **SMALL[name]).load_state_dict(gpu.state_dict())
     np.testing.assert_allclose(reloaded.predict(Xv), pred, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stats_rows_define_the_feature_space(name):
+    """Input standardisation (and the two-stage PCA / output statistics) come from stats_rows only;
+    the other rows still train the network."""
+    X, Y = planted_world()
+    Xv, Yv = planted_world(seed=1, n=60)
+    X = X.copy()
+    rows = np.zeros(len(X), dtype=bool)
+    rows[: len(X) // 2] = True
+    X[~rows] = 5.0 * X[~rows] + 3.0  # another distribution, like imagery trials
+    dec = make_decoder(name, **SMALL[name]).fit(X, Y, X_val=Xv, Y_val=Yv, stats_rows=rows)
+    norm = dec.module_.input_norm
+    np.testing.assert_allclose(norm.mean.numpy(), X[rows].mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(norm.scale.numpy(), X[rows].std(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(dec.module_.y_mean.numpy(), Y[rows].mean(axis=0), atol=1e-6)
+    with pytest.raises(InputError, match="stats_rows"):
+        make_decoder(name, **SMALL[name]).fit(X, Y, stats_rows=rows[:-1])
+    with pytest.raises(InputError, match="stats_rows"):
+        make_decoder(name, **SMALL[name]).fit(X, Y, stats_rows=rows.astype(int))

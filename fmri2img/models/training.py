@@ -6,7 +6,8 @@
    (per-session z-scored with training statistics only);
 2. selects the training trials (:mod:`fmri2img.data.selection`): NSD perception ``train``
    split, plus, for ``train_on="mixed"`` (H2), the NSD-Imagery *imagery* trials of every fold
-   except ``holdout_fold``, weighted by ``imagery_weight``; ``val`` split for early stopping;
+   except ``holdout_fold``, weighted by ``imagery_weight`` (the perception trials alone set the
+   decoder's feature space: ``stats_rows``); ``val`` split for early stopping;
 3. looks up the target embeddings of each trial's stimulus in an embedding set;
 4. fits the decoder, logs its params and per-epoch curves to MLflow, and writes
    ``best.pt`` + ``metadata.json`` (docs/contracts.md section 5).
@@ -212,7 +213,8 @@ def train_decoder(
             decoder.set_params(progress=progress)
         run.log_params({"decoder": decoder.get_params()})
         start = time.perf_counter()
-        decoder.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y, sample_weight=train.sample_weight)
+        decoder.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y, sample_weight=train.sample_weight,
+                    stats_rows=(train.rows["dataset"] == "nsd").to_numpy())
         seconds = time.perf_counter() - start
         run.log_history(getattr(decoder, "history_", []) or [], skip=())
         val_cos = _mean_cosine(decoder.predict(val.X), val.Y)
