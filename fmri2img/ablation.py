@@ -182,7 +182,11 @@ def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str,
     if config.synthesize and not (root / "nsddata").exists():
         from fmri2img.data.synthetic import write_world
 
-        kwargs = {"subjects": config.subjects, "progress": progress}
+        # Always the default subjects (plus any others asked for), in that order: the world's
+        # design depends on which subjects it holds, so `ablate --subject subj01` must see the
+        # same world (and reproduce the same numbers) as the full demo.
+        world_subjects = tuple(DEFAULT_SUBJECTS) + tuple(s for s in config.subjects if s not in DEFAULT_SUBJECTS)
+        kwargs = {"subjects": world_subjects, "progress": progress}
         if config.synth_seed is not None:
             kwargs["seed"] = config.synth_seed
         write_world(root, **kwargs)

@@ -97,3 +97,27 @@ def test_parallel_equals_serial_and_seeds_matter(world, tmp_path, tracking_uri):
     for name in ("metrics_all.json", "results_table.csv"):
         assert (tmp_path / "serial" / "subj01" / name).read_bytes() == \
             (tmp_path / "parallel" / "subj01" / name).read_bytes(), name
+
+
+def test_synthesized_world_always_holds_the_default_subjects(tmp_path, monkeypatch):
+    """A one-subject ablation writes the same world as the full demo (the design depends on
+    the subject list), so its numbers are the demo's numbers for that subject."""
+    import fmri2img.data.synthetic as synthetic
+    from fmri2img.ablation import ensure_inputs
+    from fmri2img.constants import DEFAULT_SUBJECTS
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_write_world(root, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(synthetic, "write_world", fake_write_world)
+    for subjects, expected in ((("subj02",), tuple(DEFAULT_SUBJECTS)),
+                               (("subj03", "subj01"), (*DEFAULT_SUBJECTS, "subj03"))):
+        with pytest.raises(Stop):
+            ensure_inputs(AblationConfig(subjects=subjects, data_root=str(tmp_path / "data")), progress=False)
+        assert seen["subjects"] == expected
