@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -111,7 +112,19 @@ def test_mixed_training_uses_training_folds_only(world, tmp_path, tracking_uri):
     assert held_out.isdisjoint(train.rows["stimulus_id"])
     assert not (train.rows["split"] == "test").any() or set(train.rows.loc[train.rows["split"] == "test", "dataset"]) == {"nsdimagery"}
     assert set(np.unique(train.sample_weight)) == {0.5, 1.0}
-    assert set(val.rows["split"]) == {"val"}
+    # early stopping: the perception val split plus the means of held-out training-fold imagery
+    # stimuli, which the model does not train on, weighted to count as much as the val trials
+    perception_val = val.rows["dataset"] == "nsd"
+    assert set(val.rows.loc[perception_val, "split"]) == {"val"}
+    img_val = val.rows.loc[~perception_val]
+    assert len(img_val) == img_val["stimulus_id"].nunique() > 0
+    assert set(img_val["fold"]) <= {0, 2}
+    assert set(img_val["stimulus_id"]).isdisjoint(imagery["stimulus_id"])
+    n_val = int(perception_val.sum())
+    np.testing.assert_allclose(val.sample_weight[~perception_val.to_numpy()].sum(), n_val, rtol=1e-6)
+    assert len(val.X) == len(val.rows) == len(val.sample_weight)
+    none = training_data(index, world["cache"], emb, dataclasses.replace(cfg, imagery_val_fraction=0.0))[1]
+    assert set(none.rows["split"]) == {"val"} and none.sample_weight is None
 
 
 def test_training_is_deterministic(world, tmp_path, tracking_uri):

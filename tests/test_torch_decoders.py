@@ -325,3 +325,22 @@ def test_stats_rows_define_the_feature_space(name):
         make_decoder(name, **SMALL[name]).fit(X, Y, stats_rows=rows[:-1])
     with pytest.raises(InputError, match="stats_rows"):
         make_decoder(name, **SMALL[name]).fit(X, Y, stats_rows=rows.astype(int))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_val_sample_weight_weights_the_early_stopping_rows(name):
+    """Zero-weight validation rows do not count: same model as without those rows."""
+    X, Y = planted_world()
+    Xv, Yv = planted_world(seed=1, n=60)
+    Xbad, Ybad = planted_world(seed=2, n=20)
+    Ybad = -Ybad  # rows that would change the stopping epoch if they counted
+    w = np.r_[np.ones(60), np.zeros(20)]
+    a = make_decoder(name, **SMALL[name]).fit(X, Y, X_val=Xv, Y_val=Yv)
+    b = make_decoder(name, **SMALL[name]).fit(X, Y, X_val=np.r_[Xv, Xbad], Y_val=np.r_[Yv, Ybad], val_sample_weight=w)
+    if name == "mlp":  # two-stage: InfoNCE is batch-contrastive, zero-weight rows remain negatives
+        np.testing.assert_array_equal(a.predict(Xv), b.predict(Xv))
+        assert [r["val_loss"] for r in a.history_] == pytest.approx([r["val_loss"] for r in b.history_], rel=1e-5)
+    else:
+        assert [r["val_loss"] for r in a.history_] != [r["val_loss"] for r in b.history_]
+    with pytest.raises(InputError, match="sample_weight"):
+        make_decoder(name, **SMALL[name]).fit(X, Y, X_val=Xv, Y_val=Yv, val_sample_weight=np.ones(3))

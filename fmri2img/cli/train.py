@@ -28,6 +28,9 @@ def command(
     train_on: TrainOn = typer.Option(None, "--train-on", help="perception (default) or mixed (H2)."),
     holdout_fold: int = typer.Option(None, "--holdout-fold", help="Mixed: the imagery fold kept out for evaluation."),
     imagery_weight: float = typer.Option(None, "--imagery-weight", help="Mixed: sample weight of imagery trials."),
+    imagery_val_fraction: float = typer.Option(
+        None, "--imagery-val-fraction",
+        help="Mixed: share of the training folds' imagery stimuli held out for early stopping (default 0.25)."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: checkpoints/<model>/<subject>."),
     embeddings: str = typer.Option(None, "--embeddings", help="Embedding set tag (default: synthetic-truth)."),
     epochs: int = typer.Option(None, "--epochs", help="Torch decoders: maximum epochs."),
@@ -46,7 +49,8 @@ def command(
     base = load_config(TrainConfig, config) if config else TrainConfig()
     cfg = override(
         base, model=model.value if model else None, train_on=train_on.value if train_on else None,
-        holdout_fold=holdout_fold, imagery_weight=imagery_weight, embedding_set=embeddings,
+        holdout_fold=holdout_fold, imagery_weight=imagery_weight, imagery_val_fraction=imagery_val_fraction,
+        embedding_set=embeddings,
         epochs=epochs, lr=lr, batch_size=batch_size, device=device,
     )
     result = train_decoder(index, output_dir, cfg, cache_root=cache_root, tracking_uri=tracking_uri,

@@ -18,9 +18,10 @@ from fmri2img.errors import InputError
 class BaseDecoder:
     """Base class of all decoders: maps masked betas ``X`` to embeddings ``Y``.
 
-    Subclasses implement ``fit(X, Y, X_val=None, Y_val=None, sample_weight=None, stats_rows=None)``
-    (``stats_rows``: boolean mask of the rows whose statistics define the decoder's feature
-    space, e.g. the perception trials of mixed training; None = all rows),
+    Subclasses implement ``fit(X, Y, X_val=None, Y_val=None, sample_weight=None, stats_rows=None,
+    val_sample_weight=None)`` (``stats_rows``: boolean mask of the rows whose statistics define
+    the decoder's feature space, e.g. the perception trials of mixed training, None = all rows;
+    ``val_sample_weight``: weights of the early-stopping rows),
     ``predict(X)``, ``state_dict()`` (flat ``dict[str, torch.Tensor]``) and
     ``load_state_dict(state, n_features=None, n_targets=None)`` (shapes come from the state;
     the optional sizes are checks).

@@ -93,13 +93,14 @@ class RidgeDecoder(BaseDecoder):
 
     # ------------------------------------------------------------------------------ fit/predict
     def fit(self, X: Any, Y: Any, X_val: Any = None, Y_val: Any = None, sample_weight: Any = None,
-            stats_rows: Any = None) -> "RidgeDecoder":
+            stats_rows: Any = None, val_sample_weight: Any = None) -> "RidgeDecoder":
         """Fit on ``X`` (n_trials, n_voxels) and ``Y`` (n_trials, n_dims); returns self.
 
         ``X_val``/``Y_val`` are not used for selection (LOO on the training trials is exact);
         when given, ``val_r2_`` reports the fitted model's mean R^2 on them. ``stats_rows`` is
         accepted for the decoder contract and not used: the exact LOO needs the voxels centred
         on the (weighted) mean of all training rows, and ridge has no other learned feature space.
+        ``val_sample_weight`` is accepted and not used either (nothing early-stops).
         """
         if self.solver not in RIDGE_SOLVERS:
             allowed = ", ".join(repr(k) for k in RIDGE_SOLVERS)

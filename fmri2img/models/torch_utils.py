@@ -496,7 +496,7 @@ class TorchDecoder:
     has the parameters ``epochs, lr, weight_decay, batch_size, patience, seed, device, progress``.
     """
 
-    def fit(self, X, Y, X_val=None, Y_val=None, sample_weight=None, stats_rows=None):
+    def fit(self, X, Y, X_val=None, Y_val=None, sample_weight=None, stats_rows=None, val_sample_weight=None):
         """Fit on ``X`` (n, p) betas and ``Y`` (n, d) embeddings; return ``self``.
 
         Parameters
@@ -515,6 +515,9 @@ class TorchDecoder:
             and z-scored against another session's statistics, otherwise bend that space; on
             the demo world they turned the two-stage decoder's imagery gain from mixed training
             from about +10% to -40% (imagery weight 1, 0.5 and 0.01 alike).
+        val_sample_weight : array of shape (n_val,), optional
+            Weights of the early-stopping rows ``X_val`` (mixed training weights its held-out
+            imagery stimuli against the perception validation trials).
         """
         X, Y = check_xy(X, Y)
         w = check_sample_weight(sample_weight, X.shape[0])
@@ -537,7 +540,8 @@ class TorchDecoder:
                     raise InputError(
                         f"Validation shapes {X_va.shape}/{Y_va.shape} do not match training shapes {X.shape}/{Y.shape}."
                     )
-                X_tr, Y_tr, w_tr, w_va = X, Y, w, None
+                X_tr, Y_tr, w_tr = X, Y, w
+                w_va = check_sample_weight(val_sample_weight, X_va.shape[0])
             X_ref, Y_ref = (X_tr, Y_tr) if ref is None else (X_tr[ref], Y_tr[ref])
             module = self._build_module(X.shape[1], Y.shape[1], **self._dims_from_data(X_ref))
             self._init_module(module, X_ref, Y_ref)

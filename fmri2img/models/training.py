@@ -47,6 +47,9 @@ class TrainConfig:
     train_on: Literal["perception", "mixed"] = "perception"
     imagery_weight: float = 1.0
     holdout_fold: int | None = None
+    #: mixed training: share of the training folds' imagery stimuli held out (whole) for early
+    #: stopping, so that the stopping epoch also reflects imagery of unseen stimuli
+    imagery_val_fraction: float = 0.25
     embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
     zscore: bool = True
     device: str = "cpu"
@@ -58,6 +61,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_positive("imagery_weight", self.imagery_weight)
+        if not 0.0 <= self.imagery_val_fraction < 1.0:
+            raise ConfigError(f"Invalid imagery_val_fraction={self.imagery_val_fraction!r}; expected 0 <= value < 1.")
         for name in TORCH_ONLY_OPTIONS:
             value = getattr(self, name)
             if value is not None:
@@ -142,9 +147,25 @@ def training_data(
     train.sample_weight = np.ones(len(train.X), dtype=np.float32)
     if config.train_on == "mixed":
         folds = selection.training_folds(index, config.holdout_fold)
-        imagery = load_rows(
-            index, selection.imagery_rows(index, "imagery", folds), cache_root, embedding_set, config.zscore
-        )
+        imagery_mask = selection.imagery_rows(index, "imagery", folds)
+        val_mask = _imagery_val_rows(index, imagery_mask, config)
+        imagery = load_rows(index, imagery_mask & ~val_mask, cache_root, embedding_set, config.zscore)
+        if val_mask.any():
+            # early stopping also scores imagery of stimuli the model does not train on: each
+            # held-out stimulus' mean trial (as eval scores means), the imagery part weighted to
+            # count as much as the perception validation trials together
+            held = load_rows(index, val_mask, cache_root, embedding_set, config.zscore)
+            stim = held.rows["stimulus_id"].to_numpy()
+            ids = list(dict.fromkeys(stim))
+            Xm = np.stack([held.X[stim == s].mean(axis=0) for s in ids]).astype(np.float32)
+            Ym = np.stack([held.Y[stim == s].mean(axis=0) for s in ids]).astype(np.float32)
+            n_perception = len(val.X)
+            val = Dataset(
+                X=np.concatenate([val.X, Xm]), Y=np.concatenate([val.Y, Ym]),
+                rows=pd.concat([val.rows, held.rows.drop_duplicates("stimulus_id")]),
+                sample_weight=np.concatenate([np.ones(n_perception, dtype=np.float32),
+                                              np.full(len(ids), n_perception / len(ids), dtype=np.float32)]),
+            )
         train = Dataset(
             X=np.concatenate([train.X, imagery.X]),
             Y=np.concatenate([train.Y, imagery.Y]),
@@ -154,6 +175,20 @@ def training_data(
             ),
         )
     return train, val
+
+
+def _imagery_val_rows(index: pd.DataFrame, imagery_mask: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Rows of a seeded ``imagery_val_fraction`` of the imagery stimuli in ``imagery_mask``."""
+    ids = index["stimulus_id"].to_numpy()
+    stimuli = np.unique(ids[imagery_mask])
+    n_val = int(round(config.imagery_val_fraction * len(stimuli)))
+    if n_val == 0:
+        return np.zeros(len(index), dtype=bool)
+    if n_val >= len(stimuli):
+        raise ConfigError(f"imagery_val_fraction={config.imagery_val_fraction} leaves no imagery stimulus to train on.")
+    rng = np.random.default_rng([config.seed, int(config.holdout_fold)])
+    chosen = rng.choice(stimuli, size=n_val, replace=False)
+    return imagery_mask & np.isin(ids, chosen)
 
 
 @dataclass
@@ -214,7 +249,7 @@ def train_decoder(
         run.log_params({"decoder": decoder.get_params()})
         start = time.perf_counter()
         decoder.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y, sample_weight=train.sample_weight,
-                    stats_rows=(train.rows["dataset"] == "nsd").to_numpy())
+                    stats_rows=(train.rows["dataset"] == "nsd").to_numpy(), val_sample_weight=val.sample_weight)
         seconds = time.perf_counter() - start
         run.log_history(getattr(decoder, "history_", []) or [], skip=())
         val_cos = _mean_cosine(decoder.predict(val.X), val.Y)
