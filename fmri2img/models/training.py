@@ -7,7 +7,8 @@
 2. selects the training trials (:mod:`fmri2img.data.selection`): NSD perception ``train``
    split, plus, for ``train_on="mixed"`` (H2), the NSD-Imagery *imagery* trials of every fold
    except ``holdout_fold``, weighted by ``imagery_weight`` (the perception trials alone set the
-   decoder's feature space: ``stats_rows``); ``val`` split for early stopping;
+   decoder's feature space: ``stats_rows``); ``val`` split for early stopping (mixed: plus the
+   mean trial of a held-out ``imagery_val_fraction`` of the training folds' imagery stimuli);
 3. looks up the target embeddings of each trial's stimulus in an embedding set;
 4. fits the decoder, logs its params and per-epoch curves to MLflow, and writes
    ``best.pt`` + ``metadata.json`` (docs/contracts.md section 5).
