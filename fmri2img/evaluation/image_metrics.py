@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 from fmri2img.errors import InputError, OfflineError
 from fmri2img.evaluation.metrics import cosine_similarity_matrix
@@ -56,7 +55,7 @@ def _check_pair(img_a: Any, img_b: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ssim(img_a: Any, img_b: Any) -> float:
-    """Structural similarity of two RGB images (``skimage.metrics.structural_similarity``).
+    """Structural similarity of two RGB images, as ``skimage.metrics.structural_similarity``.
 
     Mean SSIM over the three channels, ``data_range=255``, uniform window of
     :data:`SSIM_WIN_SIZE` (or the largest odd size that fits an image smaller than 7 px).
@@ -72,11 +71,7 @@ def ssim(img_a: Any, img_b: Any) -> float:
     float in [-1, 1]; 1 for identical images.
     """
     a, b = _check_pair(img_a, img_b)
-    side = min(a.shape[0], a.shape[1])
-    if side < 3:
-        raise InputError(f"SSIM needs images of at least 3 x 3 pixels, got {a.shape[:2]}.")
-    win = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=UINT8_RANGE, win_size=win))
+    return float(_ssim_batch(a[None], b[None])[0])
 
 
 def pixel_mse(img_a: Any, img_b: Any) -> float:
@@ -91,8 +86,7 @@ def pixel_mse(img_a: Any, img_b: Any) -> float:
     float in [0, 1]; 0 for identical images.
     """
     a, b = _check_pair(img_a, img_b)
-    diff = (a.astype(np.float64) - b.astype(np.float64)) / UINT8_RANGE
-    return float(np.mean(diff**2))
+    return float(_pixel_scores(a[None], b[None])["pixel_mse"][0])
 
 
 def pixcorr(img_a: Any, img_b: Any) -> float:
@@ -107,12 +101,7 @@ def pixcorr(img_a: Any, img_b: Any) -> float:
     float in [-1, 1]; NaN when either image is constant (correlation undefined).
     """
     a, b = _check_pair(img_a, img_b)
-    x = a.astype(np.float64).ravel()
-    y = b.astype(np.float64).ravel()
-    x -= x.mean()
-    y -= y.mean()
-    denom = np.sqrt(np.dot(x, x) * np.dot(y, y))
-    return float(np.dot(x, y) / denom) if denom > 0 else float("nan")
+    return float(_pixel_scores(a[None], b[None])["pixcorr"][0])
 
 
 #: Images scored at a time by :func:`score_images` (bounds its float64 temporaries: five filtered
@@ -123,21 +112,12 @@ SCORE_CHUNK = 256
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
-def ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """SSIM of each pair in two batches, vectorised; equals :func:`ssim` pair by pair.
+def _ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """SSIM of each pair of two uint8 batches (n, H, W, 3) -> float64 (n,).
 
-    The same computation as ``skimage.metrics.structural_similarity`` (uniform window,
-    sample covariance, ``data_range=255``, borders of half a window cropped, mean over
-    channels), on a whole batch per filter call instead of one image and channel at a time
-    (tested against skimage to 1e-12).
-
-    Parameters
-    ----------
-    pred, true : uint8 arrays of shape (n, H, W, 3), H, W >= 3
-
-    Returns
-    -------
-    float64 array of shape (n,)
+    skimage's computation (uniform window, sample covariance, ``data_range=255``, borders of
+    half a window cropped, mean over channels) on a whole batch per filter call instead of one
+    image and channel at a time (tested against skimage to 1e-12).
     """
     from scipy.ndimage import uniform_filter
 
@@ -161,11 +141,24 @@ def ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return inner.mean(axis=(1, 2)).mean(axis=1)
 
 
+def _pixel_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """Pixel MSE (pixels in [0, 1]) and PixCorr of each pair of two uint8 batches -> float64 (n,)."""
+    x = pred.reshape(len(pred), -1).astype(np.float64)
+    y = true.reshape(len(true), -1).astype(np.float64)
+    mse = np.mean(((x - y) / UINT8_RANGE) ** 2, axis=1)
+    x -= x.mean(axis=1, keepdims=True)
+    y -= y.mean(axis=1, keepdims=True)
+    denom = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(denom > 0, np.einsum("ij,ij->i", x, y) / denom, np.nan)
+    return {"pixcorr": corr, "pixel_mse": mse}
+
+
 def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
     """SSIM, PixCorr and pixel MSE of each reconstructed image against its true image.
 
-    Vectorised over the batch (chunks of :data:`SCORE_CHUNK`); per pair the values equal
-    :func:`ssim`, :func:`pixcorr` and :func:`pixel_mse`.
+    Vectorised over the batch, in chunks of :data:`SCORE_CHUNK` (the pairwise functions
+    :func:`ssim`, :func:`pixcorr` and :func:`pixel_mse` are the same code on a batch of one).
 
     Parameters
     ----------
@@ -183,20 +176,13 @@ def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
             f"Expected two uint8 image batches of the same shape (n, H, W, 3), got {pred.dtype} {pred.shape} "
             f"and {true.dtype} {true.shape}."
         )
-    out = {"ssim": [], "pixcorr": [], "pixel_mse": []}
+    out: dict[str, list[np.ndarray]] = {"ssim": [], "pixcorr": [], "pixel_mse": []}
     for start in range(0, pred.shape[0], SCORE_CHUNK):
         p, t = pred[start:start + SCORE_CHUNK], true[start:start + SCORE_CHUNK]
-        out["ssim"].append(ssim_batch(p, t))
-        x = p.reshape(len(p), -1).astype(np.float64)
-        y = t.reshape(len(t), -1).astype(np.float64)
-        out["pixel_mse"].append(np.mean(((x - y) / UINT8_RANGE) ** 2, axis=1))
-        x -= x.mean(axis=1, keepdims=True)
-        y -= y.mean(axis=1, keepdims=True)
-        denom = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["pixcorr"].append(np.where(denom > 0, np.einsum("ij,ij->i", x, y) / denom, np.nan))
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in {
-        "ssim": out["ssim"], "pixcorr": out["pixcorr"], "pixel_mse": out["pixel_mse"]}.items()}
+        out["ssim"].append(_ssim_batch(p, t))
+        for name, values in _pixel_scores(p, t).items():
+            out[name].append(values)
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
 
 
 def lpips_distance(img_a: Any, img_b: Any, net: str = "alex") -> float:
