@@ -83,7 +83,7 @@ def test_base_frozen_deterministic_and_finetune(setup):
 def test_stimulus_means_average_each_stimulus_and_condition():
     import pandas as pd
 
-    from fmri2img.models.adapt import stimulus_means
+    from fmri2img.models.training import stimulus_means
 
     rows = pd.DataFrame({"stimulus_id": ["b", "a", "b", "a", "b"]})
     cond = np.array([1, 1, 1, 0, 0])
@@ -93,3 +93,6 @@ def test_stimulus_means_average_each_stimulus_and_condition():
     np.testing.assert_array_equal(Xm, [[2, 3], [2, 3], [6, 7], [8, 9]])  # (b,1), (a,1), (a,0), (b,0)
     np.testing.assert_array_equal(Ym, -Xm)
     np.testing.assert_array_equal(cm, [1, 1, 0, 0])
+    Xs, _, cs = stimulus_means(X, Y, rows)  # no condition: one mean per stimulus
+    np.testing.assert_array_equal(Xs, [[4, 5], [4, 5]])  # b: rows 0, 2, 4; a: rows 1, 3
+    np.testing.assert_array_equal(cs, [0, 0])

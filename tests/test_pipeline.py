@@ -125,6 +125,10 @@ def test_mixed_training_uses_training_folds_only(world, tmp_path, tracking_uri):
     assert len(val.X) == len(val.rows) == len(val.sample_weight)
     none = training_data(index, world["cache"], emb, dataclasses.replace(cfg, imagery_val_fraction=0.0))[1]
     assert set(none.rows["split"]) == {"val"} and none.sample_weight is None
+    from fmri2img.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds out all"):
+        training_data(index, world["cache"], emb, dataclasses.replace(cfg, imagery_val_fraction=0.99))
 
 
 def test_training_is_deterministic(world, tmp_path, tracking_uri):

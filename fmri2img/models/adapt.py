@@ -9,7 +9,7 @@ exactly once by a model that never saw it):
   condition 0, so one adapter serves both domains);
 * early stopping on a seeded ``val_stimulus_fraction`` of those training stimuli (held out
   whole, stimulus-disjoint from the rest of training and from fold ``k``), scored on each
-  stimulus' mean, as evaluation scores them (:func:`stimulus_means`);
+  stimulus' mean, as evaluation scores them (:func:`fmri2img.models.training.stimulus_means`);
 * ``linear`` / ``mlp`` adapters map the frozen decoder's output to the target embedding
   (the base is run once under ``no_grad``; its weights are hashed before and after to
   prove they did not change); ``finetune`` trains a copy of the whole decoder on the same
@@ -134,35 +134,6 @@ def _fold_rows(index, fold: int, config: AdaptConfig, rng_seed: int):
     return train, val, sorted(val_stimuli)
 
 
-def stimulus_means(X: np.ndarray, Y: np.ndarray, rows, condition: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average ``X`` and ``Y`` over the trials of each (stimulus, condition); first-seen order.
-
-    Early stopping scores these means because evaluation scores the mean prediction of each
-    stimulus: a per-trial validation loss also rewards shrinking noisy trials towards the
-    mean embedding, which does not help (and, mixed into averaged predictions, hurts) the
-    evaluated score. For an affine adapter the mean of the adapted outputs equals the
-    adapted mean, so this is exactly the evaluated quantity.
-
-    Parameters
-    ----------
-    X : array of shape (n_trials, p); Y : array of shape (n_trials, d)
-    rows : DataFrame with a ``stimulus_id`` column, one row per trial
-    condition : int array of shape (n_trials,)
-
-    Returns
-    -------
-    X_mean (n_groups, p), Y_mean (n_groups, d), condition (n_groups,)
-    """
-    keys = list(zip(rows["stimulus_id"].to_numpy(), condition.tolist()))
-    groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    members = list(groups.values())
-    Xm = np.stack([X[m].mean(axis=0) for m in members]).astype(np.float32)
-    Ym = np.stack([Y[m].mean(axis=0) for m in members]).astype(np.float32)
-    return Xm, Ym, np.array([condition[m[0]] for m in members], dtype=np.int64)
-
-
 @dataclass
 class AdaptResult:
     checkpoint: Path
@@ -193,7 +164,7 @@ def train_adapters(
     from fmri2img.models.checkpoint import load_checkpoint
     from fmri2img.models.predictors import base_module
     from fmri2img.models.torch_utils import count_parameters, deterministic, predict_module, train_module
-    from fmri2img.models.training import load_rows
+    from fmri2img.models.training import load_rows, stimulus_means
 
     config.validate()
     index = read_index(index_path)

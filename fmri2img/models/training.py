@@ -156,16 +156,13 @@ def training_data(
             # held-out stimulus' mean trial (as eval scores means), the imagery part weighted to
             # count as much as the perception validation trials together
             held = load_rows(index, val_mask, cache_root, embedding_set, config.zscore)
-            stim = held.rows["stimulus_id"].to_numpy()
-            ids = list(dict.fromkeys(stim))
-            Xm = np.stack([held.X[stim == s].mean(axis=0) for s in ids]).astype(np.float32)
-            Ym = np.stack([held.Y[stim == s].mean(axis=0) for s in ids]).astype(np.float32)
+            Xm, Ym, _ = stimulus_means(held.X, held.Y, held.rows)
             n_perception = len(val.X)
             val = Dataset(
                 X=np.concatenate([val.X, Xm]), Y=np.concatenate([val.Y, Ym]),
                 rows=pd.concat([val.rows, held.rows.drop_duplicates("stimulus_id")]),
                 sample_weight=np.concatenate([np.ones(n_perception, dtype=np.float32),
-                                              np.full(len(ids), n_perception / len(ids), dtype=np.float32)]),
+                                              np.full(len(Xm), n_perception / len(Xm), dtype=np.float32)]),
             )
         train = Dataset(
             X=np.concatenate([train.X, imagery.X]),
@@ -178,6 +175,39 @@ def training_data(
     return train, val
 
 
+def stimulus_means(X: np.ndarray, Y: np.ndarray, rows: pd.DataFrame,
+                   condition: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average ``X`` and ``Y`` over the trials of each stimulus (and condition), in order of
+    first appearance.
+
+    Early stopping scores these means wherever evaluation does (evaluation scores each
+    stimulus' mean prediction): a per-trial validation loss also rewards shrinking noisy
+    trials towards the mean embedding, which does not help, and mixed into averaged
+    predictions hurts, the evaluated score. For an affine adapter the mean of the adapted
+    outputs equals the adapted mean, so there it is exactly the evaluated quantity.
+
+    Parameters
+    ----------
+    X : array of shape (n_trials, p); Y : array of shape (n_trials, d)
+    rows : DataFrame with a ``stimulus_id`` column, one row per trial
+    condition : int array of shape (n_trials,), optional
+        Trials of one stimulus under different conditions are averaged separately.
+
+    Returns
+    -------
+    X_mean float32 (n_groups, p), Y_mean float32 (n_groups, d), condition int64 (n_groups,)
+    """
+    from fmri2img.evaluation.metrics import average_by_stimulus
+
+    cond = np.zeros(len(rows), dtype=np.int64) if condition is None else np.asarray(condition, dtype=np.int64)
+    keys = [f"{stimulus}|{c}" for stimulus, c in zip(rows["stimulus_id"].to_numpy(), cond)]
+    Xm, groups = average_by_stimulus(X, keys)
+    Ym, _ = average_by_stimulus(Y, keys)
+    cond_of = dict(zip(keys, cond.tolist()))
+    return (Xm.astype(np.float32), Ym.astype(np.float32),
+            np.array([cond_of[g] for g in groups], dtype=np.int64))
+
+
 def _imagery_val_rows(index: pd.DataFrame, imagery_mask: np.ndarray, config: TrainConfig) -> np.ndarray:
     """Rows of a seeded ``imagery_val_fraction`` of the imagery stimuli in ``imagery_mask``."""
     ids = index["stimulus_id"].to_numpy()
@@ -186,7 +216,8 @@ def _imagery_val_rows(index: pd.DataFrame, imagery_mask: np.ndarray, config: Tra
     if n_val == 0:
         return np.zeros(len(index), dtype=bool)
     if n_val >= len(stimuli):
-        raise ConfigError(f"imagery_val_fraction={config.imagery_val_fraction} leaves no imagery stimulus to train on.")
+        raise ConfigError(f"imagery_val_fraction={config.imagery_val_fraction} holds out all {len(stimuli)} "
+                          "training-fold imagery stimuli; expected a value that leaves at least one to train on.")
     rng = np.random.default_rng([config.seed, int(config.holdout_fold)])
     chosen = rng.choice(stimuli, size=n_val, replace=False)
     return imagery_mask & np.isin(ids, chosen)
