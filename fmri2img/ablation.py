@@ -384,25 +384,22 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
 SUBMIT_ORDER = ("mixed", "finetune", "adapter_mlp_condition", "adapter_mlp", "adapter_linear", "perception_only")
 
 
+# Entry points of the pool's tasks (module-level: importable under the spawn start method).
 def _run_cell_star(args):
-    # Worker entry point (must be importable for the spawn start method).
-    os.environ.setdefault("TQDM_DISABLE", "1")
     return run_cell(*args)
 
 
 def _base_checkpoint_star(args) -> str:
-    # Worker entry point: one perception-only checkpoint, logged as a child of the ablation run.
+    # one perception-only checkpoint, logged as a child of the ablation run
     from fmri2img import tracking
 
     config, subject, decoder, fingerprint, parent_run_id, tracking_uri, force, progress = args
-    if progress is False:
-        os.environ.setdefault("TQDM_DISABLE", "1")
     parent = tracking.attach(parent_run_id, tracking_uri)
     return str(ensure_base_checkpoint(config, subject, decoder, fingerprint, parent, force, progress))
 
 
 def _figures_star(folder: str) -> str:
-    # Worker entry point: the figures of one ablation folder (logged to the run in mlflow_run.json).
+    # the figures of one ablation folder (logged to the run in mlflow_run.json)
     from fmri2img.reporting.figures import make_figures
 
     make_figures(folder, Path(folder) / "figures")
@@ -478,8 +475,14 @@ def _executor(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
         return
     import multiprocessing
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet_worker) as pool:
         yield pool
+
+
+def _quiet_worker() -> None:
+    # Workers draw no progress bars (their output would interleave); only the parent's bar shows.
+    os.environ["TQDM_DISABLE"] = "1"
 
 
 @dataclass

@@ -158,37 +158,28 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int | None = None) -> None:
         """Log numeric metrics (``None`` and non-finite values are skipped)."""
-        import math
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(key, float(value), now, step or 0)
-            for key, value in metrics.items()
-            if value is not None and math.isfinite(float(value))
-        ]
-        for start in range(0, len(batch), 900):  # MLflow accepts 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=batch[start:start + 900])
+        self._log_metric_values((key, value, step or 0) for key, value in metrics.items())
 
     def log_history(self, history: Sequence[Mapping[str, Any]], prefix: str = "", skip: tuple[str, ...] = ("epoch",)) -> None:
         """Log a per-epoch history (one dict per step) as stepped metrics, in as few batches as possible.
 
         One ``log_batch`` call per 900 values instead of one per epoch: on the SQLite store every
         call is a transaction (about 30 ms here), which made per-epoch logging a visible share
-        of the demo's wall time.
+        of the demo's wall time. Non-numeric and non-finite values are skipped.
         """
+        self._log_metric_values((f"{prefix}{key}", value, step) for step, record in enumerate(history)
+                                for key, value in record.items()
+                                if key not in skip and isinstance(value, (int, float)))
+
+    def _log_metric_values(self, values) -> None:
+        """``(key, value, step)`` triples -> batched ``log_batch`` calls (None / non-finite skipped)."""
         import math
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [
-            Metric(f"{prefix}{key}", float(value), now, step)
-            for step, record in enumerate(history)
-            for key, value in record.items()
-            if key not in skip and isinstance(value, (int, float)) and math.isfinite(float(value))
-        ]
+        batch = [Metric(key, float(value), now, step) for key, value, step in values
+                 if value is not None and math.isfinite(float(value))]
         for start in range(0, len(batch), 900):  # MLflow accepts 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=batch[start:start + 900])
 
