@@ -79,12 +79,41 @@ def test_fitted_attributes_and_history(world, fitted, name):
     assert {"epoch", "train_loss", "val_loss", "val_cosine"} <= set(model.history_[0])
     pred = model.predict(Xv)
     assert pred.dtype == np.float32 and pred.shape == Yv.shape
-    # The restored weights are those of the best epoch: recomputing the validation loss agrees.
+    # The restored weights are those of the best epoch: recomputing the monitored criterion agrees.
     best = min(r["val_loss"] for r in model.history_)
     assert model.history_[model.best_epoch_]["val_loss"] == best
-    recomputed, _ = tu._evaluate(model.module_, model.loss_, torch.from_numpy(Xv), torch.from_numpy(Yv), None, None,
-                                 model.batch_size)
+    recomputed, _ = tu._evaluate(model.module_, model._make_val_loss(model.loss_), torch.from_numpy(Xv),
+                                 torch.from_numpy(Yv), None, None, model.batch_size)
     assert recomputed == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+def test_two_stage_early_stops_on_cosine_distance(fitted):
+    """The two-stage decoder monitors 1 - cos (InfoNCE depends on the learned temperature and
+    on batch composition, so it is not comparable across epochs); the MLP monitors its loss."""
+    for record in fitted["two_stage"].history_:
+        assert record["val_loss"] == pytest.approx(1.0 - record["val_cosine"], abs=1e-5)
+    assert any(abs(r["val_loss"] - (1.0 - r["val_cosine"])) > 1e-3 for r in fitted["mlp"].history_)
+
+
+def test_train_module_monitors_val_loss_fn():
+    """``val_loss_fn`` decides the restored epoch: a criterion that rewards a zero weight restores
+    the untrained (zero-initialised) module even though training lowers the loss."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 5)).astype(np.float32)
+    Y = (X @ rng.standard_normal((5, 3))).astype(np.float32)
+    module = torch.nn.Linear(5, 3)
+    torch.nn.init.zeros_(module.weight)
+    torch.nn.init.zeros_(module.bias)
+
+    def weight_norm(pred, target, weight=None):
+        return module.weight.detach().norm() + 0.0 * pred.sum()
+
+    history = tu.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), X, Y, X, Y,
+                              rng=np.random.default_rng(0), epochs=3, lr=0.1, weight_decay=0.0, batch_size=16,
+                              patience=5, progress=False, val_loss_fn=weight_norm)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(r["val_loss"] > 0 for r in history)
+    assert float(module.weight.detach().abs().max()) == 0.0
 
 
 def test_two_stage_output_is_unit_norm_and_has_latent(world, fitted):

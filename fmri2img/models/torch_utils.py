@@ -217,6 +217,12 @@ class InfoNCELoss(nn.Module):
         return weighted_mean(self.per_sample(pred, target), weight)
 
 
+def weighted_cosine_distance(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 - cos`` averaged over the batch with ``weight``: a per-sample criterion, so its value
+    on a validation set does not depend on how the rows are batched."""
+    return weighted_mean(cosine_loss(pred, target), weight)
+
+
 class CosineMSELoss(nn.Module):
     """``cosine_weight * (1 - cos) + mse_weight * mse((pred - target) / scale)``, weighted mean."""
 
@@ -305,6 +311,7 @@ def train_module(
     condition_val: np.ndarray | None = None,
     progress: bool = True,
     desc: str = "train",
+    val_loss_fn: LossFn | None = None,
 ) -> list[dict[str, float]]:
     """Train ``module`` to map ``X`` to ``Y`` with AdamW and early stopping; return the history.
 
@@ -333,11 +340,15 @@ def train_module(
         Condition ids passed to the module (adapters with a condition embedding).
     progress : bool
         Show a tqdm bar over epochs on stderr.
+    val_loss_fn : callable, optional
+        The criterion early stopping monitors on the validation rows (default ``loss_fn``).
+        It must be comparable across epochs: a term whose value depends on learned loss
+        parameters (InfoNCE's temperature) or on which rows share a batch is not.
 
     Returns
     -------
     history : list of dict
-        One dict per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_cosine``
+        One dict per epoch: ``epoch``, ``train_loss``, ``val_loss`` (``val_loss_fn``), ``val_cosine``
         (and ``temperature`` when the loss has an InfoNCE term).
     """
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("patience", patience, 1)):
@@ -346,6 +357,7 @@ def train_module(
     if not lr > 0 or weight_decay < 0:
         raise InputError(f"Expected lr > 0 and weight_decay >= 0, got lr={lr!r}, weight_decay={weight_decay!r}.")
     device = resolve_device(device)
+    criterion = loss_fn if val_loss_fn is None else val_loss_fn
     module.to(device)
     params = list(module.parameters())
     if isinstance(loss_fn, nn.Module):
@@ -372,7 +384,7 @@ def train_module(
     history: list[dict[str, float]] = []
     # The untrained module is a candidate too: an identity-initialised adapter that only gets
     # worse on the validation rows is returned unchanged.
-    best_loss, best_state, since_best = _evaluate(module, loss_fn, Xv, Yv, Wv, Cv, int(batch_size))[0], snapshot(), 0
+    best_loss, best_state, since_best = _evaluate(module, criterion, Xv, Yv, Wv, Cv, int(batch_size))[0], snapshot(), 0
     bar = tqdm(range(int(epochs)), desc=desc, unit="epoch", file=sys.stderr, disable=not progress, leave=False)
     for epoch in bar:
         module.train()
@@ -391,7 +403,7 @@ def train_module(
             batch_weight = float(idx.shape[0]) if w is None else float(w.sum())
             total += float(loss.detach()) * batch_weight
             weight_sum += batch_weight
-        val_loss, val_cosine = _evaluate(module, loss_fn, Xv, Yv, Wv, Cv, int(batch_size))
+        val_loss, val_cosine = _evaluate(module, criterion, Xv, Yv, Wv, Cv, int(batch_size))
         record = {
             "epoch": epoch, "train_loss": total / max(weight_sum, EPS), "val_loss": val_loss, "val_cosine": val_cosine,
         }
@@ -492,7 +504,8 @@ class TorchDecoder:
 
     A subclass (also a :class:`~fmri2img.models.base.BaseDecoder`) defines ``_build_module(
     n_features, n_targets, **dims)``, ``_dims_from_data(X)``, ``_dims_from_state(state)``,
-    ``_init_module(module, X, Y)`` (statistics from training rows) and ``_make_loss(module)``, and
+    ``_init_module(module, X, Y)`` (statistics from training rows) and ``_make_loss(module)``
+    (optionally ``_make_val_loss(loss)``: what early stopping monitors, default the loss), and
     has the parameters ``epochs, lr, weight_decay, batch_size, patience, seed, device, progress``.
     """
 
@@ -550,6 +563,7 @@ class TorchDecoder:
                 module, loss_fn, X_tr, Y_tr, X_va, Y_va, rng=rng, epochs=self.epochs, lr=self.lr,
                 weight_decay=self.weight_decay, batch_size=self.batch_size, patience=self.patience,
                 device=device, sample_weight=w_tr, val_sample_weight=w_va, progress=self.progress, desc=self.name,
+                val_loss_fn=self._make_val_loss(loss_fn),
             )
         self.module_ = module.cpu().eval()
         self.loss_ = loss_fn.cpu() if isinstance(loss_fn, nn.Module) else loss_fn
@@ -558,6 +572,10 @@ class TorchDecoder:
         self.n_features_in_ = int(X.shape[1])
         self.n_targets_ = int(Y.shape[1])
         return self
+
+    def _make_val_loss(self, loss_fn: LossFn) -> LossFn:
+        """The early-stopping criterion: the training loss unless a subclass says otherwise."""
+        return loss_fn
 
     def predict(self, X) -> np.ndarray:
         """Decode ``X`` (n_trials, n_voxels) into float32 embeddings (n_trials, n_dims)."""
