@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from fmri2img.config import check_fraction, check_positive, from_dict, load_config, override, to_dict
+from fmri2img.config import check_fraction, check_positive, from_dict, load_config, override, save_config, to_dict
 from fmri2img.errors import ConfigError, MissingInputError
 
 
@@ -74,3 +74,30 @@ def test_load_config_and_override(tmp_path):
     (tmp_path / "bad.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Outer, tmp_path / "bad.yaml")
+
+
+def test_save_config_round_trips_every_stage_config(tmp_path):
+    from fmri2img.ablation import AblationConfig
+    from fmri2img.evaluation.evaluate import EvalOptions
+    from fmri2img.models.adapt import AdaptConfig
+    from fmri2img.models.training import TrainConfig
+
+    configs = [
+        TrainConfig(model="mlp", train_on="mixed", holdout_fold=1, seed=4, decoder_params={"hidden_dim": 16}),
+        AdaptConfig(adapter="mlp", condition=True, folds=(0, 2), rank=0),
+        EvalOptions(ks=(1, 3), n_boot=10, n_perm=20, seed=9, distractors="shared1000"),
+        AblationConfig(subjects=("subj02",), eval=EvalOptions(ks=(2,)), adapt=AdaptConfig(epochs=3)),
+    ]
+    for i, config in enumerate(configs):
+        path = save_config(config, tmp_path / f"c{i}.yaml")
+        assert load_config(type(config), path) == config
+
+
+def test_shipped_ablation_yaml_equals_the_built_in_defaults():
+    """`fmri2img ablate` outside the repository (no ablation.yaml) runs the same study."""
+    from pathlib import Path
+
+    from fmri2img.ablation import AblationConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "configs" / "ablation.yaml"
+    assert load_config(AblationConfig, shipped) == AblationConfig()

@@ -30,18 +30,17 @@ def command(
     distractors: str = typer.Option(None, "--distractors", help="Add 'shared1000' embeddings to image galleries."),
     n_boot: int = typer.Option(None, "--n-boot", help="Bootstrap resamples."),
     n_perm: int = typer.Option(None, "--n-perm", help="Permutations."),
+    config: Path = typer.Option(None, "--config", help="YAML EvalOptions; options above override it."),
     cache_root: Path = typer.Option(Path("cache"), "--cache-root", help="Cache root (betas, embeddings)."),
     tracking_uri: str = TrackingUriOption,
     experiment: str = ExperimentOption,
 ) -> None:
     """Score a decoder on perception (shared1000, matched vision) and imagery test trials."""
-    import dataclasses
-
+    from fmri2img.config import load_config, override
     from fmri2img.evaluation.evaluate import EvalOptions, evaluate_checkpoint
 
-    options = EvalOptions()
-    given = {"ks": tuple(k) if k else None, "distractors": distractors, "n_boot": n_boot, "n_perm": n_perm}
-    options = dataclasses.replace(options, **{key: v for key, v in given.items() if v is not None})
+    base = load_config(EvalOptions, config) if config else EvalOptions()
+    options = override(base, ks=tuple(k) if k else None, distractors=distractors, n_boot=n_boot, n_perm=n_perm)
     result = evaluate_checkpoint(
         index, checkpoint, output_dir, mode=mode.value, split=split, model_type=model_type,
         adapter_checkpoint=adapter_checkpoint, adapter_type=adapter_type, options=options,
