@@ -134,7 +134,8 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
     dropout : float
         Dropout probability.
     epochs, lr, weight_decay, batch_size, patience : training hyper-parameters
-        As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping on validation loss).
+        As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping), except that
+        early stopping monitors the validation cosine distance ``1 - cos``, not the loss.
     cosine_weight, contrastive_weight : float
         Loss weights of ``1 - cos`` and of the InfoNCE term.
     temperature : float
@@ -147,7 +148,8 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
     module_ : TwoStageNet
         Maps raw X (b, p) to unit-norm Y (b, d); ``module_.encode`` gives the stage-1 latent.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_cosine``, ``temperature``.
+        Per epoch: ``epoch``, ``train_loss``, ``val_loss`` (the monitored ``1 - cos``),
+        ``val_cosine``, ``temperature``.
     explained_variance_ratio_ : float
         Share of the standardised training variance kept by the PCA (after ``fit`` only).
     best_epoch_, n_features_in_, n_targets_, n_components_ : int
