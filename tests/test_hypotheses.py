@@ -1,0 +1,50 @@
+"""The planted-truth check of the hypothesis report: direction of the mean decides a match,
+and a match whose CI over subjects includes zero is reported as thin."""
+
+from __future__ import annotations
+
+import json
+
+from fmri2img.reporting.hypotheses import planted_truth_check, render_markdown
+
+
+def _group(per_subject, low, high):
+    return {"mean": sum(per_subject) / len(per_subject), "ci_low": low, "ci_high": high,
+            "n_subjects": len(per_subject), "per_subject": per_subject}
+
+
+def _report(h2_group):
+    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 4}, "verdict": "v"}
+    return {"subjects": ["a", "b", "c", "d"],
+            "decoders": {"ridge": {"H1": h1, "H2": {"imagery_gain": h2_group, "perception_drop": _group([0.0] * 4, 0, 0),
+                                                     "verdict": "v"}}}}
+
+
+def test_thin_and_clear_matches_and_mismatch(tmp_path):
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": False}))
+    clear = planted_truth_check(tmp_path, _report(_group([0.2, 0.3, 0.1, 0.2], 0.12, 0.27)))
+    h2 = clear["checks"][1]
+    assert clear["all_match"] and h2["clear"] is True and h2["n_subjects_positive"] == 4
+    assert "thin" not in render_markdown({**_report(_group([0.2] * 4, 0.1, 0.3)), "planted_truth": clear})
+
+    thin = planted_truth_check(tmp_path, _report(_group([-0.01, 0.44, 0.05, -0.07], -0.04, 0.33)))
+    h2 = thin["checks"][1]
+    assert thin["all_match"] and h2["clear"] is False and (h2["n_subjects_positive"], h2["n_subjects"]) == (2, 4)
+    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": thin})
+    assert "all match (1 thin" in text
+    assert "ridge H2: planted 'mixed training improves imagery' -> OK (+10.2% [95% CI -4.0%, +33.0%], " \
+           "2 of 4 subjects > 0; thin: the CI includes 0)" in text
+
+    wrong = planted_truth_check(tmp_path, _report(_group([-0.2, -0.1, 0.05, -0.1], -0.2, 0.0)))
+    assert not wrong["all_match"] and "MISMATCH" in render_markdown({**_report(_group([0.1] * 4, 0, 0)),
+                                                                     "planted_truth": wrong})
+
+
+def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": True}))
+    out = planted_truth_check(tmp_path, _report(_group([0.1, 0.0, 0.05, 0.1], -0.02, 0.1)))
+    h2 = out["checks"][1]
+    assert h2["ok"] and h2["clear"] is None
+    assert not planted_truth_check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
