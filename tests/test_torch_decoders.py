@@ -82,7 +82,7 @@ def test_fitted_attributes_and_history(world, fitted, name):
     # The restored weights are those of the best epoch: recomputing the monitored criterion agrees.
     best = min(r["val_loss"] for r in model.history_)
     assert model.history_[model.best_epoch_]["val_loss"] == best
-    recomputed, _ = tu._evaluate(model.module_, model._make_val_loss(model.loss_), torch.from_numpy(Xv),
+    recomputed, _ = tu._evaluate(model.module_, tu.early_stopping_criterion(model.loss_), torch.from_numpy(Xv),
                                  torch.from_numpy(Yv), None, None, model.batch_size)
     assert recomputed == pytest.approx(best, rel=1e-5, abs=1e-6)
 
@@ -93,6 +93,18 @@ def test_two_stage_early_stops_on_cosine_distance(fitted):
     for record in fitted["two_stage"].history_:
         assert record["val_loss"] == pytest.approx(1.0 - record["val_cosine"], abs=1e-5)
     assert any(abs(r["val_loss"] - (1.0 - r["val_cosine"])) > 1e-3 for r in fitted["mlp"].history_)
+
+
+def test_early_stopping_criterion_drops_infonce():
+    assert tu.early_stopping_criterion(tu.CosineInfoNCELoss()) is tu.weighted_cosine_distance
+    assert tu.early_stopping_criterion(tu.InfoNCELoss()) is tu.weighted_cosine_distance
+    mse = tu.CosineMSELoss()
+    assert tu.early_stopping_criterion(mse) is mse
+
+    def plain(pred, target, weight=None):
+        return (pred - target).pow(2).mean()
+
+    assert tu.early_stopping_criterion(plain) is plain
 
 
 def test_train_module_monitors_val_loss_fn():

@@ -49,7 +49,6 @@ from fmri2img.models.torch_utils import (
     ResidualBlock,
     Standardize,
     TorchDecoder,
-    weighted_cosine_distance,
 )
 
 
@@ -135,7 +134,8 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
         Dropout probability.
     epochs, lr, weight_decay, batch_size, patience : training hyper-parameters
         As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping), except that
-        early stopping monitors the validation cosine distance ``1 - cos``, not the loss.
+        early stopping monitors the validation cosine distance ``1 - cos``, not the loss
+        (:func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
     cosine_weight, contrastive_weight : float
         Loss weights of ``1 - cos`` and of the InfoNCE term.
     temperature : float
@@ -220,14 +220,6 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
 
     def _make_loss(self, module: TwoStageNet) -> CosineInfoNCELoss:
         return CosineInfoNCELoss(self.cosine_weight, self.contrastive_weight, self.temperature)
-
-    def _make_val_loss(self, loss_fn: CosineInfoNCELoss):
-        # Early stopping monitors the cosine distance alone. The InfoNCE term is not comparable
-        # across epochs: its temperature is learned, and on a validation set its value depends
-        # on which rows share a batch (mixed training's few held-out imagery stimulus means
-        # end up in a small last batch with large weights). Monitoring the whole loss stopped
-        # the demo's mixed models at epoch 2 (validation cosine 0.76 of a reachable 0.89).
-        return weighted_cosine_distance
 
     def load_state_dict(self, state, n_features=None, n_targets=None):
         super().load_state_dict(state, n_features, n_targets)
