@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fmri2img.errors import ConfigError, MissingInputError
+from fmri2img.errors import ConfigError, Fmri2imgError, MissingInputError
 
 T = TypeVar("T")
 
@@ -95,7 +95,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(f"{where}: {exc}.") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except Fmri2imgError as exc:  # name where the bad value came from
+            raise type(exc)(f"{where}: {exc}") from None
     return obj
 
 
@@ -110,7 +113,7 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
         raise ConfigError(f"Cannot parse {path} as YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}.")
-    return from_dict(cls, data, where=path.name)
+    return from_dict(cls, data, where=str(path))
 
 
 def override(config: T, **options: Any) -> T:

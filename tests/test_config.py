@@ -101,3 +101,13 @@ def test_shipped_ablation_yaml_equals_the_built_in_defaults():
 
     shipped = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "configs" / "ablation.yaml"
     assert load_config(AblationConfig, shipped) == AblationConfig()
+
+
+def test_invalid_value_in_a_file_names_the_file(tmp_path):
+    from fmri2img.evaluation.evaluate import EvalOptions
+    from fmri2img.errors import InputError
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("n_boot: -1\n")
+    with pytest.raises(InputError, match=r"eval\.yaml: Invalid n_boot=-1"):
+        load_config(EvalOptions, path)
