@@ -169,7 +169,8 @@ def _gain_check(decoder: str, hypothesis: str, group: dict[str, Any], null: bool
 
 
 def _check_detail(check: dict[str, Any]) -> str:
-    """`` (+10.3% [95% CI -4.2%, +33.0%], 2 of 4 subjects > 0; thin)`` for an H2/H3 check."""
+    """`` (+10.3% [95% CI -4.2%, +33.0%], 2 of 4 subjects > 0; thin: the CI includes 0)`` for an
+    H2/H3 check; empty for H1."""
     if check["hypothesis"] == "H1" or check.get("ci") is None or check["ci"][0] is None:
         return ""
     low, high = check["ci"]
