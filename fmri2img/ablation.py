@@ -24,6 +24,7 @@ trained deterministically, and each worker uses the same thread settings).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import os
@@ -103,7 +104,7 @@ class AblationConfig:
     imagery_weight: float = 1.0
     device: str = "cpu"
     seed: int = INIT_SEED  # model initialisation of every decoder (adapt/eval have their own seeds)
-    decoder_params: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEMO_DECODER_PARAMS.items()})
+    decoder_params: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEMO_DECODER_PARAMS))
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     figures: bool = True

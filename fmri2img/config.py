@@ -133,18 +133,10 @@ def override(config: T, **options: Any) -> T:
 def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write ``config`` as YAML that :func:`load_config` reads back to an equal config
     (atomically; tuples become lists, which loading coerces back). Returns the path."""
-    from fmri2img.io import write_text
+    from fmri2img.io import plain_data, write_text
 
-    text = yaml.safe_dump(_plain(to_dict(config)), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(plain_data(to_dict(config)), sort_keys=False, default_flow_style=None)
     return write_text(path, text)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def to_dict(config: Any) -> dict[str, Any]:

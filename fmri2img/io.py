@@ -80,16 +80,17 @@ def write_text(final: str | os.PathLike, text: str) -> Path:
     return write_bytes(final, text.encode("utf-8"))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, paths and non-finite floats to plain JSON values."""
+def plain_data(obj: Any) -> Any:
+    """Plain data (dict, list, str, int, float, bool, None) for JSON or YAML: tuples become lists,
+    numpy scalars/arrays and paths plain values, non-finite floats None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): plain_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [plain_data(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return plain_data(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return plain_data(obj.item())
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -99,7 +100,7 @@ def _jsonable(obj: Any) -> Any:
 
 def dumps_json(obj: Any) -> str:
     """Deterministic JSON text: sorted keys, 2-space indent, trailing newline, NaN -> null."""
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return json.dumps(plain_data(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def write_json(final: str | os.PathLike, obj: Any) -> Path:

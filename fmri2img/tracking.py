@@ -160,8 +160,9 @@ class Run:
         """Log numeric metrics (``None`` and non-finite values are skipped)."""
         self._log_metric_values((key, value, step or 0) for key, value in metrics.items())
 
-    def log_history(self, history: Sequence[Mapping[str, Any]], prefix: str = "", skip: tuple[str, ...] = ("epoch",)) -> None:
-        """Log a per-epoch history (one dict per step) as stepped metrics, in as few batches as possible.
+    def log_history(self, history: Sequence[Mapping[str, Any]], prefix: str = "") -> None:
+        """Log a per-epoch history (one dict per epoch) as metrics stepped by the epoch (the
+        ``epoch`` key itself is the step, not a metric), in as few batches as possible.
 
         One ``log_batch`` call per 900 values instead of one per epoch: on the SQLite store every
         call is a transaction (about 30 ms here), which made per-epoch logging a visible share
@@ -169,7 +170,7 @@ class Run:
         """
         self._log_metric_values((f"{prefix}{key}", value, step) for step, record in enumerate(history)
                                 for key, value in record.items()
-                                if key not in skip and isinstance(value, (int, float)))
+                                if key != "epoch" and isinstance(value, (int, float)))
 
     def _log_metric_values(self, values) -> None:
         """``(key, value, step)`` triples -> batched ``log_batch`` calls (None / non-finite skipped)."""

@@ -204,7 +204,7 @@ class RidgeDecoder(BaseDecoder):
         """Copy the (fine-tuned) weights of a module from :meth:`to_module` back into ``coef_``."""
         self._check_is_fitted()
         state = {"coef": module.weight, "intercept": module.bias, "mean": module.mean, "scale": module.scale}
-        alpha, cv, info = self.alpha_, self.cv_scores_, getattr(self, "solver_info_", {})
+        alpha, cv, info = self.alpha_, self.cv_scores_, self.solver_info_
         self.load_state_dict(state, n_features=self.coef_.shape[0], n_targets=self.coef_.shape[1])
         self.alpha_, self.cv_scores_, self.solver_info_ = alpha, cv, info
         return self

@@ -259,7 +259,7 @@ def train_decoder(
     from fmri2img import tracking
     from fmri2img.data.index import read_index
     from fmri2img.embeddings.cache import load_embedding_set
-    from fmri2img.io import ensure_dir
+    from fmri2img.io import ensure_dir, plain_data
     from fmri2img.models.checkpoint import save_checkpoint
     from fmri2img.models.registry import make_decoder
 
@@ -283,13 +283,13 @@ def train_decoder(
         decoder.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y, sample_weight=train.sample_weight,
                     stats_rows=(train.rows["dataset"] == "nsd").to_numpy(), val_sample_weight=val.sample_weight)
         seconds = time.perf_counter() - start
-        run.log_history(getattr(decoder, "history_", []) or [], skip=())
+        run.log_history(getattr(decoder, "history_", []) or [])
         val_cos = _mean_cosine(decoder.predict(val.X), val.Y)
         run.log_metrics({"val_cosine": val_cos, "train_seconds": seconds,
                          "n_train_trials": len(train.X), "n_voxels": train.X.shape[1]})
         metadata = {
             "decoder": config.model,
-            "params": _jsonable_params(decoder.get_params()),
+            "params": plain_data(decoder.get_params()),
             "n_voxels": int(train.X.shape[1]),
             "dim": int(train.Y.shape[1]),
             "embedding_set": config.embedding_set,
@@ -320,14 +320,3 @@ def _mean_cosine(pred: np.ndarray, true: np.ndarray) -> float:
     num = (pred * true).sum(1)
     den = np.linalg.norm(pred, axis=1) * np.linalg.norm(true, axis=1) + 1e-12
     return float(np.mean(num / den))
-
-
-def _jsonable_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[key] = value
-    return out
