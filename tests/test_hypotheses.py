@@ -37,8 +37,14 @@ def test_thin_and_clear_matches_and_mismatch(tmp_path):
            "2 of 4 subjects > 0; thin: the CI includes 0)" in text
 
     wrong = planted_truth_check(tmp_path, _report(_group([-0.2, -0.1, 0.05, -0.1], -0.2, 0.0)))
-    assert not wrong["all_match"] and "MISMATCH" in render_markdown({**_report(_group([0.1] * 4, 0, 0)),
-                                                                     "planted_truth": wrong})
+    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": wrong})
+    assert not wrong["all_match"] and "MISMATCH (-8.8% [95% CI -20.0%, +0.0%], 1 of 4 subjects > 0; " \
+        "the CI includes 0)" in text and "thin" not in text
+
+    # a mismatch whose CI lies wholly on the wrong side is not called thin, nor said to include 0
+    far = planted_truth_check(tmp_path, _report(_group([-0.9, -0.85, -0.88, -0.93], -0.94, -0.84)))
+    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": far})
+    assert "MISMATCH (-89.0% [95% CI -94.0%, -84.0%], 0 of 4 subjects > 0)" in text
 
 
 def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):

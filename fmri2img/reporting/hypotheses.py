@@ -176,8 +176,10 @@ def _check_detail(check: dict[str, Any]) -> str:
     low, high = check["ci"]
     text = (f" ({check['measured']:+.1%} [95% CI {low:+.1%}, {high:+.1%}], "
             f"{check['n_subjects_positive']} of {check['n_subjects']} subjects > 0")
-    if check.get("clear") is False:
+    if check["ok"] and check.get("clear") is False:
         text += "; thin: the CI includes 0"
+    elif not check["ok"] and low <= 0 <= high:  # a mismatch whose CI lies on the wrong side is not thin
+        text += "; the CI includes 0"
     return text + ")"
 
 
