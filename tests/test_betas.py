@@ -76,6 +76,24 @@ def test_zscore_uses_train_rows_of_each_session_only(built):
             assert not np.allclose(Z[test_rows].mean(0), 0, atol=1e-6)
 
 
+def test_zscore_statistics_are_memoised_on_their_exact_inputs(built):
+    """Repeated loads reuse each session's statistics (same values as computing them afresh);
+    another set of reference rows is a new entry, not a stale hit."""
+    rel, index, cache_root = built
+    betas._STATS_CACHE.clear()
+    first = betas.load_betas(index, cache_root)
+    n_entries = len(betas._STATS_CACHE)
+    assert n_entries == index["beta_file"].nunique()
+    np.testing.assert_array_equal(betas.load_betas(index, cache_root), first)
+    assert len(betas._STATS_CACHE) == n_entries
+    fewer = index.copy()
+    fewer.loc[fewer.index[(fewer["split"] == "train").to_numpy()][:5], "split"] = "val"  # other reference rows
+    changed = betas.load_betas(fewer, cache_root)
+    assert len(betas._STATS_CACHE) > n_entries and not np.array_equal(changed, first)
+    betas._STATS_CACHE.clear()
+    np.testing.assert_array_equal(betas.load_betas(fewer, cache_root), changed)
+
+
 def test_rows_selection_and_filtered_index(built):
     rel, index, cache_root = built
     rows = (index["split"] == "test").to_numpy() & (index["dataset"] == "nsd").to_numpy()

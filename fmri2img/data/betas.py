@@ -309,17 +309,21 @@ def load_betas(
         volumes = selected["beta_volume"].to_numpy(np.int64)[out_rows]
         block = np.asarray(data[volumes], dtype=np.float32)[:, valid]
         if zscore:
-            mean, std = session_stats(index, rel, data, valid)
+            mean, std = _session_stats_cached(index, rel, data, valid, (str(folder / entry["npy"]), entry["sha256"]))
             block = (block - mean) / std
         X[out_rows] = block
     return X
 
 
-def session_stats(
-    index: pd.DataFrame, beta_file: str, data: np.ndarray, valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel mean and std (float32, shape (n_valid,)) of ``beta_file``'s train rows
-    (or attention rows if it has no train rows); constant voxels get std 1."""
+#: Z-scoring statistics computed in this process, keyed by the cache file's identity, the
+#: reference volumes and the voxel mask (exact inputs, so the same result). Every cell of an
+#: ablation loads the same sessions several times; a bounded cache computes them once.
+_STATS_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+STATS_CACHE_SIZE = 256
+
+
+def _reference_volumes(index: pd.DataFrame, beta_file: str) -> np.ndarray:
+    """Sorted volumes of ``beta_file``'s train rows (or attention rows if it has none)."""
     in_file = (index["beta_file"] == beta_file).to_numpy()
     reference = in_file & (index["split"] == "train").to_numpy()
     if not reference.any():
@@ -329,7 +333,34 @@ def session_stats(
             f"Cannot z-score {beta_file}: the index has no 'train' or 'attention' rows from it; "
             "pass the full index (select with rows=) or use zscore=False."
         )
-    volumes = np.sort(index["beta_volume"].to_numpy(np.int64)[reference])
+    return np.sort(index["beta_volume"].to_numpy(np.int64)[reference])
+
+
+def _session_stats_cached(index, beta_file, data, valid, identity: tuple[str, str]):
+    """:func:`session_stats` memoised on (cache file path and SHA-256, reference volumes, mask)."""
+    import hashlib
+
+    volumes = _reference_volumes(index, beta_file)
+    digest = hashlib.sha256(repr(identity).encode())
+    digest.update(volumes.tobytes())
+    digest.update(np.ascontiguousarray(valid).tobytes())
+    key = digest.hexdigest()
+    if key not in _STATS_CACHE:
+        if len(_STATS_CACHE) >= STATS_CACHE_SIZE:
+            _STATS_CACHE.pop(next(iter(_STATS_CACHE)))
+        _STATS_CACHE[key] = _stats_of(data, volumes, valid)
+    return _STATS_CACHE[key]
+
+
+def session_stats(
+    index: pd.DataFrame, beta_file: str, data: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel mean and std (float32, shape (n_valid,)) of ``beta_file``'s train rows
+    (or attention rows if it has no train rows); constant voxels get std 1."""
+    return _stats_of(data, _reference_volumes(index, beta_file), valid)
+
+
+def _stats_of(data: np.ndarray, volumes: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ref = np.asarray(data[volumes], dtype=np.float64)[:, valid]
     mean = ref.mean(axis=0)
     std = ref.std(axis=0)
