@@ -70,6 +70,8 @@ def test_train_eval_adapt_cli(world, tmp_path, tracking_uri):
     assert r.exit_code == 0, r.output
     ameta = json.loads((adir / "checkpoints" / "metadata.json").read_text())
     assert ameta["folds"] == [0, 1, 2] and ameta["n_trainable_parameters"] > 0
+    for fold in ameta["fold_details"]:  # -1: the identity initialisation was kept
+        assert -1 <= fold["best_epoch"] < 3 and fold["initial_val_cosine"] <= fold["best_val_cosine"]
     r = _invoke(["eval", "--index", idx, "--checkpoint", str(ckpt / "best.pt"), "--output-dir", str(tmp_path / "ev2"),
                  "--adapter-checkpoint", str(adir / "checkpoints" / "adapter_best.pt"), "--adapter-type", "linear",
                  "--cache-root", cache, "--n-boot", "50", "--n-perm", "50"], tracking_uri)
@@ -138,6 +140,7 @@ def test_training_is_deterministic(world, tmp_path, tracking_uri):
     a = train_decoder(world["subj01"], tmp_path / "a", cfg, cache_root=world["cache"], progress=False)
     b = train_decoder(world["subj01"], tmp_path / "b", cfg, cache_root=world["cache"], progress=False)
     assert a.metadata["weights_sha256"] == b.metadata["weights_sha256"]
+    assert a.metadata["best_epoch"] in (0, 1)  # the restored epoch is recorded
 
 
 def test_invalid_options_one_line(world, tracking_uri, tmp_path):

@@ -81,30 +81,64 @@ def test_fitted_attributes_and_history(world, fitted, name):
     assert pred.dtype == np.float32 and pred.shape == Yv.shape
     # The restored weights are those of the best epoch: recomputing the monitored criterion agrees.
     best = min(r["val_loss"] for r in model.history_)
-    assert model.history_[model.best_epoch_]["val_loss"] == best
+    assert model.best_epoch_ >= 0 and model.history_.best_epoch == model.best_epoch_
+    assert model.history_[model.best_epoch_]["val_loss"] == best < model.history_.initial_val_loss
     recomputed, _ = tu._evaluate(model.module_, tu.early_stopping_criterion(model.loss_), torch.from_numpy(Xv),
                                  torch.from_numpy(Yv), None, None, model.batch_size)
     assert recomputed == pytest.approx(best, rel=1e-5, abs=1e-6)
 
 
-def test_two_stage_early_stops_on_cosine_distance(fitted):
-    """The two-stage decoder monitors 1 - cos (InfoNCE depends on the learned temperature and
-    on batch composition, so it is not comparable across epochs); the MLP monitors its loss."""
-    for record in fitted["two_stage"].history_:
+@pytest.mark.parametrize("name", NAMES)
+def test_decoders_early_stop_on_cosine_distance(fitted, name):
+    """Both decoders monitor 1 - cos, what every evaluation metric scores (InfoNCE depends on
+    the learned temperature and on batch composition; the MSE term on the prediction's norm)."""
+    for record in fitted[name].history_:
         assert record["val_loss"] == pytest.approx(1.0 - record["val_cosine"], abs=1e-5)
-    assert any(abs(r["val_loss"] - (1.0 - r["val_cosine"])) > 1e-3 for r in fitted["mlp"].history_)
+    assert fitted[name].history_.best_val_cosine == max(r["val_cosine"] for r in fitted[name].history_)
 
 
 def test_early_stopping_criterion_drops_infonce():
     assert tu.early_stopping_criterion(tu.CosineInfoNCELoss()) is tu.weighted_cosine_distance
     assert tu.early_stopping_criterion(tu.InfoNCELoss()) is tu.weighted_cosine_distance
-    mse = tu.CosineMSELoss()
+    assert tu.early_stopping_criterion(tu.CosineMSELoss()) is tu.weighted_cosine_distance
+    mse = tu.CosineMSELoss(cosine_weight=0.0)  # pure MSE (an affine fit) is monitored as is
     assert tu.early_stopping_criterion(mse) is mse
 
     def plain(pred, target, weight=None):
         return (pred - target).pow(2).mean()
 
     assert tu.early_stopping_criterion(plain) is plain
+
+
+def test_decoder_keeps_its_best_trained_epoch_and_warns_when_none_beats_initialisation(caplog):
+    """An untrained decoder predicts a constant (the mean training embedding): it is never the
+    result, even when every epoch scores worse on the validation rows; a warning says so. An
+    adapter (``keep_initial=True``, the default) may stay at its identity initialisation."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 30)).astype(np.float32)
+    Y = rng.standard_normal((120, 8)).astype(np.float32)
+    Xv = rng.standard_normal((40, 30)).astype(np.float32)
+    Yv = np.repeat(Y.mean(0, keepdims=True), 40, axis=0)  # the untrained model's output is ideal here
+    model = make_decoder("mlp", hidden_dim=16, n_blocks=1, epochs=4, lr=1e-2, batch_size=32, patience=10,
+                         progress=False, seed=0)
+    with caplog.at_level("WARNING", logger="fmri2img.models.torch_utils"):
+        model.fit(X, Y, X_val=Xv, Y_val=Yv)
+    history = model.history_
+    assert len(history) == 4 and all(r["val_loss"] > history.initial_val_loss for r in history)
+    assert history[model.best_epoch_]["val_loss"] == min(r["val_loss"] for r in history)
+    assert history.best_val_cosine == history[model.best_epoch_]["val_cosine"] < history.initial_val_cosine
+    assert np.abs(model.predict(Xv) - Yv).max() > 1e-3  # not the constant prediction
+    assert "no epoch beat the untrained model" in caplog.text
+
+    identity = torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(8))
+        identity.bias.zero_()
+    kept = tu.train_module(identity, tu.CosineMSELoss(), Yv + 0.0, Yv[::-1].copy(), Yv, Yv,
+                           rng=np.random.default_rng(0), epochs=3, lr=0.1, weight_decay=0.0, batch_size=16,
+                           patience=5, progress=False)
+    assert kept.best_epoch == -1 and kept.best_val_cosine == kept.initial_val_cosine
+    assert torch.equal(identity.weight.detach(), torch.eye(8))
 
 
 def test_train_module_monitors_val_loss_fn():

@@ -236,7 +236,8 @@ def train_adapters(
             fold_info.append({"fold": fold, "train_seconds": seconds, "n_train_trials": int(train_mask.sum()),
                               "n_train_stimuli": int(len(np.unique(train.rows["stimulus_id"]))),
                               "val_stimuli": val_stimuli, "epochs_run": len(history),
-                              "best_val_cosine": max((r["val_cosine"] for r in history), default=None)})
+                              "best_epoch": history.best_epoch, "best_val_cosine": history.best_val_cosine,
+                              "initial_val_cosine": history.initial_val_cosine})
         weights = out_dir / ADAPTER_FILE
         import io as _io
 

@@ -70,7 +70,9 @@ class MLPDecoder(TorchDecoder, BaseDecoder):
     batch_size : int
         Mini-batch size.
     patience : int
-        Stop after this many epochs without a lower validation loss; the best epoch is kept.
+        Stop after this many epochs without a lower validation cosine distance ``1 - cos`` (what
+        every evaluation metric scores; with ``cosine_weight=0`` the loss itself); the best
+        epoch is kept (:func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
     cosine_weight, mse_weight : float
         Loss = ``cosine_weight * (1 - cos) + mse_weight * mse(scaled)`` per trial.
     seed : int
@@ -86,8 +88,10 @@ class MLPDecoder(TorchDecoder, BaseDecoder):
         Maps raw X (b, p) to Y (b, d), normalisation included: ``module_(torch.from_numpy(X))``
         equals ``predict(X)``.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_cosine``.
-    best_epoch_, n_features_in_, n_targets_ : int
+        Per epoch: ``epoch``, ``train_loss``, ``val_loss`` (the monitored criterion), ``val_cosine``.
+    best_epoch_ : int
+        The restored epoch; ``-1`` (with a logged warning) when no epoch beat the untrained model.
+    n_features_in_, n_targets_ : int
     """
 
     name = "mlp"

@@ -305,6 +305,7 @@ def train_decoder(
             "zscore": config.zscore,
             "n_train_trials": int(len(train.X)),
             "val_cosine": val_cos,
+            "best_epoch": getattr(decoder, "best_epoch_", None),  # torch decoders: the restored epoch
             "mlflow_run_id": run.run_id,
             **(extra_metadata or {}),
         }

@@ -133,9 +133,8 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
     dropout : float
         Dropout probability.
     epochs, lr, weight_decay, batch_size, patience : training hyper-parameters
-        As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping), except that
-        early stopping monitors the validation cosine distance ``1 - cos``, not the loss
-        (:func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
+        As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping on the validation
+        cosine distance ``1 - cos``, :func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
     cosine_weight, contrastive_weight : float
         Loss weights of ``1 - cos`` and of the InfoNCE term.
     temperature : float
@@ -152,7 +151,9 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
         ``val_cosine``, ``temperature``.
     explained_variance_ratio_ : float
         Share of the standardised training variance kept by the PCA (after ``fit`` only).
-    best_epoch_, n_features_in_, n_targets_, n_components_ : int
+    best_epoch_ : int
+        The restored epoch; ``-1`` (with a logged warning) when no epoch beat the untrained model.
+    n_features_in_, n_targets_, n_components_ : int
     """
 
     name = "two_stage"
