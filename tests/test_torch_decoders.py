@@ -141,6 +141,16 @@ def test_decoder_keeps_its_best_trained_epoch_and_warns_when_none_beats_initiali
     assert torch.equal(identity.weight.detach(), torch.eye(8))
 
 
+def test_train_module_without_a_finite_validation_epoch_is_a_clear_error():
+    module = torch.nn.Linear(4, 2)
+    X = np.ones((8, 4), dtype=np.float32)
+    with pytest.raises(InputError, match="not finite in any of 2 epochs"):
+        tu.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), X, X[:, :2], X, X[:, :2],
+                        rng=np.random.default_rng(0), epochs=2, lr=0.1, weight_decay=0.0, batch_size=4,
+                        patience=5, progress=False, keep_initial=False,
+                        val_loss_fn=lambda p, t, w: torch.tensor(float("nan")))
+
+
 def test_train_module_monitors_val_loss_fn():
     """``val_loss_fn`` decides the restored epoch: a criterion that rewards a zero weight restores
     the untrained (zero-initialised) module even though training lowers the loss."""

@@ -90,7 +90,8 @@ class MLPDecoder(TorchDecoder, BaseDecoder):
     history_ : list of dict
         Per epoch: ``epoch``, ``train_loss``, ``val_loss`` (the monitored criterion), ``val_cosine``.
     best_epoch_ : int
-        The restored epoch; ``-1`` (with a logged warning) when no epoch beat the untrained model.
+        The restored epoch: the best trained one (a warning is logged when it does not beat the
+        untrained model, which predicts a constant).
     n_features_in_, n_targets_ : int
     """
 

@@ -296,8 +296,8 @@ class History(list):
     Attributes
     ----------
     best_epoch : int
-        The epoch whose weights were restored; ``-1`` when no epoch beat the untrained module
-        on the validation criterion and its initial weights were kept.
+        The epoch whose weights were restored; ``-1`` when the initial weights were kept (only
+        with ``train_module(keep_initial=True)``: no epoch beat them on the validation criterion).
     initial_val_loss, initial_val_cosine : float
         The validation criterion and mean cosine of the untrained module.
     """

@@ -152,7 +152,8 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
     explained_variance_ratio_ : float
         Share of the standardised training variance kept by the PCA (after ``fit`` only).
     best_epoch_ : int
-        The restored epoch; ``-1`` (with a logged warning) when no epoch beat the untrained model.
+        The restored epoch: the best trained one (a warning is logged when it does not beat the
+        untrained model, which predicts a constant).
     n_features_in_, n_targets_, n_components_ : int
     """
 
