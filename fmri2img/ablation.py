@@ -505,21 +505,26 @@ def markdown_table(table: pd.DataFrame, metrics=("cosine", "retrieval_at_1", "re
 # ----------------------------------------------------------------------------- main
 
 @contextlib.contextmanager
-def _executor(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
-    """A spawn-based process pool of ``jobs`` workers, or None (run in this process) for jobs=1."""
+def _executor(jobs: int, log_path: Path | None = None) -> Iterator[ProcessPoolExecutor | None]:
+    """A spawn-based process pool of ``jobs`` workers (logging to ``log_path`` too), or None
+    (run in this process) for jobs=1."""
     if jobs == 1:
         yield None
         return
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_quiet_worker) as pool:
+                             initializer=_init_worker, initargs=(None if log_path is None else str(log_path),)) as pool:
         yield pool
 
 
-def _quiet_worker() -> None:
+def _init_worker(log_path: str | None) -> None:
     # Workers draw no progress bars (their output would interleave); only the parent's bar shows.
     os.environ["TQDM_DISABLE"] = "1"
+    if log_path is not None:  # their log records go to the ablation's log file, like the parent's
+        from fmri2img.logs import log_to_file
+
+        log_to_file(log_path)
 
 
 @dataclass
@@ -569,7 +574,7 @@ def run_ablation(
         log.info("inputs ready: %s", {s: f["index_sha256"][:12] for s, f in fingerprints.items()})
         stage_configs = write_stage_configs(config)
         cells = [Cell(s, d, c) for s in config.subjects for d in config.decoders for c in config.configurations]
-        with _executor(jobs) as pool:
+        with _executor(jobs, log_path) as pool:
             mapper = pool.map if pool is not None else map
             # 1. perception-only checkpoints (independent: in parallel when jobs > 1)
             bases = [(config, s, d, fingerprints[s], run.run_id, run.tracking_uri, force, progress and pool is None)

@@ -153,3 +153,20 @@ def test_commands_txt_reproduces_a_cell(world, tmp_path, tracking_uri):
         assert result.exit_code == 0, (argv, result.output)
     got = pd.read_csv(sdir / "eval" / "mlp__adapter_linear" / "results_table.csv")
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_worker_log_records_reach_the_ablation_log(tmp_path):
+    """A parallel ablation's workers log to the parent's stage log (a decoder's warning raised
+    while a worker trains a cell must not be lost)."""
+    import logging
+
+    from fmri2img.ablation import _executor
+    from fmri2img.logs import stage_log
+
+    with stage_log(tmp_path, "ablate") as log_path:
+        logging.getLogger("fmri2img.ablate").info("parent line")
+        with _executor(2, log_path) as pool:
+            pool.submit(logging.getLogger("fmri2img.models.torch_utils").warning, "worker line").result()
+    lines = log_path.read_text().splitlines()
+    assert any(line.endswith("INFO fmri2img.ablate: parent line") for line in lines)
+    assert any(line.endswith("WARNING fmri2img.models.torch_utils: worker line") for line in lines), lines
