@@ -400,6 +400,10 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
             predictor, ameta = adapter_predictor(decoder, result.checkpoint, base_ckpt, kind)
             extra.update({k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters",
                                                "n_base_parameters", "parameter_overhead")})
+            # fold models that never beat their initial state on the validation stimuli (the
+            # identity adapter, the unchanged decoder copy): the report names such no-ops
+            extra["n_fold_models"] = len(ameta["fold_details"])
+            extra["n_folds_kept_initial"] = sum(f.get("best_epoch") == -1 for f in ameta["fold_details"])
         evaluate_predictor(
             index, predictor, embedding_set, out, decoder=cell.decoder, configuration=cell.configuration,
             n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,

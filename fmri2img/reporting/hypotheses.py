@@ -139,6 +139,13 @@ def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
         mean = entry["performance_vs_finetune"]["mean"]
         if mean is not None and mean > best_mean:
             best_name, best_mean = adapter, mean
+    kept = {}  # configuration -> [fold models that kept their initial weights, fold models]
+    for r in records:
+        if r["cell"]["decoder"] == decoder and r.get("n_fold_models"):
+            counts = kept.setdefault(r["cell"]["configuration"], [0, 0])
+            counts[0] += int(r.get("n_folds_kept_initial") or 0)
+            counts[1] += int(r["n_fold_models"])
+    out["kept_initial"] = {c: k for c, k in kept.items() if k[0] > 0}
     if best_name is not None:
         best = out["adapters"][best_name]
         speed = best["speedup_vs_finetune"]["mean"]
@@ -269,6 +276,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             best = entry["H3"]["adapters"][entry["H3"]["best_adapter"]]
             lines.append(f"- **H3** {entry['H3']['best_adapter']}: {_fmt(best['performance_vs_finetune'], True)} of "
                          f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'])}x. Verdict: {entry['H3']['verdict']}.")
+        kept = entry.get("H3", {}).get("kept_initial")
+        if kept:
+            lines.append("- Fold models that kept their initial weights (no epoch beat them on the validation "
+                         "stimuli; all of them: the configuration equals perception-only): "
+                         + ", ".join(f"{c} {k} of {n}" for c, (k, n) in kept.items()) + ".")
         lines.append("")
     truth = report.get("planted_truth")
     if truth:
