@@ -96,3 +96,32 @@ def test_stimulus_means_average_each_stimulus_and_condition():
     Xs, _, cs = stimulus_means(X, Y, rows)  # no condition: one mean per stimulus
     np.testing.assert_array_equal(Xs, [[4, 5], [4, 5]])  # b: rows 0, 2, 4; a: rows 1, 3
     np.testing.assert_array_equal(cs, [0, 0])
+
+
+def test_learning_rate_search_keeps_the_best_validated_rate(setup):
+    """Each fold tries lr, lr/10, lr/100 from the same seeded start and keeps the rate whose
+    kept state scores best on the validation stimuli (ties: the larger rate)."""
+    world, _, root = setup
+    ridge = train_decoder(world["subj01"], root / "ridge", TrainConfig(model="ridge"), cache_root=world["cache"],
+                          progress=False)
+    runs = {steps: train_adapters(world["subj01"], ridge.checkpoint, root / f"lin{steps}",
+                                  AdaptConfig(adapter="linear", epochs=5, lr_steps=steps), model_type="ridge",
+                                  cache_root=world["cache"], progress=False)
+            for steps in (1, 3)}
+    bests = []
+    state1 = torch.load(runs[1].checkpoint, weights_only=True)
+    state3 = torch.load(runs[3].checkpoint, weights_only=True)
+    for one, three in zip(runs[1].metadata["fold_details"], runs[3].metadata["fold_details"]):
+        search = three["lr_search"]
+        assert [s["lr"] for s in search] == pytest.approx([1e-3, 1e-4, 1e-5])
+        best = min(range(3), key=lambda i: (search[i]["val_loss"], i))
+        bests.append(best)
+        assert three["lr"] == search[best]["lr"] and three["best_epoch"] == search[best]["best_epoch"]
+        # the first candidate is exactly the single-rate run (same seeded start)
+        assert one["lr_search"] == search[:1] and one["lr"] == 1e-3
+        fold = three["fold"]
+        same = [torch.equal(state1[k], state3[k]) for k in state1 if k.startswith(f"fold{fold}.")]
+        assert all(same) if best == 0 else not all(same)
+    assert 0 in bests and set(bests) - {0}  # this tiny world exercises both outcomes
+    with pytest.raises(Exception, match="lr_steps"):
+        AdaptConfig(lr_steps=0).validate()

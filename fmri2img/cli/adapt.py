@@ -26,7 +26,8 @@ def command(
     output_dir: Path = typer.Option(..., "--output-dir", help="Writes <output-dir>/checkpoints/adapter_best.pt."),
     imagery_fraction: float = typer.Option(None, "--imagery-fraction", help="Fraction of training-fold imagery trials (0, 1]."),
     epochs: int = typer.Option(None, "--epochs"),
-    lr: float = typer.Option(None, "--lr"),
+    lr: float = typer.Option(None, "--lr", help="Largest learning rate tried (default 1e-3)."),
+    lr_steps: int = typer.Option(None, "--lr-steps", help="Rates tried per fold: lr, lr/10, ... (default 3)."),
     batch_size: int = typer.Option(None, "--batch-size"),
     loss: str = typer.Option(None, "--loss", help="cosine_mse (default) or contrastive."),
     device: str = typer.Option(None, "--device", help="cpu (default) or cuda."),
@@ -41,7 +42,7 @@ def command(
 
     base = load_config(AdaptConfig, config) if config else AdaptConfig()
     cfg = override(base, adapter=adapter.value, condition=condition or None, imagery_fraction=imagery_fraction,
-                   epochs=epochs, lr=lr, batch_size=batch_size, loss=loss, device=device)
+                   epochs=epochs, lr=lr, lr_steps=lr_steps, batch_size=batch_size, loss=loss, device=device)
     result = train_adapters(index, checkpoint, output_dir, cfg, model_type=model_type, cache_root=cache_root,
                             tracking_uri=tracking_uri, experiment=experiment)
     meta = result.metadata

@@ -310,6 +310,11 @@ class History(list):
         self.initial_val_cosine = float(initial_val_cosine)
 
     @property
+    def best_val_loss(self) -> float:
+        """Validation criterion of the kept weights."""
+        return self[self.best_epoch]["val_loss"] if self.best_epoch >= 0 else self.initial_val_loss
+
+    @property
     def best_val_cosine(self) -> float:
         """Mean validation cosine of the kept weights."""
         return self[self.best_epoch]["val_cosine"] if self.best_epoch >= 0 else self.initial_val_cosine
