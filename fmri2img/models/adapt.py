@@ -11,9 +11,11 @@ exactly once by a model that never saw it):
   whole, stimulus-disjoint from the rest of training and from fold ``k``), scored on each
   stimulus' mean, as evaluation scores them (:func:`fmri2img.models.training.stimulus_means`);
 * ``linear`` / ``mlp`` adapters map the frozen decoder's output to the target embedding
-  (the base is run once under ``no_grad``; its weights are hashed before and after to
+  (the base is run under ``no_grad``; its weights are hashed before and after to
   prove they did not change); ``finetune`` trains a copy of the whole decoder on the same
-  rows (the baseline of H3).
+  rows (the baseline of H3);
+* learning rates ``lr, lr/10, ...`` (``lr_steps``) are each tried from the same seeded start;
+  the one whose kept state scores best on the early-stopping stimuli is kept.
 
 Output: ``<output_dir>/checkpoints/adapter_best.pt`` (flat state dict: ``fold<k>.<name>``
 tensors) and ``metadata.json`` (base checkpoint hash, type, fraction, folds, seeds, times,
@@ -43,7 +45,8 @@ ADAPTER_TYPES = ("linear", "mlp", "finetune")
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """Adapter training options (roadmap defaults: 50 epochs, lr 1e-3, batch 32)."""
+    """Adapter training options (roadmap defaults: 50 epochs, lr 1e-3, batch 32; here 1e-3 is the
+    largest of the ``lr_steps`` rates tried per fold)."""
 
     adapter: Literal["linear", "mlp", "finetune"] = "linear"
     condition: bool = False
