@@ -153,10 +153,13 @@ def test_ablate_survives_kill9_and_marks_killed_runs(world, tmp_path, tracking_u
 
 def test_ctrl_c_marks_run_killed_and_leaves_no_checkpoint(world, tmp_path, tracking_uri):
     out = tmp_path / "ckpt"
-    cmd = [*CLI, "train", "--index", str(world["subj01"]), "--model", "mlp", "--epochs", "100000",
+    config = tmp_path / "train.yaml"  # no early stop: training runs until interrupted
+    config.write_text("model: mlp\ndecoder_params: {patience: 100000}\n")
+    cmd = [*CLI, "train", "--config", str(config), "--index", str(world["subj01"]), "--epochs", "100000",
            "--cache-root", str(world["cache"]), "--output-dir", str(out)]
-    proc = subprocess.Popen(cmd, env=_env(tracking_uri), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(tracking_uri)
+    client.search_experiments()  # create the store before the child opens it (plain MLflow is not atomic)
+    proc = subprocess.Popen(cmd, env=_env(tracking_uri), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     run = None
     while time.monotonic() < deadline and run is None:  # wait until the run exists and training started
@@ -164,7 +167,9 @@ def test_ctrl_c_marks_run_killed_and_leaves_no_checkpoint(world, tmp_path, track
         exp = client.get_experiment_by_name("fmri2img/imagery")
         runs = client.search_runs([exp.experiment_id]) if exp else []
         run = next((r for r in runs if r.data.params.get("decoder.hidden_dim")), None)
-    assert run is not None, "training never started"
+    if run is None:
+        proc.kill()
+        pytest.fail(f"training never started: {proc.communicate()[1][-2000:]}")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
