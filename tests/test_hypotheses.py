@@ -26,7 +26,10 @@ def test_thin_and_clear_matches_and_mismatch(tmp_path):
     clear = planted_truth_check(tmp_path, _report(_group([0.2, 0.3, 0.1, 0.2], 0.12, 0.27)))
     h2 = clear["checks"][1]
     assert clear["all_match"] and h2["clear"] is True and h2["n_subjects_positive"] == 4
-    assert "thin" not in render_markdown({**_report(_group([0.2] * 4, 0.1, 0.3)), "planted_truth": clear})
+    text = render_markdown({**_report(_group([0.2] * 4, 0.1, 0.3)), "planted_truth": clear})
+    assert "thin" not in text
+    assert "ridge H1: planted 'degraded but non-zero transfer (0 < ratio CI < 1)' -> OK " \
+           "(ratio 0.400 [95% CI 0.300, 0.500])" in text
 
     thin = planted_truth_check(tmp_path, _report(_group([-0.01, 0.44, 0.05, -0.07], -0.04, 0.33)))
     h2 = thin["checks"][1]
@@ -53,6 +56,7 @@ def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):
     out = planted_truth_check(tmp_path, _report(_group([0.1, 0.0, 0.05, 0.1], -0.02, 0.1)))
     h2 = out["checks"][1]
     assert h2["ok"] and h2["clear"] is None
+    assert out["checks"][0]["planted"] == "no transfer deficit (ratio CI includes 1, or mean > 0.8)"
     assert not planted_truth_check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
 
 

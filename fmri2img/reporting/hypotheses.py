@@ -177,8 +177,11 @@ def _gain_check(decoder: str, hypothesis: str, group: dict[str, Any], null: bool
 
 def _check_detail(check: dict[str, Any]) -> str:
     """`` (+10.3% [95% CI -4.2%, +33.0%], 2 of 4 subjects > 0; thin: the CI includes 0)`` for an
-    H2/H3 check; empty for H1."""
-    if check["hypothesis"] == "H1" or check.get("ci") is None or check["ci"][0] is None:
+    H2/H3 check; `` (ratio 0.279 [95% CI 0.259, 0.304])`` for H1."""
+    if check["hypothesis"] == "H1":
+        h1 = check["measured"]
+        return f" (ratio {h1['mean']:.3f} [95% CI {h1['ci_low']:.3f}, {h1['ci_high']:.3f}])"
+    if check.get("ci") is None or check["ci"][0] is None:
         return ""
     low, high = check["ci"]
     text = (f" ({check['measured']:+.1%} [95% CI {low:+.1%}, {high:+.1%}], "
@@ -205,7 +208,7 @@ def planted_truth_check(data_root: str | Path, report: dict[str, Any]) -> dict[s
         if h1["mean"] is not None and h1["ci_low"] is not None:
             if null:
                 ok = h1["ci_low"] <= 1.0 <= h1["ci_high"] or h1["mean"] > NULL_MIN_RATIO
-                expect = "no transfer deficit (ratio CI includes 1)"
+                expect = f"no transfer deficit (ratio CI includes 1, or mean > {NULL_MIN_RATIO})"
             else:
                 ok = h1["ci_high"] < 1.0 and h1["ci_low"] > 0.0
                 expect = "degraded but non-zero transfer (0 < ratio CI < 1)"
