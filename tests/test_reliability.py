@@ -159,7 +159,10 @@ def test_ctrl_c_marks_run_killed_and_leaves_no_checkpoint(world, tmp_path, track
            "--cache-root", str(world["cache"]), "--output-dir", str(out)]
     client = MlflowClient(tracking_uri)
     client.search_experiments()  # create the store before the child opens it (plain MLflow is not atomic)
-    proc = subprocess.Popen(cmd, env=_env(tracking_uri), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C in a terminal: the child gets the default SIGINT handling even when this test runs in
+    # a background job (which inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)
+    proc = subprocess.Popen(cmd, env=_env(tracking_uri), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     run = None
     while time.monotonic() < deadline and run is None:  # wait until the run exists and training started
