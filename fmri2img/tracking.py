@@ -162,14 +162,15 @@ class Run:
 
     def log_history(self, history: Sequence[Mapping[str, Any]], prefix: str = "") -> None:
         """Log a per-epoch history (one dict per epoch) as metrics stepped by the epoch (the
-        ``epoch`` key itself is the step, not a metric), in as few batches as possible.
+        ``epoch`` key itself is the step, not a metric; records without it use their position),
+        in as few batches as possible.
 
         One ``log_batch`` call per 900 values instead of one per epoch: on the SQLite store every
         call is a transaction (about 30 ms here), which made per-epoch logging a visible share
         of the demo's wall time. Non-numeric and non-finite values are skipped.
         """
-        self._log_metric_values((f"{prefix}{key}", value, step) for step, record in enumerate(history)
-                                for key, value in record.items()
+        self._log_metric_values((f"{prefix}{key}", value, int(record.get("epoch", i)))
+                                for i, record in enumerate(history) for key, value in record.items()
                                 if key != "epoch" and isinstance(value, (int, float)))
 
     def _log_metric_values(self, values) -> None:

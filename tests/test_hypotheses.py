@@ -60,28 +60,22 @@ def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):
     assert not planted_truth_check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
 
 
-def test_h3_names_configurations_that_kept_their_initial_weights():
+def test_report_names_configurations_that_kept_their_initial_weights():
     """A fine-tune or adapter whose fold models never beat their initial state is a no-op (it
-    equals perception-only); the report says how many fold models kept their initial weights."""
-    import pandas as pd
+    equals perception-only); the report says how many fold models kept their initial weights,
+    per decoder, whether or not the matrix has H3's fine-tune baseline."""
+    from fmri2img.reporting.hypotheses import _kept_initial
 
-    from fmri2img.reporting.hypotheses import _h3
-
-    rows, records = [], []
+    records = [{"cell": {"subject": "a", "decoder": "ridge", "configuration": "perception_only"}}]
     for subject in ("a", "b"):
-        rows.append({"subject": subject, "decoder": "none", "configuration": "baseline_mean_embedding",
-                     "test_set": "imagery", "stimulus_type": "all", "metric": "cosine", "value": 0.5})
-        for configuration, value, kept in (("perception_only", 0.6, None), ("finetune", 0.6, 3),
-                                           ("adapter_linear", 0.7, 0), ("adapter_mlp", 0.65, 1)):
-            rows.append({"subject": subject, "decoder": "ridge", "configuration": configuration,
-                         "test_set": "imagery", "stimulus_type": "all", "metric": "cosine", "value": value})
-            record = {"cell": {"subject": subject, "decoder": "ridge", "configuration": configuration},
-                      "train_seconds_total": 1.0}
-            if kept is not None:
-                record.update(n_fold_models=3, n_folds_kept_initial=kept)
-            records.append(record)
-    h3 = _h3(pd.DataFrame(rows), ["a", "b"], "ridge", records, seed=0)
-    assert h3["kept_initial"] == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
-    text = render_markdown({"subjects": ["a", "b"], "decoders": {"ridge": {
-        "H1": {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 2}, "verdict": "v"}, "H3": h3}}})
+        for decoder, configuration, kept in (("ridge", "finetune", 3), ("ridge", "adapter_linear", 0),
+                                             ("ridge", "adapter_mlp", 1), ("mlp", "adapter_mlp", 3)):
+            records.append({"cell": {"subject": subject, "decoder": decoder, "configuration": configuration},
+                            "n_fold_models": 3, "n_folds_kept_initial": kept})
+    assert _kept_initial(records, "ridge") == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
+    assert _kept_initial(records, "two_stage") == {}
+    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 2}, "verdict": "v"}
+    text = render_markdown({"subjects": ["a", "b"], "decoders": {
+        "ridge": {"H1": h1, "kept_initial": _kept_initial(records, "ridge")}, "mlp": {"H1": h1}}})
     assert "kept their initial weights" in text and "finetune 6 of 6, adapter_mlp 2 of 6." in text
+    assert text.count("kept their initial weights") == 1

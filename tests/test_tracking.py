@@ -81,7 +81,8 @@ def test_ui_binds_loopback_by_default():
 
 
 def test_log_history_logs_every_epoch_as_steps_in_one_batch(tracking_uri, monkeypatch):
-    history = [{"epoch": e, "val_loss": 1.0 / (e + 1), "val_cosine": 0.5 + e / 10, "note": "x"} for e in range(4)]
+    # the step is the record's epoch (here 10..13), not its position in the list
+    history = [{"epoch": 10 + e, "val_loss": 1.0 / (e + 1), "val_cosine": 0.5 + e / 10, "note": "x"} for e in range(4)]
     history[2]["val_loss"] = float("nan")  # non-finite values are skipped, like log_metrics
     with tracking.run("unit", tracking_uri=tracking_uri, experiment="t/history") as run:
         calls = []
@@ -92,6 +93,6 @@ def test_log_history_logs_every_epoch_as_steps_in_one_batch(tracking_uri, monkey
     assert len(calls) == 1
     client = MlflowClient(tracking_uri)
     steps = {m.step: m.value for m in client.get_metric_history(run.run_id, "fold0/val_loss")}
-    assert steps == {0: 1.0, 1: 0.5, 3: 0.25}
-    assert [m.step for m in client.get_metric_history(run.run_id, "fold0/val_cosine")] == [0, 1, 2, 3]
+    assert steps == {10: 1.0, 11: 0.5, 13: 0.25}
+    assert [m.step for m in client.get_metric_history(run.run_id, "fold0/val_cosine")] == [10, 11, 12, 13]
     assert client.get_metric_history(run.run_id, "fold0/epoch") == []

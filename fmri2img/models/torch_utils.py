@@ -631,7 +631,7 @@ class TorchDecoder:
         self.loss_ = loss_fn.cpu() if isinstance(loss_fn, nn.Module) else loss_fn
         self.history_ = history
         self.best_epoch_ = history.best_epoch
-        best_loss = history[self.best_epoch_]["val_loss"]
+        best_loss = history.best_val_loss
         if best_loss >= history.initial_val_loss:
             log.warning("%s: no epoch beat the untrained model (a constant prediction) on the validation "
                         "rows: criterion %.4f at epoch %d vs %.4f at initialisation. Too little or too noisy "

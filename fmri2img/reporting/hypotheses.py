@@ -139,13 +139,6 @@ def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
         mean = entry["performance_vs_finetune"]["mean"]
         if mean is not None and mean > best_mean:
             best_name, best_mean = adapter, mean
-    kept = {}  # configuration -> [fold models that kept their initial weights, fold models]
-    for r in records:
-        if r["cell"]["decoder"] == decoder and r.get("n_fold_models"):
-            counts = kept.setdefault(r["cell"]["configuration"], [0, 0])
-            counts[0] += int(r.get("n_folds_kept_initial") or 0)
-            counts[1] += int(r["n_fold_models"])
-    out["kept_initial"] = {c: k for c, k in kept.items() if k[0] > 0}
     if best_name is not None:
         best = out["adapters"][best_name]
         speed = best["speedup_vs_finetune"]["mean"]
@@ -155,6 +148,18 @@ def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
                           f"fine-tuning's imagery gain above baseline at {speed:.1f}x its speed "
                           "(roadmap: 80-90% at 10x)")
     return out
+
+
+def _kept_initial(records, decoder) -> dict[str, list[int]]:
+    """``{configuration: [fold models that kept their initial weights, fold models]}`` of the
+    adapter and fine-tune cells of ``decoder``, for configurations where any did (no-ops)."""
+    kept: dict[str, list[int]] = {}
+    for r in records:
+        if r["cell"]["decoder"] == decoder and r.get("n_fold_models"):
+            counts = kept.setdefault(r["cell"]["configuration"], [0, 0])
+            counts[0] += int(r.get("n_folds_kept_initial") or 0)
+            counts[1] += int(r["n_fold_models"])
+    return {c: k for c, k in kept.items() if k[0] > 0}
 
 
 #: In a null world a gain counts as "none" up to this value (the roadmap's H2 threshold: a
@@ -248,6 +253,9 @@ def hypothesis_report(config, summary: pd.DataFrame, records: list[dict[str, Any
         h3 = _h3(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, records, seed)
         if h3:
             entry["H3"] = h3
+        kept = _kept_initial(records, decoder)
+        if kept:
+            entry["kept_initial"] = kept
         report["decoders"][decoder] = entry
     report["planted_truth"] = planted_truth_check(config.data_root, report)
     write_json(Path(out_dir) / "hypotheses.json", report)
@@ -279,7 +287,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             best = entry["H3"]["adapters"][entry["H3"]["best_adapter"]]
             lines.append(f"- **H3** {entry['H3']['best_adapter']}: {_fmt(best['performance_vs_finetune'], True)} of "
                          f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'])}x. Verdict: {entry['H3']['verdict']}.")
-        kept = entry.get("H3", {}).get("kept_initial")
+        kept = entry.get("kept_initial")
         if kept:
             lines.append("- Fold models that kept their initial weights (no epoch beat them on the validation "
                          "stimuli; all of them: the configuration equals perception-only): "
