@@ -83,8 +83,9 @@ def test_fitted_attributes_and_history(world, fitted, name):
     best = min(r["val_loss"] for r in model.history_)
     assert model.best_epoch_ >= 0 and model.history_.best_epoch == model.best_epoch_
     assert model.history_[model.best_epoch_]["val_loss"] == best < model.history_.initial_val_loss
-    recomputed, _ = tu._evaluate(model.module_, tu.early_stopping_criterion(model.loss_), torch.from_numpy(Xv),
-                                 torch.from_numpy(Yv), None, None, model.batch_size)
+    # (the whole module on raw betas: the two-stage decoder trained on precomputed PCA features)
+    recomputed, _ = tu._evaluate(model.module_, model.module_, tu.early_stopping_criterion(model.loss_),
+                                 torch.from_numpy(Xv), torch.from_numpy(Yv), None, None, model.batch_size)
     assert recomputed == pytest.approx(best, rel=1e-5, abs=1e-6)
 
 
@@ -181,6 +182,22 @@ def test_two_stage_output_is_unit_norm_and_has_latent(world, fitted):
     assert latent.shape == (len(Xv), SMALL["two_stage"]["latent_dim"])
     assert "temperature" in model.history_[-1] and model.history_[-1]["temperature"] > 0
     assert 0.0 < model.explained_variance_ratio_ <= 1.0 + 1e-6
+
+
+def test_two_stage_trains_on_precomputed_features_that_equal_its_frozen_prefix(world, fitted):
+    """train_module computes the two-stage decoder's frozen part (standardise + PCA) once per row:
+    ``from_features(features(x))`` must be the module's forward, with gradients only after it."""
+    _, _, Xv, _ = world
+    module = fitted["two_stage"].module_
+    x = torch.from_numpy(Xv)
+    with torch.no_grad():
+        np.testing.assert_array_equal(module.from_features(module.features(x)).numpy(), module(x).numpy())
+    forward, (z,) = tu._frozen_features(module, x)
+    assert forward == module.from_features and z.shape == (len(Xv), module.components.shape[0])
+    assert not z.requires_grad and not any(p.requires_grad for p in module.input_norm.parameters())
+    mlp = fitted["mlp"].module_  # no frozen prefix: trained on the raw rows
+    forward, (same,) = tu._frozen_features(mlp, x)
+    assert forward is mlp and same is x
 
 
 @pytest.mark.parametrize("name", NAMES)

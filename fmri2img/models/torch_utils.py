@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -320,8 +319,46 @@ class History(list):
         return self[self.best_epoch]["val_cosine"] if self.best_epoch >= 0 else self.initial_val_cosine
 
 
-def _call(module: nn.Module, x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
-    return module(x) if condition is None else module(x, condition=condition)
+def make_adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused (single-kernel) update on every device that has one (CPU and CUDA).
+
+    On the demo MLP (batch 256, 2,000 voxels, one thread) a training step took 31.5 ms fused vs
+    35.7 ms with the multi-tensor (``foreach``) update, itself ~4x faster than the per-parameter
+    loop. The fused kernel computes the same update in another operation order (float32
+    round-off only) and is deterministic.
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached clones of ``module.state_dict()`` (on its device)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _call(forward: Callable[..., torch.Tensor], x: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    return forward(x) if condition is None else forward(x, condition=condition)
+
+
+@torch.no_grad()
+def _frozen_features(module: nn.Module, *arrays: torch.Tensor | None) -> tuple[Callable[..., torch.Tensor], list]:
+    """``(forward, arrays)`` for training: when ``module`` splits into a frozen, parameter-free
+    prefix ``module.features(x)`` and the rest ``module.from_features(z)`` (``forward(x) ==
+    from_features(features(x))``), the prefix is computed once per row here, in
+    :data:`PREDICT_CHUNK_ROWS` chunks, instead of once per row and epoch (the two-stage PCA
+    projection was a quarter of its training flops); otherwise ``(module, arrays)`` unchanged."""
+    if not (hasattr(module, "features") and hasattr(module, "from_features")):
+        return module, list(arrays)
+    was_training = module.training
+    module.eval()
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        out.append(torch.cat([module.features(a[start:start + PREDICT_CHUNK_ROWS])
+                              for start in range(0, a.shape[0], PREDICT_CHUNK_ROWS)]))
+    module.train(was_training)
+    return module.from_features, out
 
 
 def _as_tensor(a: np.ndarray | None, device: torch.device, dtype=torch.float32) -> torch.Tensor | None:
@@ -329,13 +366,14 @@ def _as_tensor(a: np.ndarray | None, device: torch.device, dtype=torch.float32) 
 
 
 @torch.no_grad()
-def _evaluate(module, loss_fn, X, Y, W, C, batch_size) -> tuple[float, float]:
-    """Weighted validation loss (batches in row order, as in training) and mean cosine."""
+def _evaluate(module, forward, loss_fn, X, Y, W, C, batch_size) -> tuple[float, float]:
+    """Weighted validation loss (batches in row order, as in training) and mean cosine of
+    ``forward`` (``module`` or its part after the frozen features), ``module`` in eval mode."""
     module.eval()
     total, weight_sum, cosines = 0.0, 0.0, []
     for start in range(0, X.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        pred = _call(module, X[sl], None if C is None else C[sl])
+        pred = _call(forward, X[sl], None if C is None else C[sl])
         w = None if W is None else W[sl]
         batch_weight = float(pred.shape[0]) if w is None else float(w.sum())
         total += float(loss_fn(pred, Y[sl], w)) * batch_weight
@@ -423,25 +461,27 @@ def train_module(
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
         params += [p for p in loss_fn.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay,
-                                  foreach=True)  # multi-tensor update: ~4x less per-step overhead on CPU
+    optimizer = make_adamw([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
     Xt, Yt = _as_tensor(X, device), _as_tensor(Y, device)
     Xv, Yv = _as_tensor(X_val, device), _as_tensor(Y_val, device)
     Wt, Wv = _as_tensor(sample_weight, device), _as_tensor(val_sample_weight, device)
     Ct, Cv = _as_tensor(condition, device, torch.long), _as_tensor(condition_val, device, torch.long)
+    forward, (Xt, Xv) = (module, (Xt, Xv)) if Ct is not None else _frozen_features(module, Xt, Xv)
     infonce = None
     if isinstance(loss_fn, nn.Module):
         infonce = next((m for m in loss_fn.modules() if isinstance(m, InfoNCELoss)), None)
 
     def snapshot() -> dict[str, Any]:
-        state = {"module": copy.deepcopy(module.state_dict())}
+        # tensor clones (same values as copy.deepcopy of the state dict, without its per-object
+        # Python overhead: deepcopy was ~5% of a demo subject's training time)
+        state = {"module": _clone_state(module)}
         if isinstance(loss_fn, nn.Module):
-            state["loss"] = copy.deepcopy(loss_fn.state_dict())
+            state["loss"] = _clone_state(loss_fn)
         return state
 
     n = Xt.shape[0]
-    initial_loss, initial_cosine = _evaluate(module, criterion, Xv, Yv, Wv, Cv, int(batch_size))
+    initial_loss, initial_cosine = _evaluate(module, forward, criterion, Xv, Yv, Wv, Cv, int(batch_size))
     history = History(initial_val_loss=initial_loss, initial_val_cosine=initial_cosine)
     best_loss, best_state, since_best = (initial_loss, snapshot(), 0) if keep_initial else (math.inf, None, 0)
     bar = tqdm(range(int(epochs)), desc=desc, unit="epoch", file=sys.stderr, disable=not progress, leave=False)
@@ -454,7 +494,7 @@ def train_module(
             w = None if Wt is None else Wt[idx]
             if w is not None and float(w.sum()) == 0.0:
                 continue
-            pred = _call(module, Xt[idx], None if Ct is None else Ct[idx])
+            pred = _call(forward, Xt[idx], None if Ct is None else Ct[idx])
             loss = loss_fn(pred, Yt[idx], w)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -462,7 +502,7 @@ def train_module(
             batch_weight = float(idx.shape[0]) if w is None else float(w.sum())
             total += float(loss.detach()) * batch_weight
             weight_sum += batch_weight
-        val_loss, val_cosine = _evaluate(module, criterion, Xv, Yv, Wv, Cv, int(batch_size))
+        val_loss, val_cosine = _evaluate(module, forward, criterion, Xv, Yv, Wv, Cv, int(batch_size))
         record = {
             "epoch": epoch, "train_loss": total / max(weight_sum, EPS), "val_loss": val_loss, "val_cosine": val_cosine,
         }

@@ -107,16 +107,28 @@ class TwoStageNet(nn.Module):
         self.register_buffer("y_mean", torch.zeros(n_targets))
         self.register_buffer("y_scale", torch.ones(1))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Stage 1: raw betas (b, p) -> latent (b, latent_dim)."""
-        z = self.input_norm(x) @ self.components.T / self.pca_scale
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part: raw betas (b, p) -> scaled PCA scores (b, n_components); buffers only,
+        the same in train and eval mode (``train_module`` computes it once per row, not per epoch)."""
+        return self.input_norm(x) @ self.components.T / self.pca_scale
+
+    def encode_features(self, z: torch.Tensor) -> torch.Tensor:
+        """Stage 1 from PCA scores: (b, n_components) -> latent (b, latent_dim)."""
         h = self.stem_drop(self.stem(z))
         for block in self.blocks:
             h = block(h)
         return self.to_latent(h)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Stage 1: raw betas (b, p) -> latent (b, latent_dim)."""
+        return self.encode_features(self.features(x))
+
+    def from_features(self, z: torch.Tensor) -> torch.Tensor:
+        """PCA scores (b, n_components) -> unit embeddings (b, d)."""
+        return F.normalize(self.to_clip(self.encode_features(z)) * self.y_scale + self.y_mean, dim=1, eps=EPS)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.to_clip(self.encode(x)) * self.y_scale + self.y_mean, dim=1, eps=EPS)
+        return self.from_features(self.features(x))
 
 
 class TwoStageDecoder(TorchDecoder, BaseDecoder):
