@@ -425,7 +425,7 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
 SUBMIT_ORDER = ("mixed", "finetune", "adapter_mlp_condition", "adapter_mlp", "adapter_linear", "perception_only")
 
 
-# Entry points of the pool's tasks (module-level: importable under the spawn start method).
+# Entry points of the pool's tasks (module-level: importable by spawned or forked workers).
 def _run_cell_star(args):
     return run_cell(*args)
 
@@ -508,21 +508,54 @@ def markdown_table(table: pd.DataFrame, metrics=("cosine", "retrieval_at_1", "re
 
 # ----------------------------------------------------------------------------- main
 
+#: Modules every worker imports, loaded once by the fork server (about 10 s of imports per
+#: process on 2 cores: torch, torch._dynamo (which torch.optim imports on first use), MLflow,
+#: pandas, pingouin); the workers forked from it start with them loaded.
+WORKER_PRELOAD = ("fmri2img.ablation", "fmri2img.models.training", "fmri2img.models.adapt",
+                  "fmri2img.evaluation.evaluate", "fmri2img.tracking", "torch._dynamo")
+
+
+def _mp_context():
+    """The pool's start method: 'forkserver' where the platform has it (workers are forked from
+    a single-threaded server process that has imported :data:`WORKER_PRELOAD`, so they neither
+    re-import everything nor inherit the parent's threads), else 'spawn'. Neither inherits the
+    parent's memory (RNG states, caches); :func:`_init_worker` gives each worker the parent's
+    environment as it is when the pool starts (as 'spawn' does), so results do not depend on it."""
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def start_worker_server(jobs: int) -> None:
+    """Start the fork server now (jobs > 1), so that its imports overlap the serial stages."""
+    ctx = _mp_context()
+    if jobs > 1 and ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 @contextlib.contextmanager
 def _executor(jobs: int, log_path: Path | None = None) -> Iterator[ProcessPoolExecutor | None]:
-    """A spawn-based process pool of ``jobs`` workers (logging to ``log_path`` too), or None
-    (run in this process) for jobs=1."""
+    """A process pool of ``jobs`` workers (see :func:`_mp_context`; logging to ``log_path``
+    too), or None (run in this process) for jobs=1."""
     if jobs == 1:
         yield None
         return
-    import multiprocessing
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(None if log_path is None else str(log_path),)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=_mp_context(), initializer=_init_worker,
+                             initargs=(None if log_path is None else str(log_path), dict(os.environ))) as pool:
         yield pool
 
 
-def _init_worker(log_path: str | None) -> None:
+def _init_worker(log_path: str | None, environ: dict[str, str] | None = None) -> None:
+    # A forked worker has the fork server's environment (from when it started): take the parent's.
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     # Workers draw no progress bars (their output would interleave); only the parent's bar shows.
     os.environ["TQDM_DISABLE"] = "1"
     if log_path is not None:  # their log records go to the ablation's log file, like the parent's
@@ -574,6 +607,7 @@ def run_ablation(
                  run.run_id, len(config.subjects), len(config.decoders), len(config.configurations), len(orphans))
         write_json(Path(config.output_root) / "mlflow_run.json",
                    {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
+        start_worker_server(jobs)
         fingerprints = ensure_inputs(config, progress=progress)
         log.info("inputs ready: %s", {s: f["index_sha256"][:12] for s, f in fingerprints.items()})
         stage_configs = write_stage_configs(config)

@@ -176,3 +176,20 @@ def test_worker_log_records_reach_the_ablation_log(tmp_path):
     lines = log_path.read_text().splitlines()
     assert any(line.endswith("INFO fmri2img.ablate: parent line") for line in lines)
     assert any(line.endswith("WARNING fmri2img.models.torch_utils: worker line") for line in lines), lines
+
+
+def test_workers_see_the_parents_environment(monkeypatch):
+    """Workers forked from a fork server started earlier still run with the parent's
+    environment as it is when the pool starts (as spawned workers would)."""
+    import multiprocessing
+    import os
+
+    from fmri2img.ablation import _executor, _mp_context, start_worker_server
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert _mp_context().get_start_method() == "forkserver"
+    start_worker_server(2)
+    monkeypatch.setenv("FMRI2IMG_TEST_WORKER_ENV", "set after the server started")
+    with _executor(2) as pool:
+        seen = list(pool.map(os.getenv, ["FMRI2IMG_TEST_WORKER_ENV"] * 4))
+    assert seen == ["set after the server started"] * 4
