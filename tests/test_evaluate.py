@@ -133,3 +133,90 @@ def test_cached_baselines_equal_freshly_computed_ones(world, monkeypatch):
     warm = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
     assert dumps_json(cold.metrics_json()) == dumps_json(warm.metrics_json())
     assert cold.table.equals(warm.table)
+
+
+# --------------------------------------------------------------------------- fast paths == plain paths
+
+
+def test_ci_batch_equals_one_bootstrap_per_row(monkeypatch):
+    """The table's CIs, computed in blocks and memoised per process, equal one bootstrap_ci each."""
+    import fmri2img.evaluation.evaluate as E
+
+    monkeypatch.setattr(E, "_CI_CACHE", {})
+    opts = _opts()
+    rng = np.random.default_rng(2)
+    values = [rng.random(12), rng.random(12), (rng.random(6) > 0.5).astype(float), rng.random(300), None,
+              np.array([0.3]), rng.random(12)]
+    values.append(values[0].copy())  # a duplicate: one computation, same interval
+    for attempt in range(2):  # cold, then warm cache
+        batch = E._CIBatch(opts)
+        records = [batch.add(E._row("s", "d", "c", "t", "all", "m", 0.0), v) for v in values]
+        batch.compute()
+        for rec, v in zip(records, values):
+            assert (rec["ci_low"], rec["ci_high"]) == E._ci(v, opts)
+    assert len(E._CI_CACHE) == 5
+
+
+def _old_image_scores(pred, gallery, true_images):
+    from fmri2img.evaluation.image_metrics import RetrievalGenerator, score_images
+
+    recon = RetrievalGenerator(gallery, true_images).generate(pred)
+    scored = score_images(recon, true_images)
+    return {name: {"value": float(np.nanmean(v)), "chance": None, "n": len(v), "p": None,
+                   "per_item": np.asarray(v, dtype=np.float64)} for name, v in scored.items()}
+
+
+def test_image_scores_equal_reconstruction_then_score_images(world, monkeypatch):
+    """Reconstruction by retrieval scored pair by pair (cached per process) gives the same table
+    as building the reconstructions and scoring them with score_images."""
+    import fmri2img.evaluation.evaluate as E
+    import fmri2img.evaluation.image_metrics as I
+
+    truth, preds, mean = world
+    rng = np.random.default_rng(5)
+    pixels = {sid: rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8) for sid in truth.pos}
+
+    def images(ids):
+        return np.stack([pixels[s] for s in ids])
+
+    kwargs = dict(subject="s", decoder="ridge", configuration="perception_only", options=_opts(), images=images)
+    monkeypatch.setattr(I, "_IMAGE_SETS", {})
+    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
+    fast = score(preds, truth, mean, **kwargs)
+    warm = score(preds, truth, mean, **kwargs)
+    monkeypatch.setattr(E, "_image_scores", _old_image_scores)
+    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
+    plain = score(preds, truth, mean, **kwargs)
+    assert (fast.table["metric"] == "ssim").any()
+    assert fast.table.equals(plain.table) and warm.table.equals(plain.table)
+    assert fast.per_stimulus.equals(plain.per_stimulus)
+
+
+def test_image_loader_caches_per_process_until_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    import h5py
+
+    import fmri2img.evaluation.evaluate as E
+
+    monkeypatch.setattr(E, "_IMAGE_CACHE", {})
+    monkeypatch.setattr(E, "_IMAGE_CACHE_USED", [0])
+    brick = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    path = tmp_path / "stimuli.hdf5"
+    with h5py.File(path, "w") as f:
+        f["imgBrick"] = brick
+    index = pd.DataFrame({"stimulus_id": ["a", "b", "c"], "image_ref": [f"stimuli.hdf5#{i}" for i in range(3)]})
+    first = E.image_loader(index, tmp_path)(["c", "a"])
+    np.testing.assert_array_equal(first, brick[[2, 0]])
+    assert len(E._IMAGE_CACHE) == 2
+    # a new loader (the next cell) reuses them
+    np.testing.assert_array_equal(E.image_loader(index, tmp_path)(["a", "c"]), brick[[0, 2]])
+    # a rewritten file is read again
+    with h5py.File(path, "w") as f:
+        f["imgBrick"] = 255 - brick
+    os.utime(path, ns=(10**18, 10**18))
+    np.testing.assert_array_equal(E.image_loader(index, tmp_path)(["a"]), 255 - brick[[0]])
+    # the byte bound evicts the oldest images
+    monkeypatch.setattr(E, "IMAGE_CACHE_BYTES", 2 * brick[0].nbytes)
+    E.image_loader(index, tmp_path)(["a", "b", "c"])
+    assert E._IMAGE_CACHE_USED[0] <= 2 * brick[0].nbytes and len(E._IMAGE_CACHE) == 2

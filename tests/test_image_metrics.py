@@ -138,3 +138,34 @@ def test_score_images_chunks_do_not_change_results(monkeypatch):
     chunked = I.score_images(pred, true)
     for key in whole:
         np.testing.assert_array_equal(whole[key], chunked[key])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 16])
+def test_score_image_pairs_equals_score_images(monkeypatch, chunk):
+    """Cached per-image statistics and pair scores give score_images' numbers bit for bit, in any
+    cache state and batch split (a lone pair is never scored as a batch of one)."""
+    monkeypatch.setattr(I, "_IMAGE_SETS", {})
+    monkeypatch.setattr(I, "PAIR_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    images = np.stack([_noisy(_image(s % 5, 12), 25.0, seed=s) for s in range(9)])
+    images[4] = 90  # constant: PixCorr NaN
+    for trial in range(6):
+        n = [2, 3, 5, 9, 9, 17][trial]
+        first, second = rng.integers(0, 9, n), rng.integers(0, 9, n)
+        if trial == 4:
+            first, second = second, np.arange(9)  # retrieval among the set's own images
+        got = I.score_image_pairs(images, first, second)
+        ref = I.score_images(images[first], images[second])
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key])
+    # single pairs and oversized sets fall back to score_images itself
+    one = I.score_image_pairs(images, np.array([3]), np.array([1]))
+    np.testing.assert_array_equal(one["ssim"], I.score_images(images[[3]], images[[1]])["ssim"])
+    monkeypatch.setattr(I, "IMAGE_SET_MAX_BYTES", 10)
+    big = I.score_image_pairs(images, np.array([3, 2, 1]), np.array([1, 2, 3]))
+    np.testing.assert_array_equal(big["pixel_mse"], I.score_images(images[[3, 2, 1]], images[[1, 2, 3]])["pixel_mse"])
+    assert set(I.score_image_pairs(images, np.array([], int), np.array([], int))) == {"ssim", "pixcorr", "pixel_mse"}
+    with pytest.raises(InputError):
+        I.score_image_pairs(images, np.array([0, 9]), np.array([0, 1]))
+    with pytest.raises(InputError):
+        I.score_image_pairs(images.astype(float), np.array([0, 1]), np.array([0, 1]))

@@ -240,3 +240,27 @@ def test_score_predictions_consistent_with_parts():
     assert s["retrieval_at_50"] is None and s["chance"]["retrieval_at_50"] is None
     assert "retrieval_at_50" not in s["per_item"]
     assert s["chance"]["two_way"] == 0.5 and s["chance"]["retrieval_at_5"] == 0.5
+
+
+@pytest.mark.parametrize("d", [None, 1, 3, 512])
+def test_average_by_stimulus_sums_like_add_at(d):
+    """Group sums in the order np.add.at adds (row after row from 0.0): bit-identical averages."""
+    rng = _rng(d or 0)
+    for trial in range(20):
+        n = int(rng.integers(1, 300))
+        ids = rng.integers(0, max(1, n // 3), size=n).astype(str)
+        values = rng.normal(size=n if d is None else (n, d)) * 10.0 ** rng.integers(-3, 4)
+        if trial == 0:
+            values[:] = -0.0
+        avg, uniq = M.average_by_stimulus(values, ids)
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        group = rank[inverse.ravel()]
+        sums = np.zeros((order.size,) + values.shape[1:])
+        np.add.at(sums, group, values)
+        counts = np.bincount(group).astype(float)
+        ref = sums / (counts if values.ndim == 1 else counts[:, None])
+        np.testing.assert_array_equal(avg, ref)
+        np.testing.assert_array_equal(np.signbit(avg), np.signbit(ref))

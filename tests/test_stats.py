@@ -233,3 +233,113 @@ def test_holm_ignores_nan_like_pingouin():
     assert np.isnan(S.holm(p)[1])
     with pytest.raises(InputError):
         S.holm([0.5, 1.5])
+
+
+# --------------------------------------------------------------------------- vectorised == reference loops
+# The statistics draw their resamples / permutations once per (n, count, seed) and compute many
+# of them at once; these pin the numbers to the straightforward per-call loops, bit for bit.
+
+
+def _loop_bootstrap_ci(x, n_boot, seed, level=0.95):
+    """The per-call bootstrap: chunks of 500 resamples drawn from a fresh generator."""
+    rng = np.random.default_rng(seed)
+    boot = np.concatenate([x[rng.integers(0, x.size, size=(min(500, n_boot - s), x.size))].mean(axis=1)
+                           for s in range(0, n_boot, 500)])
+    alpha = 1 - level
+    return tuple(np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 18, 100, 129, 300])
+@pytest.mark.parametrize("n_boot", [1, 499, 2000, 2001])
+def test_bootstrap_mean_cis_equal_per_call_loop(n, n_boot):
+    rng = np.random.default_rng(n * 7 + n_boot)
+    X = rng.normal(size=(4, n)) * rng.random()
+    X[1] = np.round(X[1])  # ties
+    many = S.bootstrap_mean_cis(X, n_boot=n_boot, seed=123)
+    assert many.shape == (4, 2)
+    for row, ci in zip(X, many):
+        ref = _loop_bootstrap_ci(row, n_boot, 123)
+        assert tuple(ci) == ref
+        assert tuple(S.bootstrap_ci(row, n_boot=n_boot, seed=123)) == ref
+        assert tuple(S.bootstrap_ci(list(row), n_boot=n_boot, seed=123)) == ref
+    # a non-vectorised statistic and the median still use the same resamples
+    rng2 = np.random.default_rng(5)
+    med = [np.median(X[0][rng2.integers(0, n, size=(min(500, n_boot - s), n))], axis=1) for s in range(0, n_boot, 500)]
+    ref_med = tuple(np.quantile(np.concatenate(med), [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2]))
+    S._DRAW_CACHE.clear()
+    assert tuple(S.bootstrap_ci(X[0], np.median, n_boot=n_boot, seed=5)) == ref_med
+    assert tuple(S.bootstrap_ci(X[0], lambda v: float(np.median(v)), n_boot=n_boot, seed=5)) == ref_med
+
+
+def test_bootstrap_cached_draws_are_read_only_and_unseeded_calls_still_random():
+    x = np.random.default_rng(0).normal(size=30)
+    S.bootstrap_ci(x, n_boot=100, seed=11)
+    cached = S._DRAW_CACHE[("bootstrap", 30, 100, 11)]
+    with pytest.raises(ValueError):
+        cached[0, 0] = 1
+    assert S.bootstrap_ci(x, n_boot=100, seed=np.int64(11)) == S.bootstrap_ci(x, n_boot=100, seed=11)
+    # seed=None: a fresh random stream per call (not cached), as numpy's default_rng(None)
+    lows = {S.bootstrap_ci(x, n_boot=50, seed=None).low for _ in range(5)}
+    assert len(lows) > 1
+    with pytest.raises(InputError):
+        S.bootstrap_mean_cis(np.array([[1.0, np.nan]]))
+    with pytest.raises(InputError):
+        S.bootstrap_mean_cis(np.ones(3))
+
+
+def test_bootstrap_ratio_ci_equals_one_draw_loop():
+    rng = np.random.default_rng(4)
+    den = 0.5 + rng.random(18)
+    num = 0.6 * den + 0.05 * rng.normal(size=18)
+    for seed in (0, 123):
+        idx = np.random.default_rng(seed).integers(0, 18, size=(777, 18))
+        ratios = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+        res = S.bootstrap_ratio_ci(num, den, n_boot=777, seed=seed)
+        assert (res.ci_low, res.ci_high) == tuple(np.quantile(ratios, [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2]))
+
+
+@pytest.mark.parametrize("n", [2, 5, 12, 100])
+def test_permutations_equal_permutation_loop(n):
+    rng = np.random.default_rng(77)
+    loop = np.stack([rng.permutation(n) for _ in range(300)])
+    np.testing.assert_array_equal(S._permutations(n, 300, 77), loop)
+    np.testing.assert_array_equal(S._draws("permutations", n, 300, 77), loop)
+
+
+def _loop_retrieval_p(pred, gallery, target, k, n_perm, seed):
+    """permutation_test_retrieval as one loop of rng.permutation calls (the original code)."""
+    sim = M.cosine_similarity_matrix(pred, gallery)
+    rank_table = ss.rankdata(-sim, method="max", axis=1).astype(np.int64)
+    rows = np.arange(len(pred))
+    observed = float(np.mean(rank_table[rows, target] <= k))
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(len(pred)) for _ in range(n_perm)])
+    null = np.mean(rank_table[rows[None, :], target[perms]] <= k, axis=1)
+    return (int(np.sum(null >= observed - 1e-12)) + 1) / (n_perm + 1)
+
+
+def test_retrieval_ks_equal_one_k_at_a_time_and_loop():
+    true, pred = _weak_signal(3, n=20)
+    gallery = np.concatenate([true, np.random.default_rng(1).normal(size=(5, 8))])
+    target = np.arange(20)
+    ks = (1, 5, 10, 25)
+    many = S.permutation_test_retrieval_ks(pred, gallery, target, ks, n_perm=301, seed=7)
+    assert list(many) == list(ks)
+    for k in ks:
+        assert many[k] == S.permutation_test_retrieval(pred, gallery, target, k, n_perm=301, seed=7)
+        assert many[k] == _loop_retrieval_p(pred, gallery, target, k, 301, 7)
+    with pytest.raises(InputError):
+        S.permutation_test_retrieval_ks(pred, gallery, target, (1, 26), n_perm=10)
+
+
+def test_two_way_p_equals_loop():
+    true, pred = _weak_signal(4, n=15)
+    corr = M.correlation_matrix(pred, true)
+    wins = (ss.rankdata(corr, method="min", axis=1) - 1).astype(np.int64)
+    rows = np.arange(15)
+    observed = float(np.mean(wins[rows, rows] / 14))
+    rng = np.random.default_rng(9)
+    perms = np.stack([rng.permutation(15) for _ in range(250)])
+    null = np.mean(wins[rows[None, :], perms] / 14, axis=1)
+    ref = (int(np.sum(null >= observed - 1e-12)) + 1) / 251
+    assert S.permutation_test_two_way(pred, true, n_perm=250, seed=9) == ref

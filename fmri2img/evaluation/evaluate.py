@@ -144,11 +144,21 @@ def predict_test_sets(
 
 # ----------------------------------------------------------------------------- score
 
-def _modality_groups(rows: pd.DataFrame) -> list[tuple[str, list[str]]]:
-    """(``all``, sorted image stimulus ids) and (``conceptual``, sorted text stimulus ids)."""
-    stim_types = rows.drop_duplicates("stimulus_id").set_index("stimulus_id")["stimulus_type"]
-    image_ids = sorted(s for s, t in stim_types.items() if t in IMAGE_TYPES)
-    text_ids = sorted(s for s, t in stim_types.items() if t == "conceptual")
+def _stimulus_types(stimulus_ids: np.ndarray, stimulus_types: np.ndarray) -> dict[Any, str]:
+    """Stimulus id -> type of its first row, in order of first appearance (arrays of shape (n_rows,))."""
+    out: dict[Any, str] = {}
+    for sid, stype in zip(stimulus_ids.tolist(), stimulus_types.tolist()):
+        out.setdefault(sid, stype)
+    return out
+
+
+def _modality_groups(rows: pd.DataFrame | Mapping[Any, str]) -> list[tuple[str, list[str]]]:
+    """(``all``, sorted image stimulus ids) and (``conceptual``, sorted text stimulus ids), from
+    index rows or from a stimulus id -> type mapping (:func:`_stimulus_types`)."""
+    if isinstance(rows, pd.DataFrame):
+        rows = _stimulus_types(rows["stimulus_id"].to_numpy(), rows["stimulus_type"].to_numpy())
+    image_ids = sorted(s for s, t in rows.items() if t in IMAGE_TYPES)
+    text_ids = sorted(s for s, t in rows.items() if t == "conceptual")
     return [(name, ids) for name, ids in (("all", image_ids), ("conceptual", text_ids)) if ids]
 
 
@@ -166,17 +176,72 @@ def _ci(values: np.ndarray, opts: EvalOptions) -> tuple[float | None, float | No
     return (float(ci[0]), float(ci[1]))
 
 
+#: Bootstrap CIs computed in this process, by (n_boot, seed, content hash of the values): the
+#: baselines' per-stimulus scores are the same in every cell of a subject, so are their CIs.
+_CI_CACHE: dict[tuple[int, Any, int, bytes], tuple[float, float]] = {}
+CI_CACHE_SIZE = 8192
+
+
+class _CIBatch:
+    """The bootstrap CIs of a results table, requested row by row and computed together.
+
+    :meth:`add` registers a record (a :func:`_row` dict) and its per-item values of shape (n,);
+    :meth:`compute` fills ``ci_low``/``ci_high`` of every record with n >= 2 with exactly what
+    :func:`_ci` gives (the same resamples for one n, so values of one length are bootstrapped
+    as one (m, n) block by :func:`fmri2img.evaluation.stats.bootstrap_mean_cis`).
+    """
+
+    def __init__(self, opts: EvalOptions) -> None:
+        self.opts = opts
+        self.pending: list[tuple[dict[str, Any], np.ndarray]] = []
+
+    def add(self, record: dict[str, Any], values: np.ndarray | None) -> dict[str, Any]:
+        if values is not None and len(values) >= 2:
+            self.pending.append((record, np.ascontiguousarray(values, dtype=np.float64)))
+        return record
+
+    def compute(self) -> None:
+        import hashlib
+
+        todo: dict[tuple[int, Any, int, bytes], np.ndarray] = {}
+        keyed = []
+        for record, values in self.pending:
+            key = (self.opts.n_boot, self.opts.seed, values.size,
+                   hashlib.blake2b(values.tobytes(), digest_size=16).digest())
+            keyed.append((record, key))
+            if key not in _CI_CACHE:
+                todo.setdefault(key, values)
+        by_size: dict[int, list[tuple[int, Any, int, bytes]]] = {}
+        for key in todo:
+            by_size.setdefault(key[2], []).append(key)
+        for keys in by_size.values():
+            cis = S.bootstrap_mean_cis(np.stack([todo[k] for k in keys]), n_boot=self.opts.n_boot,
+                                       seed=self.opts.seed)
+            for key, (low, high) in zip(keys, cis):
+                if len(_CI_CACHE) >= CI_CACHE_SIZE:
+                    _CI_CACHE.pop(next(iter(_CI_CACHE)))
+                _CI_CACHE[key] = (float(low), float(high))
+        for record, key in keyed:
+            record["ci_low"], record["ci_high"] = _CI_CACHE[key]
+        self.pending = []
+
+
 def _score_group(pred, true, gallery, target, opts: EvalOptions, with_tests: bool) -> dict[str, Any]:
     scored = M.score_predictions(pred, true, gallery, target, opts.ks)
+    tested = [metric for metric, values in scored["per_item"].items()
+              if with_tests and metric in TESTED_METRICS and len(values) > 1]
+    ks = [int(metric.rsplit("_", 1)[1]) for metric in tested if metric != "two_way"]
+    # every tested K at once: one similarity ranking, the same permutations and p-values
+    retrieval_p = S.permutation_test_retrieval_ks(pred, gallery, target, ks, n_perm=opts.n_perm,
+                                                  seed=opts.seed) if ks else {}
     result = {}
     for metric, values in scored["per_item"].items():
         p = None
-        if with_tests and metric in TESTED_METRICS and len(values) > 1:
+        if metric in tested:
             if metric == "two_way":
                 p = S.permutation_test_two_way(pred, true, n_perm=opts.n_perm, seed=opts.seed)
             else:
-                k = int(metric.rsplit("_", 1)[1])
-                p = S.permutation_test_retrieval(pred, gallery, target, k, n_perm=opts.n_perm, seed=opts.seed)
+                p = retrieval_p[int(metric.rsplit("_", 1)[1])]
         result[metric] = {"value": scored[metric], "chance": scored["chance"].get(metric),
                           "n": scored["n"], "p": p, "per_item": np.asarray(values, dtype=np.float64)}
     for k in opts.ks:  # K larger than the gallery: kept as a row that says "not applicable"
@@ -224,27 +289,85 @@ def _score_baseline_cached(pred, true, gallery, target, opts: EvalOptions, with_
 
 def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray) -> dict[str, Any]:
     """Reconstruction by retrieval among the group's own images, scored per stimulus."""
-    from fmri2img.evaluation.image_metrics import RetrievalGenerator, score_images
+    from fmri2img.evaluation.image_metrics import retrieve_images, score_image_pairs
 
-    recon = RetrievalGenerator(gallery, true_images).generate(pred)
-    scored = score_images(recon, true_images)
+    images = np.asarray(true_images)
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] != len(gallery):
+        raise InputError(f"Expected true images as uint8 (n, H, W, 3) with n = {len(gallery)} stimuli, "
+                         f"got {images.dtype} {images.shape}.")
+    # the image retrieved for each stimulus (RetrievalGenerator's choice) against its own image
+    retrieved = retrieve_images(pred, gallery)
+    scored = score_image_pairs(images, retrieved, np.arange(len(retrieved)))
     return {name: {"value": float(np.nanmean(v)), "chance": None, "n": len(v), "p": None,
                    "per_item": np.asarray(v, dtype=np.float64)} for name, v in scored.items()}
 
 
+#: Stimulus images read in this process: (data root, stimulus id, image_ref, (mtime_ns, size) of
+#: the file holding the image) -> uint8 (H, W, 3). Every cell of a subject reads the same test
+#: images; the file signature makes a rewritten file read afresh. Bounded by bytes.
+_IMAGE_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
+_IMAGE_CACHE_USED = [0]  # bytes held by _IMAGE_CACHE
+IMAGE_CACHE_BYTES = 256 * 2**20
+
+
+def _image_file(image_ref: str) -> str:
+    """The file (relative to the data root) holding an image: the HDF5 of ``<file>.hdf5#<row>``, or the PNG."""
+    from fmri2img.embeddings.stimuli import HDF5_REF_SEPARATOR, StimulusReader
+
+    return image_ref.split(HDF5_REF_SEPARATOR)[0] if StimulusReader._is_hdf5(image_ref) else image_ref
+
+
+def _file_signature(data_root: str | Path, relative: str) -> tuple[str, int, int] | None:
+    """(path, mtime_ns, size) of a file under the data root; None when it cannot be read."""
+    from fmri2img.io import resolve_under
+
+    try:
+        path = resolve_under(data_root, relative)
+        st = path.stat()
+    except (OSError, InputError, ValueError):
+        return None
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+def _cache_image(key: tuple[Any, ...], image: np.ndarray) -> None:
+    if image.nbytes > IMAGE_CACHE_BYTES:
+        return
+    while _IMAGE_CACHE and _IMAGE_CACHE_USED[0] + image.nbytes > IMAGE_CACHE_BYTES:
+        _IMAGE_CACHE_USED[0] -= _IMAGE_CACHE.pop(next(iter(_IMAGE_CACHE))).nbytes
+    image.setflags(write=False)
+    _IMAGE_CACHE[key] = image
+    _IMAGE_CACHE_USED[0] += image.nbytes
+
+
 def image_loader(index: pd.DataFrame, data_root: str | Path) -> Callable[[Sequence[str]], np.ndarray]:
-    """``load(stimulus_ids) -> uint8 (n, H, W, 3)`` reading each stimulus image once (cached)."""
+    """``load(stimulus_ids) -> uint8 (n, H, W, 3)`` reading each stimulus image once (cached per
+    process while its file is unchanged)."""
     from fmri2img.embeddings.stimuli import Stimulus, StimulusReader
 
     refs = index.drop_duplicates("stimulus_id").set_index("stimulus_id")["image_ref"].to_dict()
+    root = str(Path(data_root).resolve())
     cache: dict[str, np.ndarray] = {}
 
     def load(ids: Sequence[str]) -> np.ndarray:
         missing = [s for s in ids if s not in cache]
-        if missing:
+        unread = []
+        signatures: dict[str, tuple[str, int, int] | None] = {}  # one stat per file and call
+        for sid in missing:
+            file = _image_file(refs[sid])
+            if file not in signatures:
+                signatures[file] = _file_signature(data_root, file)
+            signature = signatures[file]
+            key = (root, sid, refs[sid], signature)
+            if signature is not None and key in _IMAGE_CACHE:
+                cache[sid] = _IMAGE_CACHE[key]
+            else:
+                unread.append((sid, key if signature is not None else None))
+        if unread:
             with StimulusReader(data_root) as reader:
-                for sid in missing:
+                for sid, key in unread:
                     cache[sid] = np.asarray(reader.image(Stimulus(sid, "image", image_ref=refs[sid])), np.uint8)
+                    if key is not None:
+                        _cache_image(key, cache[sid])
         return np.stack([cache[s] for s in ids])
 
     return load
@@ -281,22 +404,26 @@ def score(
     """
     options.validate()
     records: list[dict[str, Any]] = []
+    cis = _CIBatch(options)
     per_trial_frames, per_stim_frames = [], []
     #: (test_set, configuration, metric) -> {stimulus_id: per-stimulus value}
     per_stim: dict[tuple[str, str, str], dict[str, float]] = {}
     stim_type_of: dict[str, str] = {}
     for test_set, p in predictions.items():
-        rows = p.rows.reset_index(drop=True)
-        ids = rows["stimulus_id"].to_numpy()
-        stim_type_of.update(rows.drop_duplicates("stimulus_id").set_index("stimulus_id")["stimulus_type"].to_dict())
+        # plain arrays of the index rows (pandas operations on the index, attrs included, were
+        # a good part of each cell's time)
+        ids = p.rows["stimulus_id"].to_numpy()
+        row_types = p.rows["stimulus_type"].to_numpy()
+        types_here = _stimulus_types(ids, row_types)
+        stim_type_of.update(types_here)
         trial_cos = M.cosine_similarity(p.pred, embedding_set.lookup(list(ids)))
         per_trial_frames.append(pd.DataFrame({
             "test_set": test_set, "configuration": configuration, "stimulus_id": ids,
-            "stimulus_type": rows["stimulus_type"].to_numpy(), "condition": rows["condition"].to_numpy(),
-            "trial": rows["trial"].to_numpy(), "cosine": trial_cos}))
+            "stimulus_type": row_types, "condition": p.rows["condition"].to_numpy(),
+            "trial": p.rows["trial"].to_numpy(), "cosine": trial_cos}))
         avg_pred, uniq = M.average_by_stimulus(p.pred, ids)
         pos = {s: i for i, s in enumerate(uniq)}
-        for group, group_ids in _modality_groups(rows):
+        for group, group_ids in _modality_groups(types_here):
             pred_g = avg_pred[[pos[s] for s in group_ids]]
             true_g = embedding_set.lookup(group_ids)
             gallery = true_g
@@ -319,8 +446,8 @@ def score(
                 res = score_fn(cand, true_g, gallery, target, options, is_model or cfg == "baseline_random",
                                (lambda ids=group_ids: images(ids)) if with_images else None)
                 for metric, r in res.items():
-                    records.append(_row(subject, dec, cfg, test_set, group, metric, r["value"],
-                                        _ci(r["per_item"], options), r["chance"], r["n"], r["p"]))
+                    records.append(cis.add(_row(subject, dec, cfg, test_set, group, metric, r["value"],
+                                                chance=r["chance"], n=r["n"], p=r["p"]), r["per_item"]))
                     if r["per_item"] is None:
                         continue
                     per_stim.setdefault((test_set, cfg, metric), {}).update(zip(group_ids, r["per_item"]))
@@ -328,28 +455,21 @@ def score(
                         for stype in types:
                             sub = np.array([stim_type_of[s] == stype for s in group_ids])
                             vals = r["per_item"][sub]
-                            records.append(_row(subject, dec, cfg, test_set, stype, metric, float(vals.mean()),
-                                                _ci(vals, options), r["chance"], int(sub.sum())))
+                            records.append(cis.add(_row(subject, dec, cfg, test_set, stype, metric,
+                                                        float(vals.mean()), chance=r["chance"],
+                                                        n=int(sub.sum())), vals))
                 if is_model:
                     in_group = np.isin(ids, group_ids)
                     groups_t = [(group, in_group)]
                     if group == "all" and len(types) > 1:
-                        groups_t += [(t, rows["stimulus_type"].to_numpy() == t) for t in types]
+                        groups_t += [(t, row_types == t) for t in types]
                     for name, mask in groups_t:
                         tc = trial_cos[mask]
-                        records.append(_row(subject, dec, cfg, test_set, name, "cosine_per_trial",
-                                            float(tc.mean()), _ci(tc, options), None, int(mask.sum())))
-        frame = pd.DataFrame({"test_set": test_set, "configuration": configuration, "stimulus_id": uniq})
-        frame["stimulus_type"] = frame["stimulus_id"].map(stim_type_of)
-        counts = pd.Series(ids).value_counts()
-        frame["n_trials"] = frame["stimulus_id"].map(counts).astype(int)
-        for (ts, cfg, metric), values in sorted(per_stim.items()):
-            if ts == test_set and cfg == configuration:
-                frame[metric] = frame["stimulus_id"].map(values)
-        base = per_stim.get((test_set, "baseline_mean_embedding", "cosine"), {})
-        frame["cosine_mean_embedding_baseline"] = frame["stimulus_id"].map(base)
-        per_stim_frames.append(frame)
+                        records.append(cis.add(_row(subject, dec, cfg, test_set, name, "cosine_per_trial",
+                                                    float(tc.mean()), n=int(mask.sum())), tc))
+        per_stim_frames.append(_per_stimulus_frame(test_set, configuration, uniq, ids, stim_type_of, per_stim))
 
+    cis.compute()
     table = pd.DataFrame.from_records(records, columns=TABLE_COLUMNS)
     comparisons = _comparisons(per_stim, stim_type_of, configuration, options)
     _apply_holm(table, comparisons, configuration)
@@ -363,6 +483,30 @@ def score(
                 if distractor_embeddings is not None else "")}
     return EvalResult(table=table, per_trial=per_trial, per_stimulus=per_stimulus, comparisons=comparisons,
                       info=info)
+
+
+def _per_stimulus_frame(test_set: str, configuration: str, uniq: np.ndarray, ids: np.ndarray,
+                        stim_type_of: Mapping[Any, str], per_stim: dict) -> pd.DataFrame:
+    """One row per stimulus of a test set (``uniq``, shape (n_stimuli,); ``ids``: the stimulus of
+    each trial): type, trial count, the configuration's per-stimulus metrics (columns sorted by
+    name, NaN where a metric does not apply) and the mean-embedding baseline's cosine."""
+    from collections import Counter
+
+    keys = uniq.tolist()
+    counts = Counter(ids.tolist())
+    columns: dict[str, Any] = {"test_set": test_set, "configuration": configuration, "stimulus_id": uniq,
+                               "stimulus_type": [stim_type_of[s] for s in keys],
+                               "n_trials": np.array([counts[s] for s in keys], dtype=np.int64)}
+
+    def column(values: Mapping[Any, float]) -> np.ndarray:
+        return np.array([values.get(s, np.nan) for s in keys], dtype=np.float64)
+
+    for (ts, cfg, metric), values in sorted(per_stim.items()):
+        if ts == test_set and cfg == configuration:
+            columns[metric] = column(values)
+    columns["cosine_mean_embedding_baseline"] = column(
+        per_stim.get((test_set, "baseline_mean_embedding", "cosine"), {}))
+    return pd.DataFrame(columns)
 
 
 def _comparisons(per_stim: dict, stim_type_of: dict[str, str], configuration: str,
@@ -450,11 +594,12 @@ def write_outputs(result: EvalResult, output_dir: str | Path) -> list[Path]:
     from fmri2img.io import ensure_dir, write_json, write_text
 
     out = ensure_dir(output_dir)
-    written = [write_json(out / "metrics.json", result.metrics_json())]
+    metrics = result.metrics_json()
+    written = [write_json(out / "metrics.json", metrics)]
     written.append(write_text(out / "per_trial.csv", result.per_trial.to_csv(index=False)))
     written.append(write_text(out / "per_stimulus.csv", result.per_stimulus.to_csv(index=False)))
     written.append(write_text(out / "results_table.csv", result.table.to_csv(index=False)))
-    nested = result.metrics_json()["results"]
+    nested = metrics["results"]
     perception = {k: v for k, v in nested.items() if k in ("shared1000", "imagery_vision")}
     if perception:
         written.append(write_json(out / "perception_baseline_results.json",

@@ -112,6 +112,45 @@ SCORE_CHUNK = 256
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
+def _ssim_window(shape: tuple[int, ...]) -> int:
+    """SSIM window side for images of shape (n, H, W, 3) (:data:`SSIM_WIN_SIZE` or the largest odd fit)."""
+    side = min(shape[1], shape[2])
+    if side < 3:
+        raise InputError(f"SSIM needs images of at least 3 x 3 pixels, got {tuple(shape[1:3])}.")
+    return min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
+
+
+def _box(x: np.ndarray, win: int) -> np.ndarray:
+    """Uniform (box) filter of side ``win`` over the two image axes of (n, H, W, 3) (reflect borders)."""
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(x, size=(1, win, win, 1))
+
+
+def _ssim_moments(x: np.ndarray, win: int) -> tuple[np.ndarray, np.ndarray]:
+    """Local mean and sample variance of float64 images (n, H, W, 3), each of that shape.
+
+    Filtering is line by line, so an image's moments do not depend on the batch it is in.
+    """
+    n_px = win * win
+    cov_norm = n_px / (n_px - 1.0)
+    mu = _box(x, win)
+    return mu, cov_norm * (_box(x * x, win) - mu * mu)
+
+
+def _ssim_from_moments(a: np.ndarray, b: np.ndarray, ux: np.ndarray, uy: np.ndarray, vx: np.ndarray,
+                       vy: np.ndarray, win: int) -> np.ndarray:
+    """SSIM of each pair of float64 image batches (n, H, W, 3) given their :func:`_ssim_moments` -> (n,)."""
+    n_px = win * win
+    cov_norm = n_px / (n_px - 1.0)
+    vxy = cov_norm * (_box(a * b, win) - ux * uy)
+    c1, c2 = (SSIM_K1 * UINT8_RANGE) ** 2, (SSIM_K2 * UINT8_RANGE) ** 2
+    s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    pad = (win - 1) // 2
+    inner = s_map[:, pad:s_map.shape[1] - pad, pad:s_map.shape[2] - pad, :]
+    return inner.mean(axis=(1, 2)).mean(axis=1)
+
+
 def _ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """SSIM of each pair of two uint8 batches (n, H, W, 3) -> float64 (n,).
 
@@ -119,26 +158,12 @@ def _ssim_batch(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     half a window cropped, mean over channels) on a whole batch per filter call instead of one
     image and channel at a time (tested against skimage to 1e-12).
     """
-    from scipy.ndimage import uniform_filter
-
-    side = min(pred.shape[1], pred.shape[2])
-    if side < 3:
-        raise InputError(f"SSIM needs images of at least 3 x 3 pixels, got {pred.shape[1:3]}.")
-    win = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
-    size = (1, win, win, 1)
+    win = _ssim_window(pred.shape)
     a = pred.astype(np.float64)
     b = true.astype(np.float64)
-    n_px = win * win
-    cov_norm = n_px / (n_px - 1.0)
-    ux, uy = uniform_filter(a, size=size), uniform_filter(b, size=size)
-    vx = cov_norm * (uniform_filter(a * a, size=size) - ux * ux)
-    vy = cov_norm * (uniform_filter(b * b, size=size) - uy * uy)
-    vxy = cov_norm * (uniform_filter(a * b, size=size) - ux * uy)
-    c1, c2 = (SSIM_K1 * UINT8_RANGE) ** 2, (SSIM_K2 * UINT8_RANGE) ** 2
-    s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    pad = (win - 1) // 2
-    inner = s_map[:, pad:s_map.shape[1] - pad, pad:s_map.shape[2] - pad, :]
-    return inner.mean(axis=(1, 2)).mean(axis=1)
+    ux, vx = _ssim_moments(a, win)
+    uy, vy = _ssim_moments(b, win)
+    return _ssim_from_moments(a, b, ux, uy, vx, vy, win)
 
 
 def _pixel_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
@@ -148,10 +173,15 @@ def _pixel_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     mse = np.mean(((x - y) / UINT8_RANGE) ** 2, axis=1)
     x -= x.mean(axis=1, keepdims=True)
     y -= y.mean(axis=1, keepdims=True)
-    denom = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
+    return {"pixcorr": _pixcorr(x, y, np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)),
+            "pixel_mse": mse}
+
+
+def _pixcorr(x: np.ndarray, y: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Pearson correlation of centred pixel rows x, y (n, P) with squared norms xx, yy (n,) -> (n,)."""
+    denom = np.sqrt(xx * yy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where(denom > 0, np.einsum("ij,ij->i", x, y) / denom, np.nan)
-    return {"pixcorr": corr, "pixel_mse": mse}
+        return np.where(denom > 0, np.einsum("ij,ij->i", x, y) / denom, np.nan)
 
 
 def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
@@ -183,6 +213,107 @@ def score_images(pred_images: Any, true_images: Any) -> dict[str, np.ndarray]:
         for name, values in _pixel_scores(p, t).items():
             out[name].append(values)
     return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
+
+
+#: Pairs scored at a time by :func:`score_image_pairs` (small enough for the temporaries of a
+#: chunk of 64 x 64 images to stay in cache; results do not depend on it).
+PAIR_CHUNK = 16
+
+
+class _ImageSetStats:
+    """Per-image statistics of one image set (m, H, W, 3) for :func:`score_image_pairs`.
+
+    ``pixels`` float64 (m, H, W, 3); ``mu``, ``var``: SSIM moments (same shape); ``centred``:
+    mean-free pixel rows (m, H*W*3) and ``sq`` their squared norms (m,); ``pairs``: scores of
+    pairs already computed, (first, second) -> (ssim, pixcorr, pixel_mse).
+    """
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.win = _ssim_window(images.shape)
+        self.pixels = images.astype(np.float64)
+        self.mu, self.var = _ssim_moments(self.pixels, self.win)
+        flat = self.pixels.reshape(len(images), -1)
+        self.centred = flat - flat.mean(axis=1, keepdims=True)
+        self.sq = np.einsum("ij,ij->i", self.centred, self.centred)
+        self.pairs: dict[tuple[int, int], tuple[float, float, float]] = {}
+
+    def score(self, first: np.ndarray, second: np.ndarray) -> None:
+        """Score the pairs (first[k], second[k]) (int arrays of shape (p,)) into :attr:`pairs`.
+
+        Pairs are scored in batches of at least 2 (a lone pair is scored twice): numpy's einsum
+        sums a batch of one row in another order than a row of a larger batch, and
+        :func:`score_images` scores its batches of n >= 2 pairs.
+        """
+        for start in range(0, len(first), PAIR_CHUNK):
+            j, i = first[start:start + PAIR_CHUNK], second[start:start + PAIR_CHUNK]
+            if len(j) == 1:
+                j, i = np.repeat(j, 2), np.repeat(i, 2)
+            a, b = self.pixels[j], self.pixels[i]
+            ssim_v = _ssim_from_moments(a, b, self.mu[j], self.mu[i], self.var[j], self.var[i], self.win)
+            x, y = a.reshape(len(j), -1), b.reshape(len(i), -1)
+            mse = np.mean(((x - y) / UINT8_RANGE) ** 2, axis=1)
+            corr = _pixcorr(self.centred[j], self.centred[i], self.sq[j], self.sq[i])
+            for jj, ii, s_, c_, m_ in zip(j.tolist(), i.tolist(), ssim_v, corr, mse):
+                self.pairs[(jj, ii)] = (float(s_), float(c_), float(m_))
+
+
+#: Image sets whose :class:`_ImageSetStats` are kept in this process (by content hash): the
+#: test-set images are the same in every cell of a subject, and so are most retrieved pairs.
+IMAGE_SET_CACHE_SIZE = 4
+
+#: Largest image set (uint8 bytes) given :class:`_ImageSetStats`: they hold four float64 copies
+#: (32 x the uint8 bytes, 128 MB here). Larger sets are scored by :func:`score_images` in chunks.
+IMAGE_SET_MAX_BYTES = 4 * 2**20
+_IMAGE_SETS: dict[tuple[tuple[int, ...], bytes], _ImageSetStats] = {}
+
+
+def score_image_pairs(images: Any, first: Any, second: Any) -> dict[str, np.ndarray]:
+    """``score_images(images[first], images[second])``, computed once per distinct pair.
+
+    For reconstruction by retrieval among a set's own images (``first``: the retrieved image of
+    each stimulus, ``second``: its true image). Per-image statistics (SSIM local moments, centred
+    pixels) are computed once per image set and pair scores once per pair, both kept per process
+    (same numbers as :func:`score_images`: every statistic is computed image by image).
+
+    Parameters
+    ----------
+    images : uint8 array of shape (m, H, W, 3)
+    first, second : int arrays of shape (n,), values in [0, m)
+
+    Returns
+    -------
+    dict ``ssim``, ``pixcorr``, ``pixel_mse`` -> float64 array of shape (n,)
+    """
+    import hashlib
+
+    imgs = np.ascontiguousarray(images)
+    if imgs.ndim != 4 or imgs.dtype != np.uint8 or imgs.shape[-1] != 3:
+        raise InputError(f"Expected a uint8 image batch of shape (m, H, W, 3), got {imgs.dtype} {imgs.shape}.")
+    j = np.asarray(first)
+    i = np.asarray(second)
+    if j.ndim != 1 or j.shape != i.shape or not (np.issubdtype(j.dtype, np.integer)
+                                                 and np.issubdtype(i.dtype, np.integer)):
+        raise InputError(f"Expected two int index arrays of shape (n,), got {j.dtype} {j.shape} and "
+                         f"{i.dtype} {i.shape}.")
+    if j.size and (min(j.min(), i.min()) < 0 or max(j.max(), i.max()) >= len(imgs)):
+        raise InputError(f"Expected image indices in [0, {len(imgs) - 1}].")
+    if j.size % SCORE_CHUNK == 1 or len(imgs) < 2 or imgs.nbytes > IMAGE_SET_MAX_BYTES:
+        # a batch of one (einsum sums a single row in another order) or a set too large to keep
+        return score_images(imgs[j], imgs[i])
+    if j.size == 0:
+        return {"ssim": np.empty(0), "pixcorr": np.empty(0), "pixel_mse": np.empty(0)}
+    key = (imgs.shape, hashlib.blake2b(imgs.tobytes(), digest_size=16).digest())
+    stats = _IMAGE_SETS.get(key)
+    if stats is None:
+        if len(_IMAGE_SETS) >= IMAGE_SET_CACHE_SIZE:
+            _IMAGE_SETS.pop(next(iter(_IMAGE_SETS)))
+        stats = _IMAGE_SETS[key] = _ImageSetStats(imgs)
+    wanted = list(zip(j.tolist(), i.tolist()))
+    todo = sorted(set(wanted) - stats.pairs.keys())
+    if todo:
+        stats.score(np.array([p[0] for p in todo]), np.array([p[1] for p in todo]))
+    table = np.array([stats.pairs[p] for p in wanted], dtype=np.float64)
+    return {"ssim": table[:, 0], "pixcorr": table[:, 1], "pixel_mse": table[:, 2]}
 
 
 def lpips_distance(img_a: Any, img_b: Any, net: str = "alex") -> float:

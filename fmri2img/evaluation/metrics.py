@@ -178,11 +178,32 @@ def average_by_stimulus(
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     group = rank[inverse.ravel()]
-    sums = np.zeros((order.size,) + values.shape[1:], dtype=np.float64)
-    np.add.at(sums, group, values)
     counts = np.bincount(group, minlength=order.size).astype(np.float64)
+    sums = _ordered_group_sums(values, group, order.size)
     averaged = sums / (counts if values.ndim == 1 else counts[:, None])
     return averaged, sorted_ids[order]
+
+
+def _ordered_group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group sums of the rows of ``values`` (n,) or (n, d), ``group`` int (n,) in [0, n_groups).
+
+    The sums ``np.add.at(zeros, group, values)`` makes (each group's rows added one after the
+    other in input order, starting from 0.0), vectorised over groups instead of row by row:
+    round r adds the r-th row of every group (distinct groups, so a plain indexed add), for
+    as many rounds as the largest group has rows (repeats of a stimulus: a handful).
+    """
+    sums = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
+    if values.shape[0] == 0:
+        return sums
+    order = np.argsort(group, kind="stable")  # rows grouped, input order within a group
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank_in_group = np.empty(group.size, dtype=np.int64)
+    rank_in_group[order] = np.arange(group.size) - np.repeat(starts, counts)
+    for r in range(int(counts.max())):
+        rows = np.flatnonzero(rank_in_group == r)
+        sums[group[rows]] += values[rows]
+    return sums
 
 
 def retrieval_ranks(pred: Any, gallery: Any, target_index: Any) -> np.ndarray:

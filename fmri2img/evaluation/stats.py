@@ -40,6 +40,15 @@ _VECTORISED: dict[Callable[..., Any], Callable[..., np.ndarray]] = {
     np.median: np.median,
 }
 
+#: Resample-index and permutation matrices kept per process, by (kind, n, count, seed): every call
+#: with the same key draws the same numbers, so they are drawn once and reused (read-only, int32).
+#: Bounded by bytes (first in, first out).
+_DRAW_CACHE: dict[tuple[str, int, int, int], np.ndarray] = {}
+_DRAW_CACHE_BYTES = 128 * 2**20
+
+#: Float64 elements gathered at once by :func:`bootstrap_mean_cis` (bounds its temporaries, 64 MB).
+_GATHER_ELEMENTS = 8_000_000
+
 #: Default seed of every resampling procedure (the project's seed of stochastic steps).
 DEFAULT_SEED = INIT_SEED
 
@@ -105,6 +114,58 @@ def _check_n(n: int, name: str) -> int:
     if int(n) < 1:
         raise InputError(f"Expected {name} >= 1, got {n}.")
     return int(n)
+
+
+def _resample_indices(n: int, n_boot: int, seed: Any) -> np.ndarray:
+    """Bootstrap resamples of :func:`bootstrap_ci`: int array of shape (n_boot, n).
+
+    Drawn in blocks of :data:`_BOOT_CHUNK` rows from ``default_rng(seed)`` (the random stream of
+    every bootstrap here); they depend only on (n, n_boot, seed).
+    """
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.integers(0, n, size=(min(_BOOT_CHUNK, n_boot - start), n))
+                           for start in range(0, n_boot, _BOOT_CHUNK)])
+
+
+def _resample_indices_one_draw(n: int, n_boot: int, seed: Any) -> np.ndarray:
+    """Resamples of :func:`bootstrap_ratio_ci`: one ``rng.integers(0, n, size=(n_boot, n))`` call."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _permutations(n: int, n_perm: int, seed: Any) -> np.ndarray:
+    """Permutations of the permutation tests: int array of shape (n_perm, n).
+
+    Row r is the r-th ``rng.permutation(n)`` of ``rng = default_rng(seed)``; ``Generator.permuted``
+    shuffles each row with the same algorithm and stream, in one call (tested against the loop).
+    """
+    rng = np.random.default_rng(seed)
+    return rng.permuted(np.tile(np.arange(n, dtype=np.int64), (n_perm, 1)), axis=1)
+
+
+_DRAWERS: dict[str, Callable[[int, int, Any], np.ndarray]] = {
+    "bootstrap": _resample_indices, "bootstrap_one_draw": _resample_indices_one_draw,
+    "permutations": _permutations,
+}
+
+
+def _draws(kind: str, n: int, count: int, seed: Any) -> np.ndarray:
+    """``_DRAWERS[kind](n, count, seed)`` (indices in [0, n)), kept in :data:`_DRAW_CACHE` when
+    the seed is an integer; any other seed (e.g. None) is drawn afresh, as numpy would."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        return _DRAWERS[kind](n, count, seed)
+    key = (kind, int(n), int(count), int(seed))
+    out = _DRAW_CACHE.get(key)
+    if out is None:
+        out = _DRAWERS[kind](n, count, int(seed))
+        if n <= np.iinfo(np.int32).max:
+            out = out.astype(np.int32)  # values < n: exact, half the bytes
+        out.setflags(write=False)
+        used = sum(v.nbytes for v in _DRAW_CACHE.values())
+        while _DRAW_CACHE and used + out.nbytes > _DRAW_CACHE_BYTES:
+            used -= _DRAW_CACHE.pop(next(iter(_DRAW_CACHE))).nbytes
+        if out.nbytes <= _DRAW_CACHE_BYTES:
+            _DRAW_CACHE[key] = out
+    return out
 
 
 # --------------------------------------------------------------------------- paired tests
@@ -294,17 +355,64 @@ def bootstrap_ci(
     x = _as_1d(values, "values")
     level = _check_level(level)
     n_boot = _check_n(n_boot, "n_boot")
-    rng = np.random.default_rng(seed)
+    if statistic is np.mean:
+        low, high = bootstrap_mean_cis(x[None, :], n_boot=n_boot, level=level, seed=seed)[0]
+        return ConfidenceInterval(float(low), float(high))
+    idx = _draws("bootstrap", x.size, n_boot, seed)
     vectorised = _VECTORISED.get(statistic)
     boot = np.empty(n_boot, dtype=np.float64)
     for start in range(0, n_boot, _BOOT_CHUNK):
-        stop = min(start + _BOOT_CHUNK, n_boot)
-        samples = x[rng.integers(0, x.size, size=(stop - start, x.size))]
+        samples = x[idx[start:start + _BOOT_CHUNK]]
         if vectorised is not None:
-            boot[start:stop] = vectorised(samples, axis=1)
+            boot[start:start + _BOOT_CHUNK] = vectorised(samples, axis=1)
         else:
-            boot[start:stop] = [statistic(row) for row in samples]
+            boot[start:start + _BOOT_CHUNK] = [statistic(row) for row in samples]
     return _percentile_interval(boot, level)
+
+
+def bootstrap_mean_cis(
+    values: Any,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """Percentile bootstrap intervals of the mean of several score vectors of one length at once.
+
+    Row i gives exactly ``bootstrap_ci(values[i], np.mean, n_boot, level, seed)``: every row is
+    resampled with the same indices (the seed's stream), each resample mean is the same
+    row-wise numpy mean over a contiguous row, and the quantiles are taken row by row.
+
+    Parameters
+    ----------
+    values : array of shape (m, n)
+        m score vectors of n stimuli each (finite).
+    n_boot, level, seed
+        As :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    intervals : float64 array of shape (m, 2)
+        ``[low, high]`` per row.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise InputError(f"Expected values of shape (m, n) with n >= 1, got shape {x.shape}.")
+    if not np.all(np.isfinite(x)):
+        raise InputError("Expected finite values in values, got NaN or inf.")
+    level = _check_level(level)
+    n_boot = _check_n(n_boot, "n_boot")
+    m, n = x.shape
+    idx = _draws("bootstrap", n, n_boot, seed)
+    alpha = 1.0 - level
+    out = np.empty((m, 2), dtype=np.float64)
+    rows = max(1, _GATHER_ELEMENTS // (n_boot * n))
+    for start in range(0, m, rows):
+        block = x[start:start + rows]
+        # (rows, n_boot, n), C-contiguous: the row-wise mean sums each resample as bootstrap_ci did
+        samples = np.take(block, idx, axis=1)
+        boot = samples.reshape(-1, n).mean(axis=1).reshape(len(block), n_boot)
+        out[start:start + rows] = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1).T
+    return out
 
 
 def bootstrap_ratio_ci(
@@ -344,8 +452,7 @@ def bootstrap_ratio_ci(
         raise InputError("The ratio of means is undefined: the denominator's mean is 0.")
     level = _check_level(level)
     n_boot = _check_n(n_boot, "n_boot")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, num.size, size=(n_boot, num.size))
+    idx = _draws("bootstrap_one_draw", num.size, n_boot, seed)
     num_b = num[idx].mean(axis=1)
     den_b = den[idx].mean(axis=1)
     if np.any(den_b == 0):
@@ -432,20 +539,48 @@ def permutation_test_retrieval(
     -------
     p : float in (0, 1]
     """
+    return permutation_test_retrieval_ks(pred, gallery, target_index, (k,), n_perm, seed)[k]
+
+
+def permutation_test_retrieval_ks(
+    pred: Any,
+    gallery: Any,
+    target_index: Any,
+    ks: Sequence[int],
+    n_perm: int = DEFAULT_N_PERM,
+    seed: int = DEFAULT_SEED,
+) -> dict[int, float]:
+    """:func:`permutation_test_retrieval` for several cut-offs at once (same permutations, same
+    numbers as one call per K; the similarity ranks are computed once).
+
+    Parameters
+    ----------
+    pred : array of shape (n, d)
+    gallery : array of shape (m, d)
+    target_index : int array of shape (n,)
+    ks : sequence of int, each 1 <= k <= m
+    n_perm, seed
+        As :func:`permutation_test_retrieval`.
+
+    Returns
+    -------
+    dict k -> p in (0, 1]
+    """
     sim = cosine_similarity_matrix(pred, gallery)
     n, m = sim.shape
     idx = _target_index(target_index, n, m)
-    if not 1 <= k <= m:
-        raise InputError(f"Expected 1 <= K <= gallery size {m}, got K={k}.")
+    for k in ks:
+        if not 1 <= k <= m:
+            raise InputError(f"Expected 1 <= K <= gallery size {m}, got K={k}.")
     n_perm = _check_n(n_perm, "n_perm")
     # rank_table[i, j] = #{j' : sim[i, j'] >= sim[i, j]}: the rank of item j if it were i's target
     rank_table = rankdata(-sim, method="max", axis=1).astype(np.int64)
     rows = np.arange(n)
-    observed = float(np.mean(rank_table[rows, idx] <= k))
-    rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n), same draws as a loop
-    null = np.mean(rank_table[rows[None, :], idx[perms]] <= k, axis=1)
-    return _permutation_p(observed, null)
+    perms = _draws("permutations", n, n_perm, seed)  # (n_perm, n), same draws as a loop
+    observed_ranks = rank_table[rows, idx]  # (n,)
+    null_ranks = rank_table[rows[None, :], idx[perms]]  # (n_perm, n)
+    return {k: _permutation_p(float(np.mean(observed_ranks <= k)), np.mean(null_ranks <= k, axis=1))
+            for k in ks}
 
 
 def permutation_test_two_way(
@@ -481,8 +616,7 @@ def permutation_test_two_way(
     wins_table = (rankdata(corr, method="min", axis=1) - 1).astype(np.int64)
     rows = np.arange(n)
     observed = float(np.mean(wins_table[rows, rows] / (n - 1)))
-    rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(n) for _ in range(n_perm)])  # (n_perm, n), same draws as a loop
+    perms = _draws("permutations", n, n_perm, seed)  # (n_perm, n), same draws as a loop
     null = np.mean(wins_table[rows[None, :], perms] / (n - 1), axis=1)
     return _permutation_p(observed, null)
 
