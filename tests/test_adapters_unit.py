@@ -73,13 +73,13 @@ def planted_distortion(seed: int = 0, n: int = 300):
     return y, (y @ A.T + b).astype(np.float32)
 
 
-def train(adapter, y, target, condition=None, epochs=60, seed=0):
+def train(adapter, y, target, condition=None, epochs=60, seed=0, device="cpu"):
     n_train = 200
-    with tu.deterministic(seed) as rng:
+    with tu.deterministic(seed, device) as rng:
         tu.train_module(
             adapter, tu.CosineMSELoss(cosine_weight=0.0, mse_weight=1.0), y[:n_train - 40], target[:n_train - 40],
             y[n_train - 40:n_train], target[n_train - 40:n_train], rng=rng, epochs=epochs, lr=1e-2,
-            weight_decay=0.0, batch_size=32, patience=10, progress=False,
+            weight_decay=0.0, batch_size=32, patience=10, progress=False, device=device,
             condition=None if condition is None else condition[:n_train - 40],
             condition_val=None if condition is None else condition[n_train - 40:n_train],
         )
@@ -119,6 +119,17 @@ def test_one_conditioned_adapter_serves_both_domains():
     baseline = np.sum((y[imagery] - target[imagery]) ** 2)
     assert err_c < 0.5 * err_s
     assert np.sum((out_c[imagery] - target[imagery]) ** 2) < 0.5 * baseline
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_trains_a_conditioned_adapter_as_well_as_cpu():
+    """train_module on the GPU (fused AdamW there too, condition ids on the device) learns the
+    planted distortion as well as on the CPU; the trained adapter runs on the CPU."""
+    y, target = planted_distortion()
+    condition = (np.arange(len(y)) % 2).astype(np.int64)
+    cpu = train(build("mlp", hidden_dim=8, n_conditions=2), y, target, condition)
+    gpu = train(build("mlp", hidden_dim=8, n_conditions=2), y, target, condition, device="cuda").cpu()
+    assert abs(remaining_error(gpu, y, target, condition) - remaining_error(cpu, y, target, condition)) < 0.05
 
 
 def test_training_is_deterministic():
