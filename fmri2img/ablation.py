@@ -425,9 +425,26 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
 SUBMIT_ORDER = ("mixed", "finetune", "adapter_mlp_condition", "adapter_mlp", "adapter_linear", "perception_only")
 
 
+#: Threads of the BLAS and OpenMP pools (numpy/scipy: ridge, PCA; torch outside training) inside
+#: a checkpoint or cell task, serial or in a worker: parallelism comes from ``--jobs``, and a fixed
+#: count keeps results independent of the machine's cores and of ``--jobs`` (BLAS sums in a
+#: thread-count-dependent order: a ridge fit's coef moved by ~2e-9 between 1 and 2 threads).
+#: Two workers with two OpenBLAS threads each on 2 cores made each ridge fit ~3x slower
+#: (threads spin while they wait for a core). Torch training is single-threaded already
+#: (:data:`fmri2img.models.torch_utils.DETERMINISTIC_CPU_THREADS`).
+TASK_THREADS = 1
+
+
+def _task_threads():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=TASK_THREADS)
+
+
 # Entry points of the pool's tasks (module-level: importable by spawned or forked workers).
 def _run_cell_star(args):
-    return run_cell(*args)
+    with _task_threads():
+        return run_cell(*args)
 
 
 def _base_checkpoint_star(args) -> str:
@@ -436,7 +453,8 @@ def _base_checkpoint_star(args) -> str:
 
     config, subject, decoder, fingerprint, parent_run_id, tracking_uri, force, progress = args
     parent = tracking.attach(parent_run_id, tracking_uri)
-    return str(ensure_base_checkpoint(config, subject, decoder, fingerprint, parent, force, progress))
+    with _task_threads():
+        return str(ensure_base_checkpoint(config, subject, decoder, fingerprint, parent, force, progress))
 
 
 def _figures_star(folder: str) -> str:

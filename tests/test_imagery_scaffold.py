@@ -193,3 +193,17 @@ def test_workers_see_the_parents_environment(monkeypatch):
     with _executor(2) as pool:
         seen = list(pool.map(os.getenv, ["FMRI2IMG_TEST_WORKER_ENV"] * 4))
     assert seen == ["set after the server started"] * 4
+
+
+def test_cell_tasks_run_their_thread_pools_single_threaded(monkeypatch):
+    """Serial or in a worker, a cell's BLAS/OpenMP pools run TASK_THREADS threads (results do
+    not depend on the machine's cores or on --jobs)."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import fmri2img.ablation as ablation
+
+    np.dot(np.ones((64, 64)), np.ones((64, 64)))  # numpy's BLAS is loaded
+    monkeypatch.setattr(ablation, "run_cell", lambda *args: [p["num_threads"] for p in threadpool_info()])
+    inside = ablation._run_cell_star(())
+    assert inside and set(inside) == {ablation.TASK_THREADS}
