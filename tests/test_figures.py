@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -275,3 +276,68 @@ def test_unknown_format_rejected(ablation, tmp_path):
 
     with pytest.raises(InputError, match="eps"):
         make_figures(ablation, tmp_path, formats=("eps",))
+
+
+def _pdf_fonts(data: bytes) -> set[bytes]:
+    import re
+
+    return set(re.findall(rb"/BaseFont\s*/([A-Za-z0-9+\-]+)", data))
+
+
+def test_formats_keep_embedded_truetype_fonts_svg_paths_and_300_dpi(made):
+    """Speed-ups must not cost the format guarantees: PDF fonts embedded as TrueType (Type 42,
+    journals reject Type 3), SVG text as glyph paths, PNG at PNG_DPI."""
+    out, _ = made
+    for name in FIGURE_NAMES:
+        pdf = (out / f"{name}.pdf").read_bytes()
+        assert b"/FontFile2" in pdf and b"/CIDFontType2" in pdf, name  # embedded TrueType
+        assert b"/Type3" not in pdf and b"/FontType3" not in pdf, name
+        assert _pdf_fonts(pdf) and all(b"+" in f for f in _pdf_fonts(pdf)), name  # subsets, embedded
+        root = ET.parse(out / f"{name}.svg").getroot()
+        assert not root.findall(".//{http://www.w3.org/2000/svg}text"), name  # glyphs as paths
+        with Image.open(out / f"{name}.png") as img:
+            assert img.mode in ("RGB", "RGBA")
+            assert img.info["dpi"] == pytest.approx((style.PNG_DPI, style.PNG_DPI), abs=0.01)  # pHYs: px per metre
+
+
+def test_text_outside_the_font_subset_falls_back_to_the_full_font(tmp_path):
+    with style.style_context():
+        fig = style.new_figure(style.SINGLE_COLUMN_IN, 1.5)
+        ax = fig.subplots()
+        ax.set_title("subj01 ŝ Ω")  # ŝ is not in the reduced font, Ω is
+    style.save_figure(fig, tmp_path / "fallback", formats=("pdf", "png"))
+    fonts = _pdf_fonts((tmp_path / "fallback.pdf").read_bytes())
+    assert any(b"Fmri2img" in f for f in fonts) and any(f.endswith(b"+DejaVuSans") for f in fonts), fonts
+
+
+def test_layout_keeps_decorations_inside_the_figure_and_apart(ablation, tmp_path):
+    """The one-pass layout (style.layout_panels) puts every panel with its tick labels,
+    axis labels and title inside the figure, below the legend, without overlaps."""
+    from fmri2img.reporting import figures
+
+    table = read_results_table(ablation / "results_table.csv")
+    rows, _ = summary_rows(table)
+    for plot, data in [(figures.plot_bar_overall_metric, rows), (figures.plot_bar_by_stimulus_type, rows),
+                       (figures.plot_clip_similarity_by_condition, rows), (figures.plot_retrieval_curves, rows),
+                       (figures.plot_subject_breakdown, table)]:
+        fig = plot(data)
+        style.save_figure(fig, tmp_path / plot.__name__, formats=("png",))
+        renderer = fig.canvas.get_renderer()
+        boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+        page = fig.bbox
+        for box in boxes:
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, plot
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), plot
+        legend = fig.legends[0].get_window_extent(renderer)
+        assert all(box.y1 <= legend.y0 for box in boxes), plot
+
+
+def test_figures_without_rows_are_written(tmp_path):
+    """A figure with nothing to show is a message, written in every format like the others."""
+    rows = [dict(subject="subj01", decoder="ridge", configuration="mixed", test_set="imagery", stimulus_type="all",
+                 metric="cosine", value=0.5, ci_low=0.4, ci_high=0.6, chance=None, n=18, p_value=0.1, p_holm=0.2)]
+    _write_table(tmp_path / "abl" / "results_table.csv", rows)
+    written = make_figures(tmp_path / "abl", tmp_path / "out")
+    assert {p.name for p in written} >= {f"retrieval_curves.{f}" for f in ("pdf", "svg", "png")}
+    _check_pdf(tmp_path / "out" / "retrieval_curves.pdf")
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the garbage collector is left as it was
