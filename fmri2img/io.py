@@ -31,6 +31,23 @@ HASH_CHUNK_BYTES = 8 * 1024 * 1024
 TMP_PREFIX = ".fmri2img-tmp-"
 
 
+#: Mode of a new file before the umask, as ``open()`` creates it (POSIX ``creat``: 0666).
+NEW_FILE_MODE = 0o666
+
+
+def current_umask() -> int:
+    """The process' file-mode creation mask, read without changing it where the OS allows
+    (``/proc/self/status`` on Linux; elsewhere set and restored at once)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents) and check it is writable; raise :class:`OutputError` if not."""
     path = Path(path)
@@ -51,7 +68,8 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     """Yield a temporary path next to ``final``; rename it onto ``final`` if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and
-    ``final`` is left untouched.
+    ``final`` is left untouched. The file gets the mode ``open()`` would have given it
+    (0666 less the umask), not the temporary file's private 0600.
     """
     final = Path(final)
     ensure_dir(final.parent)
@@ -61,6 +79,8 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); give it the mode a plain open() would
+        os.chmod(tmp_path, NEW_FILE_MODE & ~current_umask())
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -79,3 +79,23 @@ def test_ensure_dir_unwritable(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="a-file"):
         io.ensure_dir(blocker / "sub")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        assert io.current_umask() == umask
+        io.write_text(tmp_path / "a.txt", "x")
+        io.save_npy(tmp_path / "b.npy", np.zeros(2))
+        with open(tmp_path / "plain.txt", "w") as f:  # what a plain open() gives, for comparison
+            f.write("x")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("a.txt", "b.npy"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
