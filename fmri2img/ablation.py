@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import math
 import os
 import shlex
 import sys
@@ -500,27 +501,30 @@ def collect_subject(config: AblationConfig, subject: str, records: list[dict[str
 
 
 def markdown_table(table: pd.DataFrame, metrics=("cosine", "retrieval_at_1", "retrieval_at_5", "two_way")) -> str:
-    """Compact markdown: one row per (decoder, configuration, test set), stimulus type ``all``."""
+    """Compact markdown: one row per (decoder, configuration, test set), stimulus type ``all``;
+    each metric cell is the first matching row's value (CI, chance), ``n/a`` where none has a value."""
+    key_columns = ["subject", "decoder", "configuration", "test_set"]
     sub = table[(table["stimulus_type"] == "all") & table["metric"].isin(metrics)]
     lines = ["| subject | decoder | configuration | test set | " + " | ".join(metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]
-    keys = sub[["subject", "decoder", "configuration", "test_set"]].drop_duplicates().to_records(index=False)
-    for subject, decoder, configuration, test_set in keys:
+    # one pass over the rows (a boolean filter per table cell was quadratic: ~2.5 s per subject)
+    first = sub.drop_duplicates([*key_columns, "metric"], keep="first")
+    found = dict(zip(first[[*key_columns, "metric"]].itertuples(index=False, name=None),
+                     first[["value", "ci_low", "ci_high", "chance"]].itertuples(index=False, name=None)))
+    for key in sub[key_columns].drop_duplicates().itertuples(index=False, name=None):
         cells = []
         for metric in metrics:
-            row = sub[(sub["subject"] == subject) & (sub["decoder"] == decoder) & (sub["configuration"] == configuration)
-                      & (sub["test_set"] == test_set) & (sub["metric"] == metric)]
-            if row.empty or pd.isna(row["value"].iloc[0]):
+            value, ci_low, ci_high, chance = found.get((*key, metric), (math.nan,) * 4)
+            if pd.isna(value) or any(pd.isna(k) for k in key):  # a missing key never matches (NaN != NaN)
                 cells.append("n/a")
                 continue
-            r = row.iloc[0]
-            text = f"{r['value']:.3f}"
-            if not pd.isna(r["ci_low"]):
-                text += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-            if not pd.isna(r["chance"]):
-                text += f" (chance {r['chance']:.3f})"
+            text = f"{value:.3f}"
+            if not pd.isna(ci_low):
+                text += f" [{ci_low:.3f}, {ci_high:.3f}]"
+            if not pd.isna(chance):
+                text += f" (chance {chance:.3f})"
             cells.append(text)
-        lines.append(f"| {subject} | {decoder} | {configuration} | {test_set} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

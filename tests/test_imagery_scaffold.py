@@ -207,3 +207,54 @@ def test_cell_tasks_run_their_thread_pools_single_threaded(monkeypatch):
     monkeypatch.setattr(ablation, "run_cell", lambda *args: [p["num_threads"] for p in threadpool_info()])
     inside = ablation._run_cell_star(())
     assert inside and set(inside) == {ablation.TASK_THREADS}
+
+
+def _markdown_table_reference(table, metrics):
+    """The first implementation of ``markdown_table`` (one boolean filter per table cell):
+    the reference the one-pass version must reproduce character for character."""
+    import pandas as pd
+
+    sub = table[(table["stimulus_type"] == "all") & table["metric"].isin(metrics)]
+    lines = ["| subject | decoder | configuration | test set | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    for subject, decoder, configuration, test_set in sub[["subject", "decoder", "configuration", "test_set"]] \
+            .drop_duplicates().to_records(index=False):
+        cells = []
+        for metric in metrics:
+            row = sub[(sub["subject"] == subject) & (sub["decoder"] == decoder) & (sub["configuration"] == configuration)
+                      & (sub["test_set"] == test_set) & (sub["metric"] == metric)]
+            if row.empty or pd.isna(row["value"].iloc[0]):
+                cells.append("n/a")
+                continue
+            r = row.iloc[0]
+            text = f"{r['value']:.3f}"
+            if not pd.isna(r["ci_low"]):
+                text += f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            if not pd.isna(r["chance"]):
+                text += f" (chance {r['chance']:.3f})"
+            cells.append(text)
+        lines.append(f"| {subject} | {decoder} | {configuration} | {test_set} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def test_markdown_table_matches_the_reference():
+    import numpy as np
+    import pandas as pd
+
+    from fmri2img.ablation import markdown_table
+
+    rng = np.random.default_rng(0)
+    metrics = ("cosine", "retrieval_at_1", "retrieval_at_5", "two_way")
+    rows = [dict(subject=s, decoder=d, configuration=c, test_set=t, stimulus_type=st, metric=m,
+                 value=rng.normal(), ci_low=rng.normal() - 1, ci_high=rng.normal() + 1, chance=rng.choice([np.nan, 0.5]))
+            for s in ("subj01", "subj02") for d in ("ridge", "mlp") for c in ("mixed", "finetune")
+            for t in ("shared1000", "imagery") for st in ("all", "simple") for m in (*metrics, "pixcorr")]
+    table = pd.DataFrame(rows).sample(frac=1.0, random_state=1, ignore_index=True)
+    table = pd.concat([table, table.iloc[:30].assign(value=99.0)], ignore_index=True)  # duplicates: first row wins
+    table.loc[table.index[:25], "value"] = np.nan  # missing values
+    table.loc[table.index[40:45], "ci_low"] = np.nan
+    table.loc[table.index[50:60], "decoder"] = None  # a missing key matches nothing
+    table = table.drop(table.index[70:90])  # missing metrics
+    expected = _markdown_table_reference(table, metrics)
+    assert markdown_table(table, metrics) == expected
+    assert "n/a" in expected and "99.000" not in expected
