@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             return done.returncode
         print(f"fmri2img ablate ({'tiny' if args.tiny else 'demo'}, jobs={args.jobs}) on {os.cpu_count()} CPUs")
         print(f"{'stage':45s} {'seconds':>9s}")
-        for stage, seconds in stage_breakdown(workdir).items():
+        stages = stage_breakdown(workdir)
+        for stage, seconds in stages.items():
             print(f"{stage:45s} {seconds:9.1f}")
+        logged = sum(seconds for stage, seconds in stages.items() if not stage.startswith(" "))
+        print(f"{'rest (interpreter, MLflow store and run, exit)':45s} {wall - logged:9.1f}")
         print(f"{'total wall (incl. interpreter start)':45s} {wall:9.1f}")
         if cpu_start is not None and cpu_end is not None:
             print(f"{'machine CPU seconds during the run':45s} {cpu_end - cpu_start:9.1f}")
