@@ -79,3 +79,13 @@ def test_report_names_configurations_that_kept_their_initial_weights():
         "ridge": {"H1": h1, "kept_initial": _kept_initial(records, "ridge")}, "mlp": {"H1": h1}}})
     assert "kept their initial weights" in text and "finetune 6 of 6, adapter_mlp 2 of 6." in text
     assert text.count("kept their initial weights") == 1
+
+
+def test_h3_speed_up_reads_as_a_factor():
+    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 4}, "verdict": "v"}
+    adapter = {"performance_vs_finetune": {"mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "n_subjects": 4},
+               "speedup_vs_finetune": {"mean": 3.5, "ci_low": 3.25, "ci_high": 3.75, "n_subjects": 4}}
+    text = render_markdown({"subjects": ["a", "b", "c", "d"], "decoders": {"mlp": {
+        "H1": h1, "H3": {"adapters": {"adapter_mlp": adapter}, "best_adapter": "adapter_mlp", "verdict": "v"}}}})
+    assert "- **H3** adapter_mlp: 90.0% [95% CI 85.0%, 95.0%] (n=4 subjects) of fine-tuning, " \
+           "speed-up 3.500x [95% CI 3.250x, 3.750x] (n=4 subjects). Verdict: v." in text

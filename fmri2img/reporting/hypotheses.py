@@ -263,10 +263,11 @@ def hypothesis_report(config, summary: pd.DataFrame, records: list[dict[str, Any
     return report
 
 
-def _fmt(group: dict[str, Any], pct: bool = False) -> str:
+def _fmt(group: dict[str, Any], pct: bool = False, unit: str = "") -> str:
+    """``mean [95% CI low, high] (n=N subjects)``; ``unit`` follows each number (e.g. ``x``)."""
     if not group or group.get("mean") is None:
         return "n/a"
-    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}{unit}")
     text = f(group["mean"])
     if group.get("ci_low") is not None:
         text += f" [95% CI {f(group['ci_low'])}, {f(group['ci_high'])}]"
@@ -286,7 +287,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "H3" in entry and "best_adapter" in entry["H3"]:
             best = entry["H3"]["adapters"][entry["H3"]["best_adapter"]]
             lines.append(f"- **H3** {entry['H3']['best_adapter']}: {_fmt(best['performance_vs_finetune'], True)} of "
-                         f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'])}x. Verdict: {entry['H3']['verdict']}.")
+                         f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'], unit='x')}. Verdict: {entry['H3']['verdict']}.")
         kept = entry.get("kept_initial")
         if kept:
             lines.append("- Fold models that kept their initial weights (no epoch beat them on the validation "
