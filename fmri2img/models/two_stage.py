@@ -27,8 +27,9 @@ lifts retrieval in MindEye (Scotti et al. 2023). Both terms ignore the target's 
 Defaults (p ~ 2,000, n ~ 2,700, d = 512 in the demo): k = 256, h = l = 256, about 0.5 M
 parameters, at most 30 epochs with early stopping (patience 5), batch 128. The demo's
 ablation config trains with batch 256 and lr 2e-3 (see projects/imagery/configs/ablation.yaml):
-7.7-10.5 s per fit (``train_seconds``, 12-15 best epochs, one thread, PCA included). Note the PCA only helps when the
-betas have low-rank structure (real fMRI); on isotropic noise it discards signal.
+7.7-10.5 s per fit (``train_seconds``, 12-15 best epochs, one thread, PCA included).
+Note the PCA only helps when the betas have low-rank structure (real fMRI); on isotropic
+noise it discards signal.
 """
 
 from __future__ import annotations
