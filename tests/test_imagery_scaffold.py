@@ -221,8 +221,9 @@ def _markdown_table_reference(table, metrics):
             .drop_duplicates().to_records(index=False):
         cells = []
         for metric in metrics:
-            row = sub[(sub["subject"] == subject) & (sub["decoder"] == decoder) & (sub["configuration"] == configuration)
-                      & (sub["test_set"] == test_set) & (sub["metric"] == metric)]
+            row = sub[(sub["subject"] == subject) & (sub["decoder"] == decoder)
+                      & (sub["configuration"] == configuration) & (sub["test_set"] == test_set)
+                      & (sub["metric"] == metric)]
             if row.empty or pd.isna(row["value"].iloc[0]):
                 cells.append("n/a")
                 continue
@@ -246,7 +247,8 @@ def test_markdown_table_matches_the_reference():
     rng = np.random.default_rng(0)
     metrics = ("cosine", "retrieval_at_1", "retrieval_at_5", "two_way")
     rows = [dict(subject=s, decoder=d, configuration=c, test_set=t, stimulus_type=st, metric=m,
-                 value=rng.normal(), ci_low=rng.normal() - 1, ci_high=rng.normal() + 1, chance=rng.choice([np.nan, 0.5]))
+                 value=rng.normal(), ci_low=rng.normal() - 1, ci_high=rng.normal() + 1,
+                 chance=rng.choice([np.nan, 0.5]))
             for s in ("subj01", "subj02") for d in ("ridge", "mlp") for c in ("mixed", "finetune")
             for t in ("shared1000", "imagery") for st in ("all", "simple") for m in (*metrics, "pixcorr")]
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=1, ignore_index=True)

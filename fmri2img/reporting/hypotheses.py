@@ -287,7 +287,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "H3" in entry and "best_adapter" in entry["H3"]:
             best = entry["H3"]["adapters"][entry["H3"]["best_adapter"]]
             lines.append(f"- **H3** {entry['H3']['best_adapter']}: {_fmt(best['performance_vs_finetune'], True)} of "
-                         f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'], unit='x')}. Verdict: {entry['H3']['verdict']}.")
+                         f"fine-tuning, speed-up {_fmt(best['speedup_vs_finetune'], unit='x')}. "
+                         f"Verdict: {entry['H3']['verdict']}.")
         kept = entry.get("kept_initial")
         if kept:
             lines.append("- Fold models that kept their initial weights (no epoch beat them on the validation "
