@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmri2img import __version__
+from fmri2img import __version__, interrupts
 from fmri2img.config import check_positive, save_config
 from fmri2img.constants import (
     DEFAULT_CACHE_ROOT,
@@ -640,6 +640,7 @@ def run_ablation(
             bases = [(config, s, d, fingerprints[s], run.run_id, run.tracking_uri, force, progress and pool is None)
                      for s in config.subjects for d in config.decoders]
             for path in mapper(_base_checkpoint_star, bases):
+                interrupts.check()
                 log.info("perception-only checkpoint %s", path)
             # 2. the cells, longest first
             order = sorted(cells, key=lambda c: SUBMIT_ORDER.index(c.configuration))
@@ -648,6 +649,7 @@ def run_ablation(
             records: list[dict[str, Any]] = []
             bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", file=sys.stderr, disable=not progress)
             for rec in mapper(_run_cell_star, args):
+                interrupts.check()
                 records.append(rec)
                 log.info("cell %s/%s__%s %s", rec["cell"]["subject"], rec["cell"]["decoder"],
                          rec["cell"]["configuration"], "reused" if rec["skipped"] else "done")

@@ -174,8 +174,11 @@ def test_ctrl_c_marks_run_killed_and_leaves_no_checkpoint(world, tmp_path, track
         proc.kill()
         pytest.fail(f"training never started: {proc.communicate()[1][-2000:]}")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)  # generous: a loaded CI machine
-    assert proc.returncode == 130, err
+    _, err = proc.communicate(timeout=120)  # generous: a loaded CI machine; a lost Ctrl-C would time out
+    # exit 130 from our handler; rarely (~1 run in 15 here, cause not identified) the process then
+    # dies by SIGINT on its way out, after the cleanup and the message: shells report both as 130
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Interrupted; the MLflow run was marked KILLED" in err
     assert "Traceback" not in err
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert not (out / "best.pt").exists()

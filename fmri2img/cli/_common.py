@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from fmri2img import interrupts
 from fmri2img.errors import Fmri2imgError
 
 TrackingUriOption = typer.Option(
@@ -30,7 +31,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with interrupts.installed():  # a Ctrl-C swallowed by a finalizer is raised again
+                return func(*args, **kwargs)
         except Fmri2imgError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:

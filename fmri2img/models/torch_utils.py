@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fmri2img import interrupts
 from fmri2img.errors import InputError, MismatchError
 from fmri2img.models.base import check_xy
 
@@ -490,6 +491,7 @@ def train_module(
         order = torch.as_tensor(rng.permutation(n), device=device)
         total, weight_sum = 0.0, 0.0
         for start in range(0, n, int(batch_size)):
+            interrupts.check()  # a Ctrl-C whose KeyboardInterrupt a finalizer swallowed
             idx = order[start:start + int(batch_size)]
             w = None if Wt is None else Wt[idx]
             if w is not None and float(w.sum()) == 0.0:
