@@ -73,3 +73,41 @@ def test_training_stops_at_the_next_step_after_a_swallowed_ctrl_c():
         train_module(module, loss_fn, X, Y, X, Y, rng=rng, epochs=1000, lr=1e-3, weight_decay=0.0,
                      batch_size=16, patience=1000, progress=False)
     assert len(steps) < 8  # stopped at the next step (the loss also scores validation), not after 1000 epochs
+
+
+_EXEC_INTERRUPTED = '''
+import os, signal, sys
+from fmri2img.cli import _common
+from fmri2img.cli._common import handle_errors
+
+if "--without-fix" in sys.argv:
+    _common._forget_escaped_interrupt = lambda: None
+
+@handle_errors
+def command():
+    # SIGINT lands while code run by exec() of a string executes (as in some libraries)
+    exec("import os, signal, time\\nos.kill(os.getpid(), signal.SIGINT)\\nfor _ in range(100): time.sleep(0.05)")
+
+if __name__ == "__main__":
+    import sys, typer
+    try:
+        command()
+    except typer.Exit as exc:  # what click does with it in a real command
+        sys.exit(exc.exit_code)
+'''
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["wrapper", "without-the-fix"])
+def test_python_m_exits_130_when_the_interrupt_left_an_exec(tmp_path, fixed):
+    """Under ``python -m``, CPython kills the process with SIGINT at exit if a KeyboardInterrupt
+    ever left an exec of a string, even when it was handled; the CLI wrapper clears that."""
+    import os
+    import subprocess
+
+    (tmp_path / "exec_interrupted.py").write_text(_EXEC_INTERRUPTED)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "exec_interrupted", *([] if fixed else ["--without-fix"])],
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == (130 if fixed else -signal.SIGINT), done.stderr
+    assert "Interrupted;" in done.stderr

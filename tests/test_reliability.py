@@ -175,9 +175,8 @@ def test_ctrl_c_marks_run_killed_and_leaves_no_checkpoint(world, tmp_path, track
         pytest.fail(f"training never started: {proc.communicate()[1][-2000:]}")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)  # generous: a loaded CI machine; a lost Ctrl-C would time out
-    # exit 130 from our handler; rarely (~1 run in 15 here, cause not identified) the process then
-    # dies by SIGINT on its way out, after the cleanup and the message: shells report both as 130
-    assert proc.returncode in (130, -signal.SIGINT), err
+    # 130, not death by SIGINT: see test_interrupts.py for the two ways a Ctrl-C went wrong here
+    assert proc.returncode == 130, err
     assert "Interrupted; the MLflow run was marked KILLED" in err
     assert "Traceback" not in err
     assert client.get_run(run.info.run_id).info.status == "KILLED"

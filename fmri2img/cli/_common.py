@@ -25,6 +25,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _forget_escaped_interrupt() -> None:
+    """Clear CPython's "unhandled KeyboardInterrupt" flag, so ``python -m fmri2img.cli.main``
+    exits 130 like the ``fmri2img`` script.
+
+    When SIGINT lands while code run by ``exec``/``eval`` of a *string* executes (libraries do
+    this), the KeyboardInterrupt leaving that call sets the flag even though we handle it later,
+    and under ``python -m`` ``Py_RunMain`` then kills the process with SIGINT at exit instead of
+    returning our status. Every ``exec`` of a string resets the flag first (CPython
+    ``Python/pythonrun.c``, ``run_eval_code_obj``); a trivial one leaves it reset."""
+    exec("pass")  # noqa: S102 - a constant string, for the side effect described above
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the package's own errors into one stderr line + exit 2; Ctrl-C into exit 130."""
 
@@ -36,6 +48,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Fmri2imgError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
+            _forget_escaped_interrupt()
             typer.echo("Interrupted; the MLflow run was marked KILLED and partial outputs removed.", err=True)
             raise typer.Exit(130) from None
         except BaseException as exc:
