@@ -341,3 +341,11 @@ def test_figures_without_rows_are_written(tmp_path):
     assert {p.name for p in written} >= {f"retrieval_curves.{f}" for f in ("pdf", "svg", "png")}
     _check_pdf(tmp_path / "out" / "retrieval_curves.pdf")
     assert gc.isenabled() and gc.get_freeze_count() == 0  # the garbage collector is left as it was
+
+
+def test_significant_on_one_p_value_and_on_an_array():
+    from fmri2img.reporting.tables import ALPHA, significant
+
+    assert significant(ALPHA / 2) is True and significant(ALPHA) is False and significant(float("nan")) is False
+    sig = significant(np.array([0.001, ALPHA, np.nan, 0.2, 0.049]))
+    assert sig.dtype == bool and sig.tolist() == [True, False, False, False, True]

@@ -52,6 +52,7 @@ from fmri2img.reporting.tables import (
     ordered,
     read_results_table,
     retrieval_k,
+    significant,
     spread_shared_baselines,
     summary_rows,
     tests_used,
@@ -198,11 +199,6 @@ def _bar_path(left: np.ndarray, width: float, height: np.ndarray) -> MplPath:
     return MplPath(verts.reshape(-1, 2), codes)
 
 
-def _significant(p_holm: np.ndarray) -> np.ndarray:
-    """:func:`~fmri2img.reporting.tables.significant` of each p-value (NaN -> False)."""
-    return np.isfinite(p_holm) & (p_holm < ALPHA)
-
-
 def _segments(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x and y of the line segments ``(x0, y0)-(x1, y1)`` as one NaN-separated polyline.
 
@@ -264,7 +260,7 @@ def _bars(ax, data: pd.DataFrame, x: str, x_order: Sequence[str], hue: str, hue_
     ax.axhline(0, color="black", linewidth=ZERO_LINE_WIDTH)
     metrics = data["metric"].unique()
     _headroom(ax, metric=metrics[0] if len(metrics) == 1 else None)
-    sig = _significant(shown["p_holm"].to_numpy(dtype=float))
+    sig = significant(shown["p_holm"].to_numpy(dtype=float))
     top = np.fmax(np.where(has_ci, high, val), 0.0)
     _stars(ax, pos[sig], top[sig])
     return bool(has_chance.any())
@@ -450,7 +446,7 @@ def plot_retrieval_curves(rows: pd.DataFrame) -> Figure:
                             linestyle="--" if _is_baseline(cfg) else "-", zorder=LINE_ZORDER)
                     # no CI: a zero-length bar at the value, as errorbar draws a zero error
                     bars.append((k, np.where(np.isfinite(low), low, v), np.where(np.isfinite(high), high, v), face))
-                    sig = _significant(p_all[idx])
+                    sig = significant(p_all[idx])
                     stars.append((k[sig], np.where(np.isfinite(high), np.fmax(v, high), v)[sig]))
                 ax.set_ylim(0, RETRIEVAL_YMAX)
                 for bar in bars:  # all under the curves (errorbar's z-orders)

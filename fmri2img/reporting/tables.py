@@ -262,9 +262,12 @@ def summary_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return out, note
 
 
-def significant(p_holm: float) -> bool:
-    """Whether a Holm-corrected p-value is below :data:`ALPHA` (NaN -> False)."""
-    return bool(np.isfinite(p_holm) and p_holm < ALPHA)
+def significant(p_holm: float | np.ndarray) -> bool | np.ndarray:
+    """Whether a Holm-corrected p-value is below :data:`ALPHA` (NaN -> False); elementwise
+    (a bool array) for an array of p-values."""
+    p = np.asarray(p_holm, dtype=float)
+    below = np.isfinite(p) & (p < ALPHA)
+    return bool(below) if below.ndim == 0 else below
 
 
 def tests_used(rows: pd.DataFrame) -> list[str]:
