@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         config = CONFIG
         if args.tiny:
-            from fmri2img.data.synthetic import WorldShape, write_world
+            from fmri2img.sim.world import WorldShape, write_world
 
             write_world(workdir / "data" / "synthetic", subjects=("subj01",), scale=WorldShape(**TINY_SHAPE),
                         progress=False)

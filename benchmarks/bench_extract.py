@@ -62,12 +62,12 @@ def _hwm_mb() -> float:
 
 
 def _files(root: Path, subject: str, session: int) -> dict[str, Path]:
-    from fmri2img.data import nsd_constants as C
+    from fmri2img.data import nsd_constants
 
     return {
-        "nifti": root / C.BETAS_NII.format(subject=subject, session=session),
-        "hdf5": root / C.BETAS_HDF5.format(subject=subject, session=session),
-        "mask": root / C.NSDGENERAL.format(subject=subject),
+        "nifti": root / nsd_constants.BETAS_NII.format(subject=subject, session=session),
+        "hdf5": root / nsd_constants.BETAS_HDF5.format(subject=subject, session=session),
+        "mask": root / nsd_constants.NSDGENERAL.format(subject=subject),
     }
 
 
@@ -136,7 +136,7 @@ def ensure_world(root: Path, subject: str, session: int, tiny: bool) -> bool:
     files = _files(root, subject, session)
     if all(p.is_file() for p in files.values()):
         return False
-    from fmri2img.data.synthetic import WorldShape, write_world
+    from fmri2img.sim.world import WorldShape, write_world
 
     scale = WorldShape(**TINY_SHAPE) if tiny else "nsd"
     print(f"writing a {'tiny' if tiny else 'NSD-size'} session ({subject}, {session} session(s)) into {root} ...",

@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.io
 from PIL import Image
 
-from fmri2img.data import nsd_constants as C
+from fmri2img.data import nsd_constants
 
 GRID = (6, 7, 5)
 N_SHARED = 20
@@ -74,7 +74,7 @@ def make_release(
     root = Path(root)
     rng = np.random.default_rng(seed)
     rel = Release(root=root)
-    n_trials = n_sessions * C.TRIALS_PER_SESSION
+    n_trials = n_sessions * nsd_constants.TRIALS_PER_SESSION
 
     # experiment design: shared images (0-based ids 0..N_SHARED-1) first in every subject's list
     n_unique = N_PER_SUBJECT - N_SHARED
@@ -88,7 +88,7 @@ def make_release(
     masterordering[:N_PER_SUBJECT] = rng.permutation(N_PER_SUBJECT) + 1  # every image at least once
     sharedix = np.arange(1, N_SHARED + 1)
     rel.subjectim, rel.masterordering, rel.sharedix = subjectim, masterordering, sharedix
-    exp = root / C.EXPDESIGN
+    exp = root / nsd_constants.EXPDESIGN
     exp.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(exp, {"masterordering": masterordering[None, :].astype(float),
                            "subjectim": subjectim.astype(float), "sharedix": sharedix[None, :].astype(float)})
@@ -96,48 +96,48 @@ def make_release(
                          "shared1000": np.arange(n_images) < N_SHARED})
     for s in range(1, 9):
         info[f"subject{s}"] = np.isin(np.arange(n_images) + 1, subjectim[s - 1]).astype(int)
-    info.to_csv(root / C.STIM_INFO, index=False)
-    stim = root / C.STIMULI_HDF5
+    info.to_csv(root / nsd_constants.STIM_INFO, index=False)
+    stim = root / nsd_constants.STIMULI_HDF5
     stim.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(stim, "w") as fh:
         fh.create_dataset("imgBrick", data=rng.integers(0, 255, size=(n_images, 4, 4, 3), dtype=np.uint8))
 
     for subject in subjects:
-        s = C.subject_number(subject)
+        s = nsd_constants.subject_number(subject)
         mask = np.zeros(grid, dtype=np.int16)
         mask[1:-1, 1:-1, 1:-1] = 1
         mask[0, 0, 0] = -1
         mask[2, 3, 2] = 0
         rel.mask[subject] = mask
-        _nifti(root / C.NSDGENERAL.format(subject=subject), mask)
-        _nifti(root / C.BRAINMASK.format(subject=subject), (mask != 0).astype(np.uint8))
+        _nifti(root / nsd_constants.NSDGENERAL.format(subject=subject), mask)
+        _nifti(root / nsd_constants.BRAINMASK.format(subject=subject), (mask != 0).astype(np.uint8))
         rel.betas[subject] = {}
         for session in range(1, n_sessions + 1):
-            data = rng.integers(-900, 900, size=(*grid, C.TRIALS_PER_SESSION), dtype=np.int16)
+            data = rng.integers(-900, 900, size=(*grid, nsd_constants.TRIALS_PER_SESSION), dtype=np.int16)
             data += np.int16(300 * session)  # a session offset, so z-scoring per session matters
             if zero_voxel and session == 1:
                 i, j, k = np.argwhere(mask == 1)[0]
                 data[i, j, k, :] = 0
             rel.betas[subject][session] = data
             if beta_format in ("nifti", "both"):
-                _nifti(root / C.BETAS_NII.format(subject=subject, session=session), data)
+                _nifti(root / nsd_constants.BETAS_NII.format(subject=subject, session=session), data)
             if beta_format in ("hdf5", "both"):
-                path = root / C.BETAS_HDF5.format(subject=subject, session=session)
+                path = root / nsd_constants.BETAS_HDF5.format(subject=subject, session=session)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with h5py.File(path, "w") as fh:
                     fh.create_dataset("betas", data=data.transpose(3, 2, 1, 0))  # (trials, Z, Y, X)
         if responses:
             t = np.arange(n_trials)
-            within = t % C.TRIALS_PER_SESSION
-            run = within * C.RUNS_PER_SESSION // C.TRIALS_PER_SESSION + 1
-            table = pd.DataFrame({"SUBJECT": s, "SESSION": t // C.TRIALS_PER_SESSION + 1, "RUN": run})
+            within = t % nsd_constants.TRIALS_PER_SESSION
+            run = within * nsd_constants.RUNS_PER_SESSION // nsd_constants.TRIALS_PER_SESSION + 1
+            table = pd.DataFrame({"SUBJECT": s, "SESSION": t // nsd_constants.TRIALS_PER_SESSION + 1, "RUN": run})
             table["TRIAL"] = table.groupby(["SESSION", "RUN"]).cumcount() + 1
             table["73KID"] = subjectim[s - 1, masterordering - 1]
             table["10KID"] = masterordering
             table["ISOLD"] = 0
             table["ISCORRECT"] = 1
             table["RT"] = 800.0
-            path = root / C.RESPONSES.format(subject=subject)
+            path = root / nsd_constants.RESPONSES.format(subject=subject)
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, sep="\t", index=False)
         if imagery:
@@ -149,20 +149,20 @@ def make_release(
             order = rng.permutation(len(rows))
             trials = pd.DataFrame([rows[i] for i in order], columns=["task", "stim_set", "stim_name", "cue"])
             trials.insert(0, "beta_index", np.arange(1, len(trials) + 1))
-            trials.insert(1, "run", (np.arange(len(trials)) * C.IMAGERY_RUNS) // len(trials) + 1)
+            trials.insert(1, "run", (np.arange(len(trials)) * nsd_constants.IMAGERY_RUNS) // len(trials) + 1)
             trials.insert(2, "trial", trials.groupby("run").cumcount() + 1)
-            path = root / C.IMAGERY_TRIALS.format(subject=subject)
+            path = root / nsd_constants.IMAGERY_TRIALS.format(subject=subject)
             path.parent.mkdir(parents=True, exist_ok=True)
             trials.to_csv(path, sep="\t", index=False)
             rel.imagery_trials[subject] = trials
             data = rng.integers(-600, 600, size=(*grid, len(trials)), dtype=np.int16)
             rel.imagery[subject] = data
-            _nifti(root / C.IMAGERY_BETAS_FILE.format(subject=subject), data)
+            _nifti(root / nsd_constants.IMAGERY_BETAS_FILE.format(subject=subject), data)
     if imagery:
-        folder = root / C.IMAGERY_STIMULI_DIR
+        folder = root / nsd_constants.IMAGERY_STIMULI_DIR
         (folder / "images").mkdir(parents=True, exist_ok=True)
         stimuli = stimuli_table()
-        stimuli.to_csv(root / C.IMAGERY_STIMULI_TABLE, sep="\t", index=False)
+        stimuli.to_csv(root / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", index=False)
         for image in stimuli["image"]:
             if image:
                 Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).save(folder / image)
@@ -172,4 +172,4 @@ def make_release(
 def masked(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Trusted reference: (X, Y, Z, T) int16 -> (T, n_voxels) percent signal change, C-order voxels."""
     ijk = np.argwhere(mask == 1)
-    return (data[ijk[:, 0], ijk[:, 1], ijk[:, 2], :].T / C.BETA_SCALE).astype(np.float32)
+    return (data[ijk[:, 0], ijk[:, 1], ijk[:, 2], :].T / nsd_constants.BETA_SCALE).astype(np.float32)

@@ -10,8 +10,8 @@ TINY = dict(grid=(10, 12, 10), n_mask_voxels=300, n_sessions=1, n_shared=30)
 
 def build_tiny(root: Path, subjects=("subj01",), seed: int = 0, null: bool = False) -> dict[str, Path]:
     from fmri2img.data.index import build_index
-    from fmri2img.data.synthetic import WorldShape, write_world
     from fmri2img.embeddings.cache import synthetic_truth_set
+    from fmri2img.sim.world import WorldShape, write_world
 
     data = root / "data"
     cache = root / "cache"

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmri2img.errors import InputError
-from fmri2img.models import torch_utils as tu
-from fmri2img.models.adapters import CONDITIONS, LinearAdapter, MLPAdapter, count_parameters
+from fmri2img.core.errors import InputError
+from fmri2img.core.vocab import CONDITION_IDS
+from fmri2img.data.trials import Dataset
+from fmri2img.models import loop, losses
+from fmri2img.models.adapters import LinearAdapter, MLPAdapter
+from fmri2img.models.loop import count_parameters
 from fmri2img.models.registry import adapter_class
 
 torch.set_num_threads(1)
@@ -27,7 +30,7 @@ IDS = [f"{name}-{'-'.join(f'{k}{v}' for k, v in kw.items()) or 'plain'}" for nam
 
 
 def build(name: str, seed: int = 0, **kwargs):
-    with tu.deterministic(seed):
+    with loop.deterministic(seed):
         return adapter_class(name)(DIM, **kwargs)
 
 
@@ -43,7 +46,7 @@ def test_identity_at_initialisation(name, kwargs):
         if adapter.n_conditions is None:
             assert torch.equal(adapter(y), y)
         else:
-            for condition in (CONDITIONS["perception"], CONDITIONS["imagery"], conditions_for(adapter, 10)):
+            for condition in (CONDITION_IDS["perception"], CONDITION_IDS["imagery"], conditions_for(adapter, 10)):
                 assert torch.equal(adapter(y, condition=condition), y)
 
 
@@ -75,14 +78,14 @@ def planted_distortion(seed: int = 0, n: int = 300):
 
 def train(adapter, y, target, condition=None, epochs=60, seed=0, device="cpu"):
     n_train = 200
-    with tu.deterministic(seed, device) as rng:
-        tu.train_module(
-            adapter, tu.CosineMSELoss(cosine_weight=0.0, mse_weight=1.0), y[:n_train - 40], target[:n_train - 40],
-            y[n_train - 40:n_train], target[n_train - 40:n_train], rng=rng, epochs=epochs, lr=1e-2,
-            weight_decay=0.0, batch_size=32, patience=10, progress=False, device=device,
-            condition=None if condition is None else condition[:n_train - 40],
-            condition_val=None if condition is None else condition[n_train - 40:n_train],
-        )
+    with loop.deterministic(seed, device) as rng:
+        fit, stop = slice(0, n_train - 40), slice(n_train - 40, n_train)
+        loop.train_module(
+            adapter, losses.CosineMSELoss(cosine_weight=0.0, mse_weight=1.0),
+            Dataset(y[fit], target[fit], condition=None if condition is None else condition[fit]),
+            Dataset(y[stop], target[stop], condition=None if condition is None else condition[stop]),
+            loop.TrainSpec(epochs=epochs, lr=1e-2, weight_decay=0.0, batch_size=32, patience=10, progress=False,
+                           device=device), rng)
     return adapter
 
 
@@ -106,7 +109,7 @@ def test_one_conditioned_adapter_serves_both_domains():
     """Imagery rows are distorted, perception rows are not: the condition tells them apart."""
     y, distorted = planted_distortion(seed=1, n=400)
     condition = (np.arange(len(y)) % 2).astype(np.int64)  # 0 perception, 1 imagery
-    target = np.where(condition[:, None] == CONDITIONS["imagery"], distorted, y).astype(np.float32)
+    target = np.where(condition[:, None] == CONDITION_IDS["imagery"], distorted, y).astype(np.float32)
     conditioned = train(build("mlp", hidden_dim=32, n_conditions=2), y, target, condition)
     shared = train(build("mlp", hidden_dim=32), y, target)
     held = np.arange(len(y)) >= 200

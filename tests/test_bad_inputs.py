@@ -30,12 +30,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _world import TINY, build_tiny
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
-from fmri2img.io import TMP_PREFIX
-
-from _world import TINY, build_tiny
+from fmri2img.core.files import TMP_PREFIX
 
 runner = CliRunner()
 
@@ -63,8 +62,8 @@ HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
 def world(tmp_path_factory, store):
     """Tiny world + index + embeddings, two ridge checkpoints, an adapter, and a ridge
     checkpoint trained on a world with a different voxel count."""
-    from fmri2img.models.adapt import AdaptConfig, train_adapters
-    from fmri2img.models.training import TrainConfig, train_decoder
+    from fmri2img.stages.adapt import AdaptConfig, train_adapters
+    from fmri2img.stages.train import TrainConfig, train_decoder
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("bad_world")
@@ -87,8 +86,8 @@ def world(tmp_path_factory, store):
 
 def _world_other_voxels(root: Path) -> dict[str, Path]:
     from fmri2img.data.index import build_index
-    from fmri2img.data.synthetic import WorldShape, write_world
     from fmri2img.embeddings.cache import synthetic_truth_set
+    from fmri2img.sim.world import WorldShape, write_world
 
     data, cache = root / "data", root / "cache"
     shape = WorldShape(**{**TINY, "n_mask_voxels": TINY["n_mask_voxels"] - 60})
@@ -145,7 +144,7 @@ def _copy_index(world, tmp: Path) -> Path:
 
 def _reseal(path: Path) -> None:
     """Record ``path``'s current SHA-256 in its sidecar (as `fmri2img index` would)."""
-    from fmri2img.io import sha256_file
+    from fmri2img.core.files import sha256_file
 
     path.with_name(path.name + ".sha256").write_text(f"{sha256_file(path)}  {path.name}\n")
 
@@ -404,7 +403,7 @@ def c_adapter_wrong_base(world, tmp):
 def _fake_checkpoint(world, tmp: Path, payload: Callable[[Path], None], reseal: bool = True) -> Path:
     """A copy of the ridge checkpoint whose best.pt is replaced by ``payload``; with ``reseal`` its
     metadata records the new file's SHA-256 (a self-consistent but wrong checkpoint)."""
-    from fmri2img.io import sha256_file
+    from fmri2img.core.files import sha256_file
 
     folder = tmp / "fake_ckpt"
     shutil.copytree(world["ridge"].parent, folder)

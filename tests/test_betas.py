@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from _nsd_fixtures import make_release, masked
 
-from fmri2img.data import betas
-from fmri2img.data import nsd_constants as C
-from fmri2img.data.index import build_index, read_index
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
+from fmri2img.core.memo import Memo
+from fmri2img.data import betas, nsd_constants
+from fmri2img.data.index import build_index
+from fmri2img.data.schema import read_index
+from fmri2img.data.trials import average_by_stimulus
 
 
 def _build(tmp_path, name="data", jobs=1, **kwargs):
@@ -77,20 +79,20 @@ def test_zscore_uses_train_rows_of_each_session_only(built):
 
 
 def test_zscore_statistics_are_memoised_on_their_exact_inputs(built):
-    """Repeated loads reuse each session's statistics (same values as computing them afresh);
-    another set of reference rows is a new entry, not a stale hit."""
+    """With a memo, repeated loads reuse each session's statistics (same values as computing them
+    afresh); another set of reference rows is a new entry, not a stale hit."""
     rel, index, cache_root = built
-    betas._STATS_CACHE.clear()
-    first = betas.load_betas(index, cache_root)
-    n_entries = len(betas._STATS_CACHE)
-    assert n_entries == index["beta_file"].nunique()
+    memo = Memo()
+    first = betas.load_betas(index, cache_root, memo=memo)
     np.testing.assert_array_equal(betas.load_betas(index, cache_root), first)
-    assert len(betas._STATS_CACHE) == n_entries
+    n_entries = memo.count("session_stats")
+    assert n_entries == index["beta_file"].nunique()
+    np.testing.assert_array_equal(betas.load_betas(index, cache_root, memo=memo), first)
+    assert memo.count("session_stats") == n_entries
     fewer = index.copy()
     fewer.loc[fewer.index[(fewer["split"] == "train").to_numpy()][:5], "split"] = "val"  # other reference rows
-    changed = betas.load_betas(fewer, cache_root)
-    assert len(betas._STATS_CACHE) > n_entries and not np.array_equal(changed, first)
-    betas._STATS_CACHE.clear()
+    changed = betas.load_betas(fewer, cache_root, memo=memo)
+    assert memo.count("session_stats") > n_entries and not np.array_equal(changed, first)
     np.testing.assert_array_equal(betas.load_betas(fewer, cache_root), changed)
 
 
@@ -117,26 +119,26 @@ def test_rerun_is_noop_and_changed_session_is_rebuilt(tmp_path):
     # change session 2 on disk: only it is rebuilt, with the new values
     import nibabel as nib
 
-    path = rel.root / C.BETAS_NII.format(subject="subj01", session=2)
+    path = rel.root / nsd_constants.BETAS_NII.format(subject="subj01", session=2)
     data = rel.betas["subj01"][2].copy()
     data[..., 0] += 7
     nib.save(nib.Nifti1Image(data, np.diag([1.8, 1.8, 1.8, 1.0])), path)
     build_index("subj01", rel.root, tmp_path / "cache", manifest_dir=tmp_path / "man", progress=False)
     new_stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     changed = {name for name in stamps if new_stamps[name] != stamps[name]}
-    assert changed == {betas.npy_name(C.BETAS_NII.format(subject="subj01", session=2)), "meta.json"}
-    cached = np.load(folder / betas.npy_name(C.BETAS_NII.format(subject="subj01", session=2)))
+    assert changed == {betas.npy_name(nsd_constants.BETAS_NII.format(subject="subj01", session=2)), "meta.json"}
+    cached = np.load(folder / betas.npy_name(nsd_constants.BETAS_NII.format(subject="subj01", session=2)))
     np.testing.assert_array_equal(cached[0], masked(data[..., :1], rel.mask["subj01"])[0])
 
 
-def test_average_repeats_against_manual_means():
+def test_average_by_stimulus_of_betas_against_manual_means():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(7, 4)).astype(np.float32)
     ids = ["b", "a", "b", "c", "a", "b", "c"]
-    X_mean, unique = betas.average_repeats(X, ids)
+    X_mean, unique = average_by_stimulus(X, ids)
     assert unique.tolist() == ["b", "a", "c"]  # order of first appearance
     for k, sid in enumerate(unique):
         rows = [i for i, s in enumerate(ids) if s == sid]
         np.testing.assert_allclose(X_mean[k], X[rows].mean(0), rtol=1e-6)
     with pytest.raises(InputError, match="one per row"):
-        betas.average_repeats(X, ids[:3])
+        average_by_stimulus(X, ids[:3])

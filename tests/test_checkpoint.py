@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmri2img.errors import ChecksumError, CorruptFileError, InputError, MismatchError, MissingInputError
-from fmri2img.io import sha256_file
+from fmri2img.core.errors import ChecksumError, CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.files import sha256_file
 from fmri2img.models.checkpoint import METADATA_FILE, METADATA_KEYS, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from fmri2img.models.ridge import RidgeDecoder
 
@@ -148,7 +148,7 @@ def test_generic_decoder(tmp_path, monkeypatch):
             self.w_ = state["w"]
             return self
 
-    monkeypatch.setitem(registry.DECODERS, "tiny", f"{__name__}:TinyDecoder")
+    monkeypatch.setitem(registry.DECODER_CLASSES, "tiny", f"{__name__}:TinyDecoder")
     monkeypatch.setattr(f"{__name__}.TinyDecoder", TinyDecoder, raising=False)
     dec = TinyDecoder(width=5)
     dec.w_ = torch.arange(5.0)

@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from fmri2img.config import check_fraction, check_positive, from_dict, load_config, override, save_config, to_dict
-from fmri2img.errors import ConfigError, MissingInputError
+from fmri2img.core.config import check_fraction, check_positive, from_dict, load_config, override, save_config, to_dict
+from fmri2img.core.errors import ConfigError, MissingInputError
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,10 @@ def test_load_config_and_override(tmp_path):
 
 
 def test_save_config_round_trips_every_stage_config(tmp_path):
-    from fmri2img.ablation import AblationConfig
-    from fmri2img.evaluation.evaluate import EvalOptions
-    from fmri2img.models.adapt import AdaptConfig
-    from fmri2img.models.training import TrainConfig
+    from fmri2img.evaluation.scoring import EvalOptions
+    from fmri2img.stages.ablation.matrix import AblationConfig
+    from fmri2img.stages.adapt import AdaptConfig
+    from fmri2img.stages.train import TrainConfig
 
     configs = [
         TrainConfig(model="mlp", train_on="mixed", holdout_fold=1, seed=4, decoder_params={"hidden_dim": 16}),
@@ -97,15 +97,15 @@ def test_shipped_ablation_yaml_equals_the_built_in_defaults():
     """`fmri2img ablate` outside the repository (no ablation.yaml) runs the same study."""
     from pathlib import Path
 
-    from fmri2img.ablation import AblationConfig
+    from fmri2img.stages.ablation.matrix import AblationConfig
 
     shipped = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "configs" / "ablation.yaml"
     assert load_config(AblationConfig, shipped) == AblationConfig()
 
 
 def test_invalid_value_in_a_file_names_the_file(tmp_path):
-    from fmri2img.evaluation.evaluate import EvalOptions
-    from fmri2img.errors import InputError
+    from fmri2img.core.errors import InputError
+    from fmri2img.evaluation.scoring import EvalOptions
 
     path = tmp_path / "eval.yaml"
     path.write_text("n_boot: -1\n")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
+from fmri2img.core.vocab import DECODERS
 from fmri2img.models.checkpoint import load_checkpoint, save_checkpoint
-from fmri2img.models.registry import DECODERS, make_decoder
+from fmri2img.models.registry import make_decoder
 
 SMALL = {"ridge": {}, "mlp": {"epochs": 3, "hidden_dim": 16, "progress": False},
          "two_stage": {"epochs": 3, "n_components": 8, "hidden_dim": 16, "latent_dim": 8, "progress": False}}

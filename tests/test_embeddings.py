@@ -19,13 +19,13 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from fmri2img.constants import INIT_SEED, SYNTHETIC_TRUTH_EMBEDDINGS  # noqa: E402
-from fmri2img.embeddings import embed_stimuli, load_embedding_set, merge_embedding_sets  # noqa: E402
+from fmri2img.core.constants import INIT_SEED, SYNTHETIC_TRUTH_EMBEDDINGS  # noqa: E402
+from fmri2img.core.errors import ChecksumError, InputError, MismatchError, OfflineError  # noqa: E402
+from fmri2img.core.files import sha256_file  # noqa: E402
+from fmri2img.data.stimuli import StimulusReader, list_stimuli  # noqa: E402
 from fmri2img.embeddings import clip as clip_mod  # noqa: E402
-from fmri2img.embeddings.cache import make_embedding_set, synthetic_truth_set  # noqa: E402
-from fmri2img.embeddings.stimuli import StimulusReader, list_stimuli  # noqa: E402
-from fmri2img.errors import ChecksumError, InputError, MismatchError, OfflineError  # noqa: E402
-from fmri2img.io import sha256_file  # noqa: E402
+from fmri2img.embeddings.cache import load_embedding_set, make_embedding_set, merge_embedding_sets, synthetic_truth_set  # noqa: E402  # noqa: E402
+from fmri2img.stages.embed import embed_stimuli  # noqa: E402
 
 TINY = "fmri2img-tiny-test"
 TINY_CFG = {
@@ -232,7 +232,7 @@ def test_lookup_missing_stimulus_one_line(world):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_cuda_without_gpu_is_one_clear_error(world):
-    from fmri2img.errors import ConfigError
+    from fmri2img.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--device cpu"):
         embed_stimuli([world["index"]], world["root"], world["cache"], model=TINY, random_init=True,
@@ -273,7 +273,7 @@ def test_synthetic_truth_set(world, tmp_path):
 
 
 class _FakeRun:
-    """Stands in for fmri2img.tracking.run (tested in test_tracking.py): records what is logged."""
+    """Stands in for fmri2img.core.tracking.run (tested in test_tracking.py): records what is logged."""
 
     def __init__(self):
         self.params, self.metrics, self.dicts, self.stages = {}, {}, {}, []
@@ -313,8 +313,8 @@ def test_cli_embed_logs_the_set_and_fails_offline_in_one_line(world, tmp_path, m
     from huggingface_hub import constants as hf_constants
     from typer.testing import CliRunner
 
-    from fmri2img import tracking
     from fmri2img.cli.main import app
+    from fmri2img.core import tracking
 
     fake = _FakeRun()
     monkeypatch.setattr(tracking, "run", fake)

@@ -6,8 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmri2img.evaluation.evaluate import EvalOptions, Predictions, score, write_outputs
-from fmri2img.io import dumps_json
+from fmri2img.core.files import dumps_json
+from fmri2img.core.memo import Memo
+from fmri2img.evaluation import scoring
+from fmri2img.evaluation.resampling import bootstrap_ci
+from fmri2img.evaluation.scoring import EvalOptions, Predictions, score
+from fmri2img.stages.evaluate import image_loader, write_outputs
 
 
 class _Set:
@@ -98,7 +102,7 @@ def test_score_is_deterministic_and_writes_reports(world, tmp_path):
 
 def test_invalid_k_rejected(world):
     truth, preds, mean = world
-    from fmri2img.errors import InputError
+    from fmri2img.core.errors import InputError
 
     with pytest.raises(InputError, match="K > 0"):
         score(preds, truth, mean, subject="s", decoder="r", configuration="perception_only",
@@ -111,53 +115,54 @@ def test_distractors_enlarge_gallery_without_test_stimuli(world):
     extra_ids = ["nsd-90000", "nsd-90001", "nsd-90002", "img-s-0"]  # the last one is a gallery stimulus
     extra = _unit(rng.normal(size=(4, 32)))
     res = score(preds, truth, mean, subject="s", decoder="r", configuration="perception_only", options=_opts(),
-                baselines=False, distractor_embeddings=(extra_ids, extra))
+                baselines=False, distractors=(extra_ids, extra))
     r1 = res.table[(res.table.metric == "retrieval_at_1") & (res.table.test_set == "imagery")].set_index("stimulus_type")
     assert r1.loc["all", "chance"] == pytest.approx(1 / (12 + 3))
     assert r1.loc["conceptual", "chance"] == pytest.approx(1 / 6)  # text gallery: no image distractors
 
 
-def test_cached_baselines_equal_freshly_computed_ones(world, monkeypatch):
-    """Baselines are memoised per process (same in every cell); a cold and a warm cache give
-    the same bytes, and another cell's predictions do not leak into them."""
+def test_memoised_baselines_equal_freshly_computed_ones(world):
+    """With a memo, baselines are scored once (the same in every cell); a cold and a warm memo give
+    the same bytes as no memo, and another cell's predictions do not leak into them."""
     import dataclasses
 
-    import fmri2img.evaluation.evaluate as E
-
     truth, preds, mean = world
-    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
-    cold = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
-    assert len(E._BASELINE_CACHE) > 0
+    memo = Memo()
+    cold = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts(),
+                 memo=memo)
+    assert memo.count("baseline_scores") > 0
     other = {k: dataclasses.replace(v, pred=v.pred[::-1].copy()) for k, v in preds.items()}
-    score(other, truth, mean, subject="s", decoder="mlp", configuration="mixed", options=_opts())
-    warm = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
-    assert dumps_json(cold.metrics_json()) == dumps_json(warm.metrics_json())
-    assert cold.table.equals(warm.table)
+    score(other, truth, mean, subject="s", decoder="mlp", configuration="mixed", options=_opts(), memo=memo)
+    warm = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts(),
+                 memo=memo)
+    fresh = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    assert dumps_json(cold.metrics_json()) == dumps_json(warm.metrics_json()) == dumps_json(fresh.metrics_json())
+    assert cold.table.equals(warm.table) and cold.table.equals(fresh.table)
 
 
 # --------------------------------------------------------------------------- fast paths == plain paths
 
 
-def test_ci_batch_equals_one_bootstrap_per_row(monkeypatch):
-    """The table's CIs, computed in blocks and memoised per process, equal one bootstrap_ci each."""
-    import fmri2img.evaluation.evaluate as E
-
-    monkeypatch.setattr(E, "_CI_CACHE", {})
+def test_ci_batch_equals_one_bootstrap_per_row():
+    """The table's CIs, computed in blocks and memoised, equal one bootstrap_ci each."""
     opts = _opts()
     rng = np.random.default_rng(2)
     values = [rng.random(12), rng.random(12), (rng.random(6) > 0.5).astype(float), rng.random(300), None,
               np.array([0.3]), rng.random(12)]
     values.append(values[0].copy())  # a duplicate: one computation, same interval
-    for attempt in range(2):  # cold, then warm cache
-        batch = E._CIBatch(opts)
-        records = [batch.add(E._row("s", "d", "c", "t", "all", "m", 0.0), v) for v in values]
+    memo = Memo()
+    for attempt in range(2):  # cold, then warm memo
+        batch = scoring._CIBatch(opts, memo)
+        records = [batch.add(scoring._row("s", "d", "c", "t", "all", "m", 0.0), v) for v in values]
         batch.compute()
         for rec, v in zip(records, values):
-            assert (rec["ci_low"], rec["ci_high"]) == E._ci(v, opts)
-    assert len(E._CI_CACHE) == 5
+            expected = ((None, None) if v is None or len(v) < 2 else
+                        tuple(float(x) for x in bootstrap_ci(v, n_boot=opts.n_boot, seed=opts.seed)))
+            assert (rec["ci_low"], rec["ci_high"]) == expected
+    assert memo.count("bootstrap_ci") == 5
 
 
-def _old_image_scores(pred, gallery, true_images):
+def _old_image_scores(pred, gallery, true_images, memo=None):
     from fmri2img.evaluation.image_metrics import RetrievalGenerator, score_images
 
     recon = RetrievalGenerator(gallery, true_images).generate(pred)
@@ -167,11 +172,8 @@ def _old_image_scores(pred, gallery, true_images):
 
 
 def test_image_scores_equal_reconstruction_then_score_images(world, monkeypatch):
-    """Reconstruction by retrieval scored pair by pair (cached per process) gives the same table
-    as building the reconstructions and scoring them with score_images."""
-    import fmri2img.evaluation.evaluate as E
-    import fmri2img.evaluation.image_metrics as I
-
+    """Reconstruction by retrieval scored pair by pair (memoised) gives the same table as building
+    the reconstructions and scoring them with score_images."""
     truth, preds, mean = world
     rng = np.random.default_rng(5)
     pixels = {sid: rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8) for sid in truth.pos}
@@ -180,43 +182,35 @@ def test_image_scores_equal_reconstruction_then_score_images(world, monkeypatch)
         return np.stack([pixels[s] for s in ids])
 
     kwargs = dict(subject="s", decoder="ridge", configuration="perception_only", options=_opts(), images=images)
-    monkeypatch.setattr(I, "_IMAGE_SETS", {})
-    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
-    fast = score(preds, truth, mean, **kwargs)
-    warm = score(preds, truth, mean, **kwargs)
-    monkeypatch.setattr(E, "_image_scores", _old_image_scores)
-    monkeypatch.setattr(E, "_BASELINE_CACHE", {})
+    memo = Memo()
+    fast = score(preds, truth, mean, memo=memo, **kwargs)
+    warm = score(preds, truth, mean, memo=memo, **kwargs)
+    monkeypatch.setattr(scoring, "_image_scores", _old_image_scores)
     plain = score(preds, truth, mean, **kwargs)
     assert (fast.table["metric"] == "ssim").any()
     assert fast.table.equals(plain.table) and warm.table.equals(plain.table)
     assert fast.per_stimulus.equals(plain.per_stimulus)
 
 
-def test_image_loader_caches_per_process_until_the_file_changes(tmp_path, monkeypatch):
+def test_image_loader_memoises_until_the_file_changes(tmp_path):
     import os
 
     import h5py
 
-    import fmri2img.evaluation.evaluate as E
-
-    monkeypatch.setattr(E, "_IMAGE_CACHE", {})
-    monkeypatch.setattr(E, "_IMAGE_CACHE_USED", [0])
+    memo = Memo()
     brick = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
     path = tmp_path / "stimuli.hdf5"
     with h5py.File(path, "w") as f:
         f["imgBrick"] = brick
     index = pd.DataFrame({"stimulus_id": ["a", "b", "c"], "image_ref": [f"stimuli.hdf5#{i}" for i in range(3)]})
-    first = E.image_loader(index, tmp_path)(["c", "a"])
+    first = image_loader(index, tmp_path, memo)(["c", "a"])
     np.testing.assert_array_equal(first, brick[[2, 0]])
-    assert len(E._IMAGE_CACHE) == 2
+    assert memo.count("stimulus_images") == 2
     # a new loader (the next cell) reuses them
-    np.testing.assert_array_equal(E.image_loader(index, tmp_path)(["a", "c"]), brick[[0, 2]])
+    np.testing.assert_array_equal(image_loader(index, tmp_path, memo)(["a", "c"]), brick[[0, 2]])
+    assert memo.count("stimulus_images") == 2
     # a rewritten file is read again
     with h5py.File(path, "w") as f:
         f["imgBrick"] = 255 - brick
     os.utime(path, ns=(10**18, 10**18))
-    np.testing.assert_array_equal(E.image_loader(index, tmp_path)(["a"]), 255 - brick[[0]])
-    # the byte bound evicts the oldest images
-    monkeypatch.setattr(E, "IMAGE_CACHE_BYTES", 2 * brick[0].nbytes)
-    E.image_loader(index, tmp_path)(["a", "b", "c"])
-    assert E._IMAGE_CACHE_USED[0] <= 2 * brick[0].nbytes and len(E._IMAGE_CACHE) == 2
+    np.testing.assert_array_equal(image_loader(index, tmp_path, memo)(["a"]), 255 - brick[[0]])

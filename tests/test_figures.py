@@ -14,22 +14,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
-from fmri2img.errors import MissingInputError, SchemaError
+from fmri2img.core.errors import MissingInputError, SchemaError
+from fmri2img.core.vocab import RESULTS_COLUMNS
 from fmri2img.reporting import style
-from fmri2img.reporting.figures import (
-    FIGURE_NAMES,
-    FIGURE_WIDTHS,
-    _log_to_mlflow,
-    figure_captions,
-    make_figures,
-)
+from fmri2img.reporting.captions import figure_captions
+from fmri2img.reporting.figures import FIGURE_NAMES, FIGURE_WIDTHS
 from fmri2img.reporting.tables import (
-    REQUIRED_COLUMNS,
     escape_latex,
     format_markdown,
     read_results_table,
     summary_rows,
 )
+from fmri2img.stages.report import _log_to_mlflow, make_figures
 
 runner = CliRunner()
 
@@ -74,7 +70,7 @@ def _rows(subject: str, rng: np.random.Generator, decoders=DECODERS, configs=CON
     return rows
 
 
-def _write_table(path: Path, rows: list[dict], columns=REQUIRED_COLUMNS) -> Path:
+def _write_table(path: Path, rows: list[dict], columns=RESULTS_COLUMNS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -203,7 +199,7 @@ def single_subject(tmp_path_factory) -> Path:
 
 def test_cli_logs_to_the_ablation_run_and_reruns_are_byte_identical(single_subject, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("fmri2img.tracking.log_artifacts_to_run", lambda *a: calls.append(a))
+    monkeypatch.setattr("fmri2img.stages.report.log_artifacts_to_run", lambda *a: calls.append(a))
     run_file = single_subject / "mlflow_run.json"
     run_file.write_text(json.dumps({"run_id": "abc123", "tracking_uri": "sqlite:///x.db"}))
     try:
@@ -228,7 +224,7 @@ def test_cli_logs_to_the_ablation_run_and_reruns_are_byte_identical(single_subje
 def test_figures_are_logged_to_a_real_mlflow_run(single_subject, tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
 
-    from fmri2img import tracking
+    from fmri2img.core import tracking
 
     with tracking.run("ablate", tracking_uri=tracking_uri) as handle:
         run_id = handle.run_id
@@ -250,7 +246,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case):
     row = dict(subject="subj01", decoder="ridge", configuration="mixed", test_set="imagery", stimulus_type="all",
                metric="cosine", value=0.5, ci_low=0.4, ci_high=0.6, chance=None, n=18, p_value=0.1, p_holm=0.2)
     if case == "missing_column":
-        _write_table(folder / "results_table.csv", [row], [c for c in REQUIRED_COLUMNS if c != "ci_high"])
+        _write_table(folder / "results_table.csv", [row], [c for c in RESULTS_COLUMNS if c != "ci_high"])
         error, needle = SchemaError, "ci_high"
     elif case == "non_numeric":
         _write_table(folder / "results_table.csv", [dict(row, value="high")])
@@ -272,7 +268,7 @@ def test_latex_escaping():
 
 
 def test_unknown_format_rejected(ablation, tmp_path):
-    from fmri2img.errors import InputError
+    from fmri2img.core.errors import InputError
 
     with pytest.raises(InputError, match="eps"):
         make_figures(ablation, tmp_path, formats=("eps",))

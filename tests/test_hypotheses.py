@@ -20,10 +20,15 @@ def _report(h2_group):
                                                      "verdict": "v"}}}}
 
 
+def _check(folder, report):
+    """The stage's call: the world's truth/params.json, read, against the report."""
+    return planted_truth_check(json.loads((folder / "truth" / "params.json").read_text()), "truth/params.json", report)
+
+
 def test_thin_and_clear_matches_and_mismatch(tmp_path):
     (tmp_path / "truth").mkdir()
     (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": False}))
-    clear = planted_truth_check(tmp_path, _report(_group([0.2, 0.3, 0.1, 0.2], 0.12, 0.27)))
+    clear = _check(tmp_path, _report(_group([0.2, 0.3, 0.1, 0.2], 0.12, 0.27)))
     h2 = clear["checks"][1]
     assert clear["all_match"] and h2["clear"] is True and h2["n_subjects_positive"] == 4
     text = render_markdown({**_report(_group([0.2] * 4, 0.1, 0.3)), "planted_truth": clear})
@@ -31,7 +36,7 @@ def test_thin_and_clear_matches_and_mismatch(tmp_path):
     assert "ridge H1: planted 'degraded but non-zero transfer (0 < ratio CI < 1)' -> OK " \
            "(ratio 0.400 [95% CI 0.300, 0.500])" in text
 
-    thin = planted_truth_check(tmp_path, _report(_group([-0.01, 0.44, 0.05, -0.07], -0.04, 0.33)))
+    thin = _check(tmp_path, _report(_group([-0.01, 0.44, 0.05, -0.07], -0.04, 0.33)))
     h2 = thin["checks"][1]
     assert thin["all_match"] and h2["clear"] is False and (h2["n_subjects_positive"], h2["n_subjects"]) == (2, 4)
     text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": thin})
@@ -39,13 +44,13 @@ def test_thin_and_clear_matches_and_mismatch(tmp_path):
     assert "ridge H2: planted 'mixed training improves imagery' -> OK (+10.2% [95% CI -4.0%, +33.0%], " \
            "2 of 4 subjects > 0; thin: the CI includes 0)" in text
 
-    wrong = planted_truth_check(tmp_path, _report(_group([-0.2, -0.1, 0.05, -0.1], -0.2, 0.0)))
+    wrong = _check(tmp_path, _report(_group([-0.2, -0.1, 0.05, -0.1], -0.2, 0.0)))
     text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": wrong})
     assert not wrong["all_match"] and "MISMATCH (-8.8% [95% CI -20.0%, +0.0%], 1 of 4 subjects > 0; " \
         "the CI includes 0)" in text and "thin" not in text
 
     # a mismatch whose CI lies wholly on the wrong side is not called thin, nor said to include 0
-    far = planted_truth_check(tmp_path, _report(_group([-0.9, -0.85, -0.88, -0.93], -0.94, -0.84)))
+    far = _check(tmp_path, _report(_group([-0.9, -0.85, -0.88, -0.93], -0.94, -0.84)))
     text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": far})
     assert "MISMATCH (-89.0% [95% CI -94.0%, -84.0%], 0 of 4 subjects > 0)" in text
 
@@ -53,18 +58,18 @@ def test_thin_and_clear_matches_and_mismatch(tmp_path):
 def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):
     (tmp_path / "truth").mkdir()
     (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": True}))
-    out = planted_truth_check(tmp_path, _report(_group([0.1, 0.0, 0.05, 0.1], -0.02, 0.1)))
+    out = _check(tmp_path, _report(_group([0.1, 0.0, 0.05, 0.1], -0.02, 0.1)))
     h2 = out["checks"][1]
     assert h2["ok"] and h2["clear"] is None
     assert out["checks"][0]["planted"] == "no transfer deficit (ratio CI includes 1, or mean > 0.8)"
-    assert not planted_truth_check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
+    assert not _check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
 
 
 def test_report_names_configurations_that_kept_their_initial_weights():
     """A fine-tune or adapter whose fold models never beat their initial state is a no-op (it
     equals perception-only); the report says how many fold models kept their initial weights,
     per decoder, whether or not the matrix has H3's fine-tune baseline."""
-    from fmri2img.reporting.hypotheses import _kept_initial
+    from fmri2img.reporting.hypotheses import kept_initial
 
     records = [{"cell": {"subject": "a", "decoder": "ridge", "configuration": "perception_only"}}]
     for subject in ("a", "b"):
@@ -72,11 +77,11 @@ def test_report_names_configurations_that_kept_their_initial_weights():
                                              ("ridge", "adapter_mlp", 1), ("mlp", "adapter_mlp", 3)):
             records.append({"cell": {"subject": subject, "decoder": decoder, "configuration": configuration},
                             "n_fold_models": 3, "n_folds_kept_initial": kept})
-    assert _kept_initial(records, "ridge") == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
-    assert _kept_initial(records, "two_stage") == {}
+    assert kept_initial(records, "ridge") == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
+    assert kept_initial(records, "two_stage") == {}
     h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 2}, "verdict": "v"}
     text = render_markdown({"subjects": ["a", "b"], "decoders": {
-        "ridge": {"H1": h1, "kept_initial": _kept_initial(records, "ridge")}, "mlp": {"H1": h1}}})
+        "ridge": {"H1": h1, "kept_initial": kept_initial(records, "ridge")}, "mlp": {"H1": h1}}})
     assert "kept their initial weights" in text and "finetune 6 of 6, adapter_mlp 2 of 6." in text
     assert text.count("kept their initial weights") == 1
 

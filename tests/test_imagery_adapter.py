@@ -9,14 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _world import build_tiny
 
-from fmri2img.data import selection
-from fmri2img.data.index import read_index
-from fmri2img.io import sha256_file
-from fmri2img.models.adapt import AdaptConfig, _fold_rows, adapter_predictor, build_adapter, train_adapters
-from fmri2img.models.training import TrainConfig, train_decoder
+from fmri2img.core.files import sha256_file
+from fmri2img.data import trials
+from fmri2img.data.schema import read_index
+from fmri2img.models.adapters import build_adapter
+from fmri2img.models.checkpoint import load_adapters
+from fmri2img.models.predictors import adapter_predictor
+from fmri2img.stages.adapt import AdaptConfig, train_adapters
+from fmri2img.stages.train import TrainConfig, train_decoder
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def setup(tmp_path_factory):
 
 def test_identity_at_initialisation():
     for config in (AdaptConfig(adapter="linear"), AdaptConfig(adapter="mlp", condition=True)):
-        adapter = build_adapter(config, 16)
+        adapter = build_adapter(config.adapter, 16, condition=config.condition, hidden_dim=config.hidden_dim,
+                                rank=config.rank)
         y = torch.randn(5, 16)
         cond = torch.tensor([0, 1, 0, 1, 1]) if config.condition else None
         assert torch.equal(adapter(y, condition=cond), y)
@@ -42,14 +45,16 @@ def test_training_rows_never_touch_the_held_out_fold(setup, fold):
     world, _, _ = setup
     index = read_index(world["subj01"])
     config = AdaptConfig(condition=True)
-    train, val, val_stimuli = _fold_rows(index, fold, config, config.seed + fold)
+    train, val, val_stimuli = trials.adapter_fold_rows(
+        index, fold, with_vision=config.condition, imagery_fraction=config.imagery_fraction,
+        val_stimulus_fraction=config.val_stimulus_fraction, seed=config.seed + fold)
     held_out = set(index.loc[(index["dataset"] == "nsdimagery") & (index["fold"] == fold), "stimulus_id"])
     for mask in (train, val):
         rows = index.loc[mask]
         assert held_out.isdisjoint(rows["stimulus_id"]) and (rows["dataset"] == "nsdimagery").all()
     assert set(index.loc[train, "stimulus_id"]).isdisjoint(val_stimuli)  # early stopping on unseen stimuli
     # imagery_fraction: about 20% of each training stimulus' imagery trials
-    pool = selection.imagery_rows(index, "imagery", selection.training_folds(index, fold))
+    pool = trials.imagery_rows(index, "imagery", trials.training_folds(index, fold))
     n_imagery = int((train & pool).sum())
     assert 0 < n_imagery < 0.35 * pool.sum()
 
@@ -73,17 +78,17 @@ def test_base_frozen_deterministic_and_finetune(setup):
 
     decoder, _ = load_checkpoint(base_ckpt)
     index = read_index(world["subj01"])
-    rows = index.loc[selection.imagery_rows(index, "imagery")]
+    rows = index.loc[trials.imagery_rows(index, "imagery")]
     X = np.random.default_rng(0).normal(size=(len(rows), decoder.n_features_in_)).astype(np.float32)
     for name in ("a", "ft"):
-        predictor, _ = adapter_predictor(decoder, results[name].checkpoint, base_ckpt)
+        predictor = adapter_predictor(decoder, *load_adapters(results[name].checkpoint, base_ckpt))
         assert predictor(X, rows).shape == (len(rows), decoder.n_targets_)
 
 
 def test_stimulus_means_average_each_stimulus_and_condition():
     import pandas as pd
 
-    from fmri2img.models.training import stimulus_means
+    from fmri2img.data.trials import stimulus_means
 
     rows = pd.DataFrame({"stimulus_id": ["b", "a", "b", "a", "b"]})
     cond = np.array([1, 1, 1, 0, 0])

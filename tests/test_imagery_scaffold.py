@@ -13,14 +13,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+from _world import build_tiny
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from _world import build_tiny
-
-from fmri2img.ablation import CONFIGURATIONS, AblationConfig, run_ablation
-from fmri2img.evaluation.evaluate import EvalOptions
-from fmri2img.models.adapt import AdaptConfig
+from fmri2img.core.vocab import CONFIGURATIONS
+from fmri2img.evaluation.scoring import EvalOptions
+from fmri2img.stages.ablation.executor import run_ablation
+from fmri2img.stages.ablation.matrix import AblationConfig
+from fmri2img.stages.adapt import AdaptConfig
 
 
 def _config(world, root, **over) -> AblationConfig:
@@ -108,9 +109,8 @@ def test_parallel_equals_serial_and_seeds_matter(world, tmp_path, tracking_uri):
 def test_synthesized_world_always_holds_the_default_subjects(tmp_path, monkeypatch):
     """A one-subject ablation writes the same world as the full demo (the design depends on
     the subject list), so its numbers are the demo's numbers for that subject."""
-    import fmri2img.data.synthetic as synthetic
-    from fmri2img.ablation import ensure_inputs
-    from fmri2img.constants import DEFAULT_SUBJECTS
+    from fmri2img.core.constants import DEFAULT_SUBJECTS
+    from fmri2img.stages.ablation import cells
 
     seen = {}
 
@@ -121,11 +121,11 @@ def test_synthesized_world_always_holds_the_default_subjects(tmp_path, monkeypat
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(synthetic, "write_world", fake_write_world)
+    monkeypatch.setattr(cells, "write_world", fake_write_world)
     for subjects, expected in ((("subj02",), tuple(DEFAULT_SUBJECTS)),
                                (("subj03", "subj01"), (*DEFAULT_SUBJECTS, "subj03"))):
         with pytest.raises(Stop):
-            ensure_inputs(AblationConfig(subjects=subjects, data_root=str(tmp_path / "data")), progress=False)
+            cells.ensure_inputs(AblationConfig(subjects=subjects, data_root=str(tmp_path / "data")), progress=False)
         assert seen["subjects"] == expected
 
 
@@ -166,16 +166,16 @@ def test_worker_log_records_reach_the_ablation_log(tmp_path):
     while a worker trains a cell must not be lost)."""
     import logging
 
-    from fmri2img.ablation import _executor
-    from fmri2img.logs import stage_log
+    from fmri2img.core.logs import stage_log
+    from fmri2img.stages.ablation.executor import _executor
 
     with stage_log(tmp_path, "ablate") as log_path:
         logging.getLogger("fmri2img.ablate").info("parent line")
         with _executor(2, log_path) as pool:
-            pool.submit(logging.getLogger("fmri2img.models.torch_utils").warning, "worker line").result()
+            pool.submit(logging.getLogger("fmri2img.models.loop").warning, "worker line").result()
     lines = log_path.read_text().splitlines()
     assert any(line.endswith("INFO fmri2img.ablate: parent line") for line in lines)
-    assert any(line.endswith("WARNING fmri2img.models.torch_utils: worker line") for line in lines), lines
+    assert any(line.endswith("WARNING fmri2img.models.loop: worker line") for line in lines), lines
 
 
 def test_workers_see_the_parents_environment(monkeypatch):
@@ -184,7 +184,7 @@ def test_workers_see_the_parents_environment(monkeypatch):
     import multiprocessing
     import os
 
-    from fmri2img.ablation import _executor, _mp_context, start_worker_server
+    from fmri2img.stages.ablation.executor import _executor, _mp_context, start_worker_server
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         assert _mp_context().get_start_method() == "forkserver"
@@ -201,12 +201,12 @@ def test_cell_tasks_run_their_thread_pools_single_threaded(monkeypatch):
     import numpy as np
     from threadpoolctl import threadpool_info
 
-    import fmri2img.ablation as ablation
+    import fmri2img.stages.ablation.executor as executor
 
     np.dot(np.ones((64, 64)), np.ones((64, 64)))  # numpy's BLAS is loaded
-    monkeypatch.setattr(ablation, "run_cell", lambda *args: [p["num_threads"] for p in threadpool_info()])
-    inside = ablation._run_cell_star(())
-    assert inside and set(inside) == {ablation.TASK_THREADS}
+    monkeypatch.setattr(executor, "run_cell", lambda *args, **kwargs: [p["num_threads"] for p in threadpool_info()])
+    inside = executor._run_cell_task(())
+    assert inside and set(inside) == {executor.TASK_THREADS}
 
 
 def _markdown_table_reference(table, metrics):
@@ -242,7 +242,7 @@ def test_markdown_table_matches_the_reference():
     import numpy as np
     import pandas as pd
 
-    from fmri2img.ablation import markdown_table
+    from fmri2img.stages.ablation.summary import markdown_table
 
     rng = np.random.default_rng(0)
     metrics = ("cosine", "retrieval_at_1", "retrieval_at_5", "two_way")

@@ -13,12 +13,18 @@ import pytest
 from _nsd_fixtures import N_SHARED, make_release
 from typer.testing import CliRunner
 
-from fmri2img.data import nsd_constants as C
-from fmri2img.data import schema, splits
-from fmri2img.data.index import build_index, default_index_path, read_index, source_path
-from fmri2img.errors import (
-    ChecksumError, ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError, SchemaError,
+from fmri2img.core.errors import (
+    ChecksumError,
+    ConfigError,
+    CorruptFileError,
+    InputError,
+    MismatchError,
+    MissingInputError,
+    SchemaError,
 )
+from fmri2img.data import nsd_constants, schema, splits
+from fmri2img.data.index import build_index, default_index_path, source_path
+from fmri2img.data.schema import read_index
 
 
 def _index(rel, tmp_path, **kwargs):
@@ -39,17 +45,17 @@ def test_rows_and_schema(built):
     df = read_index(path)
     assert df.columns.tolist() == schema.SCHEMA.names
     nsd_rows, img_rows = df[df.dataset == "nsd"], df[df.dataset == "nsdimagery"]
-    assert len(nsd_rows) == 2 * C.TRIALS_PER_SESSION and len(img_rows) == len(rel.imagery_trials["subj01"])
+    assert len(nsd_rows) == 2 * nsd_constants.TRIALS_PER_SESSION and len(img_rows) == len(rel.imagery_trials["subj01"])
     assert nsd_rows["trial"].tolist() == list(range(1, 1501))
     assert str(df["session"].dtype) == "Int32" and str(df["fold"].dtype) == "Int8"
     assert nsd_rows["fold"].isna().all() and img_rows["session"].isna().all()
     assert (nsd_rows["split"] == "test").eq(nsd_rows["is_shared1000"]).all()
     assert (img_rows["split"] == "test").all() and img_rows["fold"].notna().all()
     row = nsd_rows.iloc[100]
-    assert row["image_ref"] == f"{C.STIMULI_HDF5}#{row['nsd_id']}" and row["stimulus_id"] == f"nsd-{row['nsd_id']:05d}"
-    assert row["run"] == 100 * C.RUNS_PER_SESSION // C.TRIALS_PER_SESSION + 1  # from responses.tsv
+    assert row["image_ref"] == f"{nsd_constants.STIMULI_HDF5}#{row['nsd_id']}" and row["stimulus_id"] == f"nsd-{row['nsd_id']:05d}"
+    assert row["run"] == 100 * nsd_constants.RUNS_PER_SESSION // nsd_constants.TRIALS_PER_SESSION + 1  # from responses.tsv
     a = img_rows[img_rows.stimulus_type == "simple"].iloc[0]
-    assert a["image_ref"].startswith(C.IMAGERY_STIMULI_DIR) and a["stimulus_id"].startswith("img-A-")
+    assert a["image_ref"].startswith(nsd_constants.IMAGERY_STIMULI_DIR) and a["stimulus_id"].startswith("img-A-")
     c = img_rows[img_rows.stimulus_type == "conceptual"].iloc[0]
     assert c["image_ref"] is None or c["image_ref"] != c["image_ref"]  # null
     assert c["text"].startswith("word number")
@@ -115,9 +121,9 @@ def test_split_helpers_refuse_overlap_and_empty():
     with pytest.raises(InputError, match="empty"):
         splits.nsd_split(np.arange(5), np.arange(10))
     with pytest.raises(InputError, match="empty split"):
-        splits.imagery_folds(["a", "b"], ["A", "B"], k=3)
+        splits.assign_imagery_folds(["a", "b"], ["A", "B"], k=3)
     with pytest.raises(ConfigError):
-        splits.imagery_folds(["a", "b"], ["A", "B"], k=1)
+        splits.assign_imagery_folds(["a", "b"], ["A", "B"], k=1)
     bad = {"nsd": {"splits": {"train": ["nsd-00001"], "val": ["nsd-00001"], "test": []}}}
     with pytest.raises(InputError, match="both"):
         splits.check_disjoint(bad)
@@ -154,7 +160,7 @@ def test_reindex_names_changed_file_and_verify_detects_it(tmp_path, caplog):
     path = _index(rel, tmp_path, dataset="nsd")
     assert build_index("subj01", rel.root, tmp_path / "cache", dataset="nsd", verify=True,
                        manifest_dir=tmp_path / "man") == path
-    responses = rel.root / C.RESPONSES.format(subject="subj01")
+    responses = rel.root / nsd_constants.RESPONSES.format(subject="subj01")
     responses.write_text(responses.read_text() + "\n")
     with pytest.raises(ChecksumError, match="responses.tsv changed since"):
         build_index("subj01", rel.root, tmp_path / "cache", dataset="nsd", verify=True, manifest_dir=tmp_path / "man")
@@ -175,22 +181,22 @@ def _corrupt(kind, rel):
     if kind == "missing_root":
         return root / "nope"
     if kind == "missing_file":
-        (root / C.STIM_INFO).unlink()
+        (root / nsd_constants.STIM_INFO).unlink()
     elif kind == "grid":
-        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4)), root / C.NSDGENERAL.format(subject="subj01"))
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.eye(4)), root / nsd_constants.NSDGENERAL.format(subject="subj01"))
     elif kind == "mask4d":
         nib.save(nib.Nifti1Image(np.ones((6, 7, 5, 2), np.int16), np.eye(4)),
-                 root / C.NSDGENERAL.format(subject="subj01"))
+                 root / nsd_constants.NSDGENERAL.format(subject="subj01"))
     elif kind == "truncated":
-        path = root / C.BETAS_NII.format(subject="subj01", session=1)
+        path = root / nsd_constants.BETAS_NII.format(subject="subj01", session=1)
         path.write_bytes(path.read_bytes()[:-2000])
     elif kind == "no_png":
-        (root / C.IMAGERY_STIMULI_DIR / "images" / "shape3.png").unlink()
+        (root / nsd_constants.IMAGERY_STIMULI_DIR / "images" / "shape3.png").unlink()
     elif kind == "imgbrick":
-        with h5py.File(root / C.STIMULI_HDF5, "w") as fh:
+        with h5py.File(root / nsd_constants.STIMULI_HDF5, "w") as fh:
             fh.create_dataset("imgBrick", data=np.zeros((30, 2, 2, 3), np.uint8))
     elif kind == "dtype":
-        path = root / C.BETAS_NII.format(subject="subj01", session=1)
+        path = root / nsd_constants.BETAS_NII.format(subject="subj01", session=1)
         nib.save(nib.Nifti1Image(np.ones((6, 7, 5, 750), np.int32), np.eye(4)), path)
     return root
 
@@ -256,11 +262,11 @@ def test_cli_index_and_errors(built, tmp_path, tracking_uri, monkeypatch):
 
 
 def test_synthetic_world_end_to_end(tmp_path):
-    synthetic = pytest.importorskip("fmri2img.data.synthetic")
     from fmri2img.data.betas import load_betas
+    from fmri2img.sim.world import WorldShape, write_world
 
-    shape = synthetic.WorldShape(grid=(8, 9, 7), n_mask_voxels=60, n_sessions=2, n_shared=12)
-    synthetic.write_world(tmp_path / "world", subjects=["subj01"], scale=shape, progress=False)
+    shape = WorldShape(grid=(8, 9, 7), n_mask_voxels=60, n_sessions=2, n_shared=12)
+    write_world(tmp_path / "world", subjects=["subj01"], scale=shape, progress=False)
     path = build_index("subj01", tmp_path / "world", tmp_path / "cache", manifest_dir=tmp_path / "man",
                        progress=False)
     df = read_index(path)

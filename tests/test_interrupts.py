@@ -1,4 +1,4 @@
-"""Ctrl-C is not lost when its KeyboardInterrupt lands in a finalizer (fmri2img.interrupts)."""
+"""Ctrl-C is not lost when its KeyboardInterrupt lands in a finalizer (fmri2img.core.interrupts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmri2img import interrupts
+from fmri2img.core import interrupts
 
 # the swallowed KeyboardInterrupts are reported by pytest as unraisable exceptions: expected here
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -56,7 +56,8 @@ def test_without_the_handler_the_ctrl_c_is_lost():
 
 
 def test_training_stops_at_the_next_step_after_a_swallowed_ctrl_c():
-    from fmri2img.models.torch_utils import train_module
+    from fmri2img.data.trials import Dataset
+    from fmri2img.models.loop import TrainSpec, train_module
 
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(64, 5)).astype(np.float32), rng.normal(size=(64, 3)).astype(np.float32)
@@ -70,8 +71,9 @@ def test_training_stops_at_the_next_step_after_a_swallowed_ctrl_c():
         return ((pred - target) ** 2).mean()
 
     with interrupts.installed(), pytest.raises(KeyboardInterrupt):
-        train_module(module, loss_fn, X, Y, X, Y, rng=rng, epochs=1000, lr=1e-3, weight_decay=0.0,
-                     batch_size=16, patience=1000, progress=False)
+        train_module(module, loss_fn, Dataset(X, Y), Dataset(X, Y),
+                     TrainSpec(epochs=1000, lr=1e-3, weight_decay=0.0, batch_size=16, patience=1000, progress=False),
+                     rng)
     assert len(steps) < 8  # stopped at the next step (the loss also scores validation), not after 1000 epochs
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmri2img.errors import InputError
-from fmri2img.evaluation import metrics as M
+from fmri2img.core.errors import InputError
+from fmri2img.data.trials import average_by_stimulus
+from fmri2img.evaluation import metrics
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -56,14 +57,14 @@ def _two_way_loop(pred, true) -> list[float]:
 def test_cosine_hand_computed():
     pred = np.array([[1.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
     true = np.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    np.testing.assert_allclose(M.cosine_similarity(pred, true), [1.0, 1 / math.sqrt(2), -1.0])
+    np.testing.assert_allclose(metrics.cosine_similarity(pred, true), [1.0, 1 / math.sqrt(2), -1.0])
 
 
 def test_cosine_matches_loop():
     rng = _rng(1)
     pred, true = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
     expected = [_cos_loop(p, t) for p, t in zip(pred.tolist(), true.tolist())]
-    np.testing.assert_allclose(M.cosine_similarity(pred, true), expected, rtol=1e-12)
+    np.testing.assert_allclose(metrics.cosine_similarity(pred, true), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_cosine_matches_loop():
 )
 def test_cosine_rejects_bad_input(pred, true):
     with pytest.raises(InputError):
-        M.cosine_similarity(pred, true)
+        metrics.cosine_similarity(pred, true)
 
 
 # --------------------------------------------------------------------------- averaging
@@ -86,7 +87,7 @@ def test_cosine_rejects_bad_input(pred, true):
 def test_average_by_stimulus_first_appearance_order():
     values = np.array([1.0, 10.0, 3.0, 20.0, 5.0])
     ids = ["s9", "s1", "s9", "s1", "s5"]
-    avg, uniq = M.average_by_stimulus(values, ids)
+    avg, uniq = average_by_stimulus(values, ids)
     assert list(uniq) == ["s9", "s1", "s5"]
     np.testing.assert_allclose(avg, [2.0, 15.0, 5.0])
 
@@ -95,7 +96,7 @@ def test_average_by_stimulus_2d_matches_pandas():
     rng = _rng(2)
     ids = rng.integers(0, 6, size=40)
     emb = rng.normal(size=(40, 4))
-    avg, uniq = M.average_by_stimulus(emb, ids)
+    avg, uniq = average_by_stimulus(emb, ids)
     ref = pd.DataFrame(emb).groupby(ids, sort=False).mean()
     assert list(uniq) == list(ref.index)
     np.testing.assert_allclose(avg, ref.to_numpy(), rtol=1e-12)
@@ -103,7 +104,7 @@ def test_average_by_stimulus_2d_matches_pandas():
 
 def test_average_by_stimulus_rejects_length_mismatch():
     with pytest.raises(InputError):
-        M.average_by_stimulus(np.ones(3), ["a", "b"])
+        average_by_stimulus(np.ones(3), ["a", "b"])
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -116,8 +117,8 @@ def test_retrieval_hand_computed_with_tie():
     # pred 0: cos to g0 = g3 (tie) > g2 > g1  -> conservative rank 2
     # pred 1: g1 highest -> rank 1
     # pred 2 = (1, 0): g0 = g3 = 1 > g2 = 0.707 -> target g2 has rank 3
-    np.testing.assert_array_equal(M.retrieval_ranks(pred, gallery, target), [2, 1, 3])
-    hits = M.retrieval_at_k(pred, gallery, target, ks=(1, 2, 3, 5))
+    np.testing.assert_array_equal(metrics.retrieval_ranks(pred, gallery, target), [2, 1, 3])
+    hits = metrics.retrieval_at_k(pred, gallery, target, ks=(1, 2, 3, 5))
     np.testing.assert_array_equal(hits[1], [False, True, False])
     np.testing.assert_array_equal(hits[2], [True, True, False])
     np.testing.assert_array_equal(hits[3], [True, True, True])
@@ -131,20 +132,20 @@ def test_retrieval_matches_loop(k):
     target = rng.integers(0, 12, size=9)
     pred = gallery[target] + 1.2 * rng.normal(size=(9, 6))
     expected = _retrieval_loop(pred.tolist(), gallery.tolist(), target.tolist(), k)
-    np.testing.assert_array_equal(M.retrieval_at_k(pred, gallery, target, ks=(k,))[k], expected)
+    np.testing.assert_array_equal(metrics.retrieval_at_k(pred, gallery, target, ks=(k,))[k], expected)
 
 
 def test_retrieval_rejects_bad_targets():
     with pytest.raises(InputError):
-        M.retrieval_ranks(np.ones((2, 3)), np.eye(3), np.array([0, 3]))
+        metrics.retrieval_ranks(np.ones((2, 3)), np.eye(3), np.array([0, 3]))
     with pytest.raises(InputError):
-        M.retrieval_ranks(np.ones((2, 3)), np.eye(3), np.array([0.0, 1.0]))
+        metrics.retrieval_ranks(np.ones((2, 3)), np.eye(3), np.array([0.0, 1.0]))
 
 
 def test_chance_level():
-    assert M.chance_level(1, 18) == pytest.approx(1 / 18)
-    assert M.chance_level(10, 1018) == pytest.approx(10 / 1018)
-    assert M.chance_level(50, 18) is None
+    assert metrics.chance_level(1, 18) == pytest.approx(1 / 18)
+    assert metrics.chance_level(10, 1018) == pytest.approx(10 / 1018)
+    assert metrics.chance_level(50, 18) is None
 
 
 # --------------------------------------------------------------------------- two-way
@@ -155,7 +156,7 @@ def test_two_way_hand_computed():
     # pred 0 correlates best with true 0; pred 1 equally with true 0 and true 1 (tie -> fail)
     # and worst with true 2; pred 2's own target (r = 0) beats true 0 (r = -0.5), loses to true 1.
     pred = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.5]])
-    res = M.two_way_identification(pred, true)
+    res = metrics.two_way_identification(pred, true)
     np.testing.assert_allclose(res.per_item, [1.0, 0.5, 0.5])
     assert res.mean == pytest.approx(2 / 3)
 
@@ -165,30 +166,30 @@ def test_two_way_matches_loop():
     true = rng.normal(size=(8, 10))
     pred = true + 1.5 * rng.normal(size=(8, 10))
     expected = _two_way_loop(pred.tolist(), true.tolist())
-    res = M.two_way_identification(pred, true)
+    res = metrics.two_way_identification(pred, true)
     np.testing.assert_allclose(res.per_item, expected)
     assert res.mean == pytest.approx(np.mean(expected))
 
 
 def test_two_way_needs_two_items():
     with pytest.raises(InputError):
-        M.two_way_identification(np.ones((1, 3)) * [1, 2, 3], np.ones((1, 3)) * [3, 2, 1])
+        metrics.two_way_identification(np.ones((1, 3)) * [1, 2, 3], np.ones((1, 3)) * [3, 2, 1])
 
 
 # --------------------------------------------------------------------------- baselines
 
 
 def test_random_unit_embeddings_deterministic_and_unit():
-    a = M.random_unit_embeddings(5, 16, seed=7)
+    a = metrics.random_unit_embeddings(5, 16, seed=7)
     assert a.dtype == np.float32 and a.shape == (5, 16)
-    assert a.tobytes() == M.random_unit_embeddings(5, 16, seed=7).tobytes()
-    assert a.tobytes() != M.random_unit_embeddings(5, 16, seed=8).tobytes()
+    assert a.tobytes() == metrics.random_unit_embeddings(5, 16, seed=7).tobytes()
+    assert a.tobytes() != metrics.random_unit_embeddings(5, 16, seed=8).tobytes()
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-6)
 
 
 def test_ground_truth_baseline_is_perfect():
-    true = M.random_unit_embeddings(30, 16, seed=1)
-    scores = M.score_predictions(true, true, true, np.arange(30), ks=(1, 5))
+    true = metrics.random_unit_embeddings(30, 16, seed=1)
+    scores = metrics.score_predictions(true, true, true, np.arange(30), ks=(1, 5))
     assert scores["cosine"] == pytest.approx(1.0)
     assert scores["retrieval_at_1"] == 1.0 and scores["retrieval_at_5"] == 1.0
     assert scores["two_way"] == 1.0
@@ -196,10 +197,10 @@ def test_ground_truth_baseline_is_perfect():
 
 def test_random_baseline_is_at_chance():
     n, m, d = 400, 100, 32
-    gallery = M.random_unit_embeddings(m, d, seed=2)
+    gallery = metrics.random_unit_embeddings(m, d, seed=2)
     target = np.repeat(np.arange(m), n // m)
-    pred = M.random_unit_embeddings(n, d, seed=3)
-    scores = M.score_predictions(pred, gallery[target], gallery, target, ks=(1, 10, 50))
+    pred = metrics.random_unit_embeddings(n, d, seed=3)
+    scores = metrics.score_predictions(pred, gallery[target], gallery, target, ks=(1, 10, 50))
     assert scores["two_way"] == pytest.approx(0.5, abs=0.05)
     for k in (10, 50):
         assert scores[f"retrieval_at_{k}"] == pytest.approx(k / m, abs=0.06)
@@ -213,10 +214,10 @@ def test_mean_embedding_baseline_high_cosine_but_chance_identification():
     common = rng.normal(size=d)  # CLIP-like shared direction
     Y_train = common + 0.5 * rng.normal(size=(n_train, d))
     Y_test = common + 0.5 * rng.normal(size=(n_test, d))
-    pred = M.mean_embedding_prediction(Y_train, n_test)
+    pred = metrics.mean_embedding_prediction(Y_train, n_test)
     assert pred.shape == (n_test, d) and np.all(pred == pred[0])
-    scores = M.score_predictions(pred, Y_test, Y_test, np.arange(n_test), ks=(1, 5))
-    random_cos = M.cosine_similarity(M.random_unit_embeddings(n_test, d, seed=0), Y_test).mean()
+    scores = metrics.score_predictions(pred, Y_test, Y_test, np.arange(n_test), ks=(1, 5))
+    random_cos = metrics.cosine_similarity(metrics.random_unit_embeddings(n_test, d, seed=0), Y_test).mean()
     assert scores["cosine"] > 0.8 > random_cos + 0.5
     # one constant prediction ranks the gallery in one fixed order: each item is hit once per
     # position, so top-K hits exactly K of the n targets, and two-way is exactly 0.5
@@ -230,11 +231,11 @@ def test_score_predictions_consistent_with_parts():
     gallery = rng.normal(size=(10, 8))
     target = np.arange(10)
     pred = gallery + rng.normal(size=(10, 8))
-    s = M.score_predictions(pred, gallery, gallery, target, ks=(1, 5, 50))
+    s = metrics.score_predictions(pred, gallery, gallery, target, ks=(1, 5, 50))
     assert s["n"] == 10 and s["gallery_size"] == 10
-    assert s["cosine"] == pytest.approx(M.cosine_similarity(pred, gallery).mean())
-    assert s["two_way"] == pytest.approx(M.two_way_identification(pred, gallery).mean)
-    hits = M.retrieval_at_k(pred, gallery, target, ks=(1, 5))
+    assert s["cosine"] == pytest.approx(metrics.cosine_similarity(pred, gallery).mean())
+    assert s["two_way"] == pytest.approx(metrics.two_way_identification(pred, gallery).mean)
+    hits = metrics.retrieval_at_k(pred, gallery, target, ks=(1, 5))
     assert s["retrieval_at_1"] == pytest.approx(hits[1].mean())
     np.testing.assert_array_equal(s["per_item"]["retrieval_at_5"], hits[5].astype(float))
     assert s["retrieval_at_50"] is None and s["chance"]["retrieval_at_50"] is None
@@ -252,7 +253,7 @@ def test_average_by_stimulus_sums_like_add_at(d):
         values = rng.normal(size=n if d is None else (n, d)) * 10.0 ** rng.integers(-3, 4)
         if trial == 0:
             values[:] = -0.0
-        avg, uniq = M.average_by_stimulus(values, ids)
+        avg, uniq = average_by_stimulus(values, ids)
         _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
         rank = np.empty_like(order)

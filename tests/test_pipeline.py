@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _world import build_tiny
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
-
-from _world import build_tiny
 
 runner = CliRunner()
 
@@ -99,14 +98,15 @@ def _ridge_config(tmp_path):
 
 
 def test_mixed_training_uses_training_folds_only(world, tmp_path, tracking_uri):
-    from fmri2img.data.index import read_index
+    from fmri2img.data.schema import read_index
+    from fmri2img.data.trials import training_data
     from fmri2img.embeddings.cache import load_embedding_set
-    from fmri2img.models.training import TrainConfig, training_data
+    from fmri2img.stages.train import TrainConfig
 
     index = read_index(world["subj01"])
     emb = load_embedding_set(world["cache"], "synthetic-truth")
     cfg = TrainConfig(train_on="mixed", holdout_fold=1, imagery_weight=0.5)
-    train, val = training_data(index, world["cache"], emb, cfg)
+    train, val = training_data(index, world["cache"], emb, **cfg.data_rules())
     imagery = train.rows[train.rows["dataset"] == "nsdimagery"]
     assert len(imagery) > 0 and set(imagery["fold"]) == {0, 2}
     assert set(imagery["condition"]) == {"imagery"}
@@ -125,16 +125,18 @@ def test_mixed_training_uses_training_folds_only(world, tmp_path, tracking_uri):
     n_val = int(perception_val.sum())
     np.testing.assert_allclose(val.sample_weight[~perception_val.to_numpy()].sum(), n_val, rtol=1e-6)
     assert len(val.X) == len(val.rows) == len(val.sample_weight)
-    none = training_data(index, world["cache"], emb, dataclasses.replace(cfg, imagery_val_fraction=0.0))[1]
+    none = training_data(index, world["cache"], emb,
+                         **dataclasses.replace(cfg, imagery_val_fraction=0.0).data_rules())[1]
     assert set(none.rows["split"]) == {"val"} and none.sample_weight is None
-    from fmri2img.errors import ConfigError
+    from fmri2img.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="holds out all"):
-        training_data(index, world["cache"], emb, dataclasses.replace(cfg, imagery_val_fraction=0.99))
+        training_data(index, world["cache"], emb,
+                      **dataclasses.replace(cfg, imagery_val_fraction=0.99).data_rules())
 
 
 def test_training_is_deterministic(world, tmp_path, tracking_uri):
-    from fmri2img.models.training import TrainConfig, train_decoder
+    from fmri2img.stages.train import TrainConfig, train_decoder
 
     cfg = TrainConfig(model="mlp", epochs=2)
     a = train_decoder(world["subj01"], tmp_path / "a", cfg, cache_root=world["cache"], progress=False)
@@ -157,16 +159,18 @@ def test_invalid_options_one_line(world, tracking_uri, tmp_path):
 
 def test_mixed_training_standardises_with_perception_rows_only(world, tmp_path, tracking_uri):
     """The imagery trials of mixed training train the network but do not move its feature space."""
-    from fmri2img.data.index import read_index
+    from fmri2img.data.schema import read_index
+    from fmri2img.data.trials import training_data
     from fmri2img.embeddings.cache import load_embedding_set
     from fmri2img.models.checkpoint import load_checkpoint
-    from fmri2img.models.training import TrainConfig, train_decoder, training_data
+    from fmri2img.stages.train import TrainConfig, train_decoder
 
     cfg = TrainConfig(model="mlp", train_on="mixed", holdout_fold=1, epochs=1)
     result = train_decoder(world["subj01"], tmp_path / "m", cfg, cache_root=world["cache"], progress=False)
     decoder, _ = load_checkpoint(result.checkpoint, expected_decoder="mlp")
     index = read_index(world["subj01"])
-    train, _ = training_data(index, world["cache"], load_embedding_set(world["cache"], "synthetic-truth"), cfg)
+    embeddings = load_embedding_set(world["cache"], "synthetic-truth")
+    train, _ = training_data(index, world["cache"], embeddings, **cfg.data_rules())
     perception = (train.rows["dataset"] == "nsd").to_numpy()
     assert 0 < perception.sum() < len(perception)
     np.testing.assert_allclose(decoder.module_.input_norm.mean.numpy(), train.X[perception].mean(axis=0),

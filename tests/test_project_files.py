@@ -72,8 +72,8 @@ def test_gitignore_lists_generated_paths():
 
 
 def test_every_shipped_config_validates():
-    from fmri2img.ablation import AblationConfig
-    from fmri2img.config import load_config
+    from fmri2img.core.config import load_config
+    from fmri2img.stages.ablation.matrix import AblationConfig
 
     configs = sorted((ROOT / "projects" / "imagery" / "configs").glob("*.yaml"))
     assert configs

@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 from _nsd_fixtures import make_release, masked
 
-from fmri2img.data import nsd, nsd_imagery
-from fmri2img.data import nsd_constants as C
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.data import nsd, nsd_constants, nsd_imagery
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +26,13 @@ def _nifti(path, data):
 
 
 def test_expdesign_trials_follow_the_published_formula(release):
-    design = nsd.read_expdesign(release.root / C.EXPDESIGN)
-    trials = nsd.nsd_trials(design, "subj01", C.TRIALS_PER_SESSION)
+    design = nsd.read_expdesign(release.root / nsd_constants.EXPDESIGN)
+    trials = nsd.nsd_trials(design, "subj01", nsd_constants.TRIALS_PER_SESSION)
     # contracts section 1: trial n shows subjectim[s-1, masterordering[n-1]-1] (1-based ids)
     n = 37
     expected = release.subjectim[0, release.masterordering[n - 1] - 1] - 1
     assert trials.loc[n - 1, "nsd_id"] == expected
-    assert trials["session"].eq(1).all() and trials["beta_volume"].tolist() == list(range(C.TRIALS_PER_SESSION))
+    assert trials["session"].eq(1).all() and trials["beta_volume"].tolist() == list(range(nsd_constants.TRIALS_PER_SESSION))
     shared = trials["nsd_id"] < 20  # the fixture's shared images are ids 0..19
     assert (trials["is_shared1000"] == shared).all()
     with pytest.raises(MismatchError, match="orders only"):
@@ -43,8 +42,8 @@ def test_expdesign_trials_follow_the_published_formula(release):
 
 
 def test_stim_info_must_agree_with_sharedix(release):
-    design = nsd.read_expdesign(release.root / C.EXPDESIGN)
-    info = nsd.read_stim_info(release.root / C.STIM_INFO)
+    design = nsd.read_expdesign(release.root / nsd_constants.EXPDESIGN)
+    info = nsd.read_stim_info(release.root / nsd_constants.STIM_INFO)
     nsd.check_stim_info(info, design)
     info.loc[25, "shared1000"] = True
     with pytest.raises(MismatchError, match="shared1000"):
@@ -52,17 +51,17 @@ def test_stim_info_must_agree_with_sharedix(release):
 
 
 def test_responses_number_trials_like_expdesign(release):
-    design = nsd.read_expdesign(release.root / C.EXPDESIGN)
-    trials = nsd.nsd_trials(design, "subj01", C.TRIALS_PER_SESSION)
-    resp = nsd.read_responses(release.root / C.RESPONSES.format(subject="subj01"))
+    design = nsd.read_expdesign(release.root / nsd_constants.EXPDESIGN)
+    trials = nsd.nsd_trials(design, "subj01", nsd_constants.TRIALS_PER_SESSION)
+    resp = nsd.read_responses(release.root / nsd_constants.RESPONSES.format(subject="subj01"))
     merged = trials.merge(resp, on="trial", suffixes=("", "_r"))
-    assert len(merged) == C.TRIALS_PER_SESSION
+    assert len(merged) == nsd_constants.TRIALS_PER_SESSION
     assert (merged["nsd_id"] == merged["nsd_id_r"]).all()
-    assert merged["run"].min() == 1 and merged["run"].max() == C.RUNS_PER_SESSION
+    assert merged["run"].min() == 1 and merged["run"].max() == nsd_constants.RUNS_PER_SESSION
 
 
 def test_mask_keeps_value_one_only_and_rejects_4d(release, tmp_path):
-    mask = nsd.read_mask(release.root / C.NSDGENERAL.format(subject="subj01"))
+    mask = nsd.read_mask(release.root / nsd_constants.NSDGENERAL.format(subject="subj01"))
     assert mask.sum() == (release.mask["subj01"] == 1).sum()
     assert not mask[0, 0, 0]  # value -1 is outside
     with pytest.raises(InputError, match="Expected a 3D mask, got shape"):
@@ -76,16 +75,16 @@ def test_mask_keeps_value_one_only_and_rejects_4d(release, tmp_path):
 @pytest.mark.parametrize("fmt", ["nifti", "hdf5"])
 def test_masked_betas_match_reference_both_formats(release, fmt, monkeypatch):
     monkeypatch.setattr(nsd, "READ_CHUNK_BYTES", 4096)  # force many chunks
-    template = C.BETAS_NII if fmt == "nifti" else C.BETAS_HDF5
+    template = nsd_constants.BETAS_NII if fmt == "nifti" else nsd_constants.BETAS_HDF5
     path = release.root / template.format(subject="subj01", session=1)
-    mask = nsd.read_mask(release.root / C.NSDGENERAL.format(subject="subj01"))
+    mask = nsd.read_mask(release.root / nsd_constants.NSDGENERAL.format(subject="subj01"))
     X, invalid = nsd.read_masked_betas(path, nsd.mask_voxels(mask))
     ref = masked(release.betas["subj01"][1], release.mask["subj01"])
     assert X.dtype == np.float32 and X.shape == ref.shape
     np.testing.assert_array_equal(X, ref)
     assert not invalid.any()
     info = nsd.inspect_betas(path)
-    assert info.grid == mask.shape and info.n_volumes == C.TRIALS_PER_SESSION and info.kind == fmt
+    assert info.grid == mask.shape and info.n_volumes == nsd_constants.TRIALS_PER_SESSION and info.kind == fmt
 
 
 def test_float_betas_rules(tmp_path):
@@ -113,7 +112,7 @@ def test_float_betas_rules(tmp_path):
 
 
 def test_corrupt_nifti_and_hdf5_raise_one_clear_error(release, tmp_path):
-    src = (release.root / C.BETAS_NII.format(subject="subj01", session=1)).read_bytes()
+    src = (release.root / nsd_constants.BETAS_NII.format(subject="subj01", session=1)).read_bytes()
     truncated = tmp_path / "trunc.nii.gz"
     truncated.write_bytes(src[: len(src) // 2])
     vox = np.array([[1, 1, 1]])
@@ -127,7 +126,7 @@ def test_corrupt_nifti_and_hdf5_raise_one_clear_error(release, tmp_path):
     bad_h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(CorruptFileError, match="bad.hdf5"):
         nsd.inspect_betas(bad_h5)
-    h5src = (release.root / C.BETAS_HDF5.format(subject="subj01", session=1)).read_bytes()
+    h5src = (release.root / nsd_constants.BETAS_HDF5.format(subject="subj01", session=1)).read_bytes()
     trunc_h5 = tmp_path / "trunc.hdf5"
     trunc_h5.write_bytes(h5src[: len(h5src) // 2])
     with pytest.raises(CorruptFileError, match="trunc.hdf5"):
@@ -140,14 +139,14 @@ def test_corrupt_nifti_and_hdf5_raise_one_clear_error(release, tmp_path):
 
 
 def test_grid_mismatch(release):
-    info = nsd.inspect_betas(release.root / C.BETAS_HDF5.format(subject="subj01", session=1))
+    info = nsd.inspect_betas(release.root / nsd_constants.BETAS_HDF5.format(subject="subj01", session=1))
     with pytest.raises(MismatchError, match=r"has grid .* but nsdgeneral.nii.gz has"):
         nsd.check_grid(info, np.ones((2, 2, 2), dtype=bool), "betas_session01.hdf5")
 
 
 def test_imagery_tables(release, tmp_path):
-    trials = nsd_imagery.read_trials(release.root / C.IMAGERY_TRIALS.format(subject="subj01"))
-    stimuli = nsd_imagery.read_stimuli(release.root / C.IMAGERY_STIMULI_TABLE)
+    trials = nsd_imagery.read_trials(release.root / nsd_constants.IMAGERY_TRIALS.format(subject="subj01"))
+    stimuli = nsd_imagery.read_stimuli(release.root / nsd_constants.IMAGERY_STIMULI_TABLE)
     assert trials["beta_index"].tolist() == list(range(1, len(trials) + 1))
     assert set(stimuli.loc[stimuli.stim_set == "B", "stimulus_id"]) == {f"nsd-{2 * k:05d}" for k in range(6)}
     assert "img-A-shape0" in set(stimuli["stimulus_id"]) and "img-C-word3" in set(stimuli["stimulus_id"])

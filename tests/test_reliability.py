@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _world import build_tiny
 from mlflow.tracking import MlflowClient
 
-from _world import TINY, build_tiny
-
-from fmri2img.ablation import AblationConfig, run_ablation
-from fmri2img.evaluation.evaluate import EvalOptions
-from fmri2img.models.adapt import AdaptConfig
+from fmri2img.evaluation.scoring import EvalOptions
+from fmri2img.stages.ablation.executor import run_ablation
+from fmri2img.stages.ablation.matrix import AblationConfig
+from fmri2img.stages.adapt import AdaptConfig
 
 CLI = [sys.executable, "-m", "fmri2img.cli.main"]
 
@@ -113,7 +112,7 @@ def test_index_survives_kill9(world, tmp_path, tracking_uri, n_kills):
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == reference  # same bytes as the uninterrupted build
     from fmri2img.data.betas import load_betas
-    from fmri2img.data.index import read_index
+    from fmri2img.data.schema import read_index
 
     np.testing.assert_array_equal(load_betas(read_index(out), cache), load_betas(read_index(world["subj01"]),
                                                                                  world["cache"]))

@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge, RidgeCV
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
+from fmri2img.models.backends import weighted_column_stats
 from fmri2img.models.registry import make_decoder
 from fmri2img.models.ridge import DEFAULT_ALPHAS, RidgeDecoder
-from fmri2img.models.solvers import (
-    CHOLESKY_FLOAT32_MAX_COND,
-    CHOLESKY_MAX_ALPHAS,
-    RIDGE_SOLVERS,
-    weighted_column_stats,
-)
+from fmri2img.models.solvers import CHOLESKY_FLOAT32_MAX_COND, CHOLESKY_MAX_ALPHAS, RIDGE_SOLVERS
 
 SOLVERS = sorted(RIDGE_SOLVERS)
 #: (n_trials, n_voxels): kernel branch (p > n) and primal branch (p <= n).

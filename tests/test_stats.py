@@ -7,9 +7,8 @@ import pingouin as pg
 import pytest
 import scipy.stats as ss
 
-from fmri2img.errors import InputError
-from fmri2img.evaluation import metrics as M
-from fmri2img.evaluation import stats as S
+from fmri2img.core.errors import InputError
+from fmri2img.evaluation import metrics, resampling, stats
 
 # fixed data (18 stimuli, like one NSD-Imagery subject)
 A = np.array([0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52, 0.63,
@@ -22,7 +21,7 @@ B = np.array([0.52, 0.50, 0.61, 0.49, 0.55, 0.51, 0.66, 0.45, 0.58,
 
 
 def test_paired_comparison_matches_scipy():
-    res = S.paired_comparison(A, B)
+    res = stats.paired_comparison(A, B)
     ref = ss.ttest_rel(A, B)
     assert res["n"] == 18 and res["df"] == 17
     assert res["t"] == pytest.approx(ref.statistic, rel=1e-10)
@@ -40,15 +39,15 @@ def test_paired_comparison_matches_scipy():
 
 
 def test_paired_comparison_sign_and_validation():
-    assert S.paired_comparison(B, A)["t"] == pytest.approx(-S.paired_comparison(A, B)["t"])
+    assert stats.paired_comparison(B, A)["t"] == pytest.approx(-stats.paired_comparison(A, B)["t"])
     with pytest.raises(InputError):
-        S.paired_comparison(A, B[:-1])
+        stats.paired_comparison(A, B[:-1])
     with pytest.raises(InputError):
-        S.paired_comparison([1.0], [2.0])
+        stats.paired_comparison([1.0], [2.0])
 
 
 def test_one_sample_test_matches_scipy():
-    res = S.one_sample_test(A, popmean=0.5)
+    res = stats.one_sample_test(A, popmean=0.5)
     ref = ss.ttest_1samp(A, 0.5)
     assert res["t"] == pytest.approx(ref.statistic, rel=1e-10)
     assert res["p_value"] == pytest.approx(ref.pvalue, rel=1e-8)
@@ -63,13 +62,13 @@ def test_group_level_test_uses_subject_means():
     b = {"subj01": B, "subj02": B[:10], "subj05": B[3:], "subj07": B - 0.03}
     means_a = [v.mean() for v in a.values()]
     means_b = [v.mean() for v in b.values()]
-    res = S.group_level_test(a, b)
+    res = stats.group_level_test(a, b)
     assert res["n"] == 4 and res["df"] == 3
     assert res["t"] == pytest.approx(ss.ttest_rel(means_a, means_b).statistic, rel=1e-10)
-    one = S.group_level_test(a, popmean=0.5)
+    one = stats.group_level_test(a, popmean=0.5)
     assert one["p_value"] == pytest.approx(ss.ttest_1samp(means_a, 0.5).pvalue, rel=1e-8)
     with pytest.raises(InputError):
-        S.group_level_test(a, {"subj01": B, "subj02": B, "subj05": B, "subj99": B})
+        stats.group_level_test(a, {"subj01": B, "subj02": B, "subj05": B, "subj99": B})
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -77,17 +76,17 @@ def test_group_level_test_uses_subject_means():
 
 def test_bootstrap_ci_deterministic_covers_mean_and_matches_scipy():
     x = np.random.default_rng(0).normal(loc=1.0, size=60)
-    ci = S.bootstrap_ci(x, seed=3)
-    assert ci == S.bootstrap_ci(x, seed=3)
-    assert ci != S.bootstrap_ci(x, seed=4)
+    ci = resampling.bootstrap_ci(x, seed=3)
+    assert ci == resampling.bootstrap_ci(x, seed=3)
+    assert ci != resampling.bootstrap_ci(x, seed=4)
     assert ci.low < x.mean() < ci.high
     ref = ss.bootstrap((x,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(1))
     assert ci.low == pytest.approx(ref.confidence_interval.low, abs=0.03)
     assert ci.high == pytest.approx(ref.confidence_interval.high, abs=0.03)
     # a generic callable gives the same numbers as the vectorised numpy reducer
-    assert S.bootstrap_ci(x, statistic=lambda v: float(np.mean(v)), seed=3) == ci
+    assert resampling.bootstrap_ci(x, statistic=lambda v: float(np.mean(v)), seed=3) == ci
     # higher level, wider interval
-    wide = S.bootstrap_ci(x, level=0.99, seed=3)
+    wide = resampling.bootstrap_ci(x, level=0.99, seed=3)
     assert wide.low < ci.low and wide.high > ci.high
 
 
@@ -95,25 +94,25 @@ def test_bootstrap_ratio_ci():
     rng = np.random.default_rng(1)
     perception = 0.5 + 0.1 * rng.random(18)
     imagery = 0.7 * perception + 0.01 * rng.normal(size=18)  # planted ratio 0.7
-    res = S.bootstrap_ratio_ci(imagery, perception, seed=2)
+    res = resampling.bootstrap_ratio_ci(imagery, perception, seed=2)
     assert res.ratio == pytest.approx(imagery.mean() / perception.mean())
     assert res.ci_low < res.ratio < res.ci_high
     assert res.ci_low < 0.7 < res.ci_high and res.ci_high - res.ci_low < 0.05
-    assert res == S.bootstrap_ratio_ci(imagery, perception, seed=2)
+    assert res == resampling.bootstrap_ratio_ci(imagery, perception, seed=2)
     with pytest.raises(InputError):
-        S.bootstrap_ratio_ci(imagery, np.zeros(18))
+        resampling.bootstrap_ratio_ci(imagery, np.zeros(18))
 
 
 def test_hierarchical_bootstrap_accounts_for_subjects():
     rng = np.random.default_rng(2)
     offsets = [-0.3, 0.0, 0.1, 0.4]  # planted between-subject variability
     by_subject = {f"subj0{i}": off + 0.05 * rng.normal(size=18) for i, off in enumerate(offsets)}
-    ci = S.hierarchical_bootstrap_ci(by_subject, seed=5)
-    assert ci == S.hierarchical_bootstrap_ci(by_subject, seed=5)
+    ci = resampling.hierarchical_bootstrap_ci(by_subject, seed=5)
+    assert ci == resampling.hierarchical_bootstrap_ci(by_subject, seed=5)
     grand = np.mean([v.mean() for v in by_subject.values()])
     assert ci.low < grand < ci.high
     # resampling subjects makes it far wider than a pooled bootstrap over the 72 stimuli
-    pooled = S.bootstrap_ci(np.concatenate(list(by_subject.values())), seed=5)
+    pooled = resampling.bootstrap_ci(np.concatenate(list(by_subject.values())), seed=5)
     assert (ci.high - ci.low) > 3 * (pooled.high - pooled.low)
     # and it agrees with a plain two-level loop (own random stream) up to Monte-Carlo error
     ref_rng = np.random.default_rng(100)
@@ -129,7 +128,7 @@ def test_hierarchical_bootstrap_accounts_for_subjects():
 def test_hierarchical_bootstrap_unequal_subject_sizes():
     # a subject of 3 stimuli and one of 30: each subject mean weighs the same
     by_subject = [np.array([1.0, 1.0, 1.0]), np.zeros(30)]
-    ci = S.hierarchical_bootstrap_ci(by_subject, n_boot=2000, seed=0)
+    ci = resampling.hierarchical_bootstrap_ci(by_subject, n_boot=2000, seed=0)
     assert ci.low == 0.0 and ci.high == 1.0  # resamples of subjects: means 0, 0.5 or 1
 
 
@@ -137,17 +136,17 @@ def test_hierarchical_bootstrap_unequal_subject_sizes():
 
 
 def _brute_retrieval_p(pred, gallery, target, k, n_perm, seed):
-    observed = M.retrieval_at_k(pred, gallery, target, ks=(k,))[k].mean()
+    observed = metrics.retrieval_at_k(pred, gallery, target, ks=(k,))[k].mean()
     rng = np.random.default_rng(seed)
-    null = [M.retrieval_at_k(pred, gallery, target[rng.permutation(len(target))], ks=(k,))[k].mean()
+    null = [metrics.retrieval_at_k(pred, gallery, target[rng.permutation(len(target))], ks=(k,))[k].mean()
             for _ in range(n_perm)]  # fmt: skip
     return (sum(v >= observed - 1e-12 for v in null) + 1) / (n_perm + 1)
 
 
 def _brute_two_way_p(pred, true, n_perm, seed):
-    observed = M.two_way_identification(pred, true).mean
+    observed = metrics.two_way_identification(pred, true).mean
     rng = np.random.default_rng(seed)
-    null = [M.two_way_identification(pred, true[rng.permutation(len(true))]).mean for _ in range(n_perm)]
+    null = [metrics.two_way_identification(pred, true[rng.permutation(len(true))]).mean for _ in range(n_perm)]
     return (sum(v >= observed - 1e-12 for v in null) + 1) / (n_perm + 1)
 
 
@@ -161,19 +160,19 @@ def test_permutation_tests_match_brute_force():
     true, pred = _weak_signal(0)
     target = np.arange(len(true))
     for k in (1, 3):
-        fast = S.permutation_test_retrieval(pred, true, target, k=k, n_perm=99, seed=9)
+        fast = resampling.permutation_test_retrieval(pred, true, target, k=k, n_perm=99, seed=9)
         assert fast == pytest.approx(_brute_retrieval_p(pred, true, target, k, 99, 9))
-    fast = S.permutation_test_two_way(pred, true, n_perm=99, seed=9)
+    fast = resampling.permutation_test_two_way(pred, true, n_perm=99, seed=9)
     assert fast == pytest.approx(_brute_two_way_p(pred, true, 99, 9))
 
 
 def test_permutation_p_minimum_for_strong_signal():
     true, pred = _weak_signal(1, signal=20.0)
     target = np.arange(len(true))
-    assert S.permutation_test_retrieval(pred, true, target, k=1, n_perm=199) == pytest.approx(1 / 200)
-    assert S.permutation_test_two_way(pred, true, n_perm=199) == pytest.approx(1 / 200)
+    assert resampling.permutation_test_retrieval(pred, true, target, k=1, n_perm=199) == pytest.approx(1 / 200)
+    assert resampling.permutation_test_two_way(pred, true, n_perm=199) == pytest.approx(1 / 200)
     with pytest.raises(InputError):
-        S.permutation_test_retrieval(pred, true, target, k=13, n_perm=10)
+        resampling.permutation_test_retrieval(pred, true, target, k=13, n_perm=10)
 
 
 def _null_pvalues(n_sims, n_perm, seed):
@@ -182,8 +181,8 @@ def _null_pvalues(n_sims, n_perm, seed):
     for s in range(n_sims):
         true = rng.normal(size=(15, 8))
         pred = rng.normal(size=(15, 8))  # planted null: unrelated to the targets
-        p_two.append(S.permutation_test_two_way(pred, true, n_perm=n_perm, seed=s))
-        p_ret.append(S.permutation_test_retrieval(pred, true, np.arange(15), k=5, n_perm=n_perm, seed=s))
+        p_two.append(resampling.permutation_test_two_way(pred, true, n_perm=n_perm, seed=s))
+        p_ret.append(resampling.permutation_test_retrieval(pred, true, np.arange(15), k=5, n_perm=n_perm, seed=s))
     return np.array(p_two), np.array(p_ret)
 
 
@@ -215,7 +214,7 @@ def test_permutation_null_pvalues_uniform():
 
 
 def test_holm_hand_computed():
-    np.testing.assert_allclose(S.holm([0.01, 0.04, 0.03, 0.2]), [0.04, 0.09, 0.09, 0.2])
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.2]), [0.04, 0.09, 0.09, 0.2])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -223,16 +222,16 @@ def test_holm_matches_pingouin(seed):
     p = np.random.default_rng(seed).random(9) ** 3
     p[seed] = p[seed + 1]  # a tie
     _, ref = pg.multicomp(p, method="holm")
-    np.testing.assert_allclose(S.holm(p), ref, rtol=1e-12)
+    np.testing.assert_allclose(stats.holm(p), ref, rtol=1e-12)
 
 
 def test_holm_ignores_nan_like_pingouin():
     p = np.array([0.02, np.nan, 0.01, 0.3])
     _, ref = pg.multicomp(p, method="holm")
-    np.testing.assert_allclose(S.holm(p), ref, rtol=1e-12)
-    assert np.isnan(S.holm(p)[1])
+    np.testing.assert_allclose(stats.holm(p), ref, rtol=1e-12)
+    assert np.isnan(stats.holm(p)[1])
     with pytest.raises(InputError):
-        S.holm([0.5, 1.5])
+        stats.holm([0.5, 1.5])
 
 
 # --------------------------------------------------------------------------- vectorised == reference loops
@@ -255,36 +254,31 @@ def test_bootstrap_mean_cis_equal_per_call_loop(n, n_boot):
     rng = np.random.default_rng(n * 7 + n_boot)
     X = rng.normal(size=(4, n)) * rng.random()
     X[1] = np.round(X[1])  # ties
-    many = S.bootstrap_mean_cis(X, n_boot=n_boot, seed=123)
+    many = resampling.bootstrap_mean_cis(X, n_boot=n_boot, seed=123)
     assert many.shape == (4, 2)
     for row, ci in zip(X, many):
         ref = _loop_bootstrap_ci(row, n_boot, 123)
         assert tuple(ci) == ref
-        assert tuple(S.bootstrap_ci(row, n_boot=n_boot, seed=123)) == ref
-        assert tuple(S.bootstrap_ci(list(row), n_boot=n_boot, seed=123)) == ref
+        assert tuple(resampling.bootstrap_ci(row, n_boot=n_boot, seed=123)) == ref
+        assert tuple(resampling.bootstrap_ci(list(row), n_boot=n_boot, seed=123)) == ref
     # a non-vectorised statistic and the median still use the same resamples
     rng2 = np.random.default_rng(5)
     med = [np.median(X[0][rng2.integers(0, n, size=(min(500, n_boot - s), n))], axis=1) for s in range(0, n_boot, 500)]
     ref_med = tuple(np.quantile(np.concatenate(med), [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2]))
-    S._DRAW_CACHE.clear()
-    assert tuple(S.bootstrap_ci(X[0], np.median, n_boot=n_boot, seed=5)) == ref_med
-    assert tuple(S.bootstrap_ci(X[0], lambda v: float(np.median(v)), n_boot=n_boot, seed=5)) == ref_med
+    assert tuple(resampling.bootstrap_ci(X[0], np.median, n_boot=n_boot, seed=5)) == ref_med
+    assert tuple(resampling.bootstrap_ci(X[0], lambda v: float(np.median(v)), n_boot=n_boot, seed=5)) == ref_med
 
 
-def test_bootstrap_cached_draws_are_read_only_and_unseeded_calls_still_random():
+def test_bootstrap_integer_seeds_agree_and_unseeded_calls_are_random():
     x = np.random.default_rng(0).normal(size=30)
-    S.bootstrap_ci(x, n_boot=100, seed=11)
-    cached = S._DRAW_CACHE[("bootstrap", 30, 100, 11)]
-    with pytest.raises(ValueError):
-        cached[0, 0] = 1
-    assert S.bootstrap_ci(x, n_boot=100, seed=np.int64(11)) == S.bootstrap_ci(x, n_boot=100, seed=11)
+    assert resampling.bootstrap_ci(x, n_boot=100, seed=np.int64(11)) == resampling.bootstrap_ci(x, n_boot=100, seed=11)
     # seed=None: a fresh random stream per call (not cached), as numpy's default_rng(None)
-    lows = {S.bootstrap_ci(x, n_boot=50, seed=None).low for _ in range(5)}
+    lows = {resampling.bootstrap_ci(x, n_boot=50, seed=None).low for _ in range(5)}
     assert len(lows) > 1
     with pytest.raises(InputError):
-        S.bootstrap_mean_cis(np.array([[1.0, np.nan]]))
+        resampling.bootstrap_mean_cis(np.array([[1.0, np.nan]]))
     with pytest.raises(InputError):
-        S.bootstrap_mean_cis(np.ones(3))
+        resampling.bootstrap_mean_cis(np.ones(3))
 
 
 def test_bootstrap_ratio_ci_equals_one_draw_loop():
@@ -294,7 +288,7 @@ def test_bootstrap_ratio_ci_equals_one_draw_loop():
     for seed in (0, 123):
         idx = np.random.default_rng(seed).integers(0, 18, size=(777, 18))
         ratios = num[idx].mean(axis=1) / den[idx].mean(axis=1)
-        res = S.bootstrap_ratio_ci(num, den, n_boot=777, seed=seed)
+        res = resampling.bootstrap_ratio_ci(num, den, n_boot=777, seed=seed)
         assert (res.ci_low, res.ci_high) == tuple(np.quantile(ratios, [(1 - 0.95) / 2, 1 - (1 - 0.95) / 2]))
 
 
@@ -302,13 +296,12 @@ def test_bootstrap_ratio_ci_equals_one_draw_loop():
 def test_permutations_equal_permutation_loop(n):
     rng = np.random.default_rng(77)
     loop = np.stack([rng.permutation(n) for _ in range(300)])
-    np.testing.assert_array_equal(S._permutations(n, 300, 77), loop)
-    np.testing.assert_array_equal(S._draws("permutations", n, 300, 77), loop)
+    np.testing.assert_array_equal(resampling._permutations(n, 300, 77), loop)
 
 
 def _loop_retrieval_p(pred, gallery, target, k, n_perm, seed):
     """permutation_test_retrieval as one loop of rng.permutation calls (the original code)."""
-    sim = M.cosine_similarity_matrix(pred, gallery)
+    sim = metrics.cosine_similarity_matrix(pred, gallery)
     rank_table = ss.rankdata(-sim, method="max", axis=1).astype(np.int64)
     rows = np.arange(len(pred))
     observed = float(np.mean(rank_table[rows, target] <= k))
@@ -323,18 +316,18 @@ def test_retrieval_ks_equal_one_k_at_a_time_and_loop():
     gallery = np.concatenate([true, np.random.default_rng(1).normal(size=(5, 8))])
     target = np.arange(20)
     ks = (1, 5, 10, 25)
-    many = S.permutation_test_retrieval_ks(pred, gallery, target, ks, n_perm=301, seed=7)
+    many = resampling.permutation_test_retrieval_ks(pred, gallery, target, ks, n_perm=301, seed=7)
     assert list(many) == list(ks)
     for k in ks:
-        assert many[k] == S.permutation_test_retrieval(pred, gallery, target, k, n_perm=301, seed=7)
+        assert many[k] == resampling.permutation_test_retrieval(pred, gallery, target, k, n_perm=301, seed=7)
         assert many[k] == _loop_retrieval_p(pred, gallery, target, k, 301, 7)
     with pytest.raises(InputError):
-        S.permutation_test_retrieval_ks(pred, gallery, target, (1, 26), n_perm=10)
+        resampling.permutation_test_retrieval_ks(pred, gallery, target, (1, 26), n_perm=10)
 
 
 def test_two_way_p_equals_loop():
     true, pred = _weak_signal(4, n=15)
-    corr = M.correlation_matrix(pred, true)
+    corr = metrics.correlation_matrix(pred, true)
     wins = (ss.rankdata(corr, method="min", axis=1) - 1).astype(np.int64)
     rows = np.arange(15)
     observed = float(np.mean(wins[rows, rows] / 14))
@@ -342,4 +335,4 @@ def test_two_way_p_equals_loop():
     perms = np.stack([rng.permutation(15) for _ in range(250)])
     null = np.mean(wins[rows[None, :], perms] / 14, axis=1)
     ref = (int(np.sum(null >= observed - 1e-12)) + 1) / 251
-    assert S.permutation_test_two_way(pred, true, n_perm=250, seed=9) == ref
+    assert resampling.permutation_test_two_way(pred, true, n_perm=250, seed=9) == ref

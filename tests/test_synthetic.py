@@ -20,12 +20,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fmri2img.cli import synth as synth_cli
-from fmri2img.data import nsd_constants as nsd
-from fmri2img.data import synthetic as syn
-from fmri2img.errors import InputError, OutputError
+from fmri2img.core.constants import DEFAULT_WORLD_SEED
+from fmri2img.core.errors import InputError, OutputError
+from fmri2img.data import nsd_constants
+from fmri2img.sim import model as sim_model
+from fmri2img.sim import world
 
 #: A tiny world: 2 design sessions (500 images per subject, 50 shared), 300 ROI voxels.
-TINY = syn.WorldShape(grid=(12, 14, 12), n_mask_voxels=300, n_sessions=2, n_shared=50, image_size=16)
+TINY = world.WorldShape(grid=(12, 14, 12), n_mask_voxels=300, n_sessions=2, n_shared=50, image_size=16)
 SUBJECTS = ("subj01", "subj05")
 
 
@@ -47,7 +49,7 @@ def _truth(root: Path) -> tuple[np.ndarray, dict[str, int]]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "world"
-    syn.write_world(root, subjects=SUBJECTS, scale=TINY, beta_format="both", progress=False)
+    world.write_world(root, subjects=SUBJECTS, scale=TINY, beta_format="both", progress=False)
     return root
 
 
@@ -55,14 +57,14 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_expdesign_and_stim_info_are_one_based_and_consistent(tiny):
-    mat = sio.loadmat(tiny / nsd.EXPDESIGN)
+    mat = sio.loadmat(tiny / nsd_constants.EXPDESIGN)
     mo, sim, shx = mat["masterordering"], mat["subjectim"], mat["sharedix"]
     assert mo.shape == (1, TINY.n_trials) and sim.shape == (8, TINY.images_per_subject)
     assert shx.shape == (1, TINY.n_shared)
     mo, sim, shx = mo.ravel().astype(int), sim.astype(int), shx.ravel().astype(int)
     # 1-based: masterordering indexes subjectim columns, each column shown exactly 3 times
     assert np.array_equal(np.bincount(mo - 1), np.full(TINY.images_per_subject, 3))
-    info = pd.read_csv(tiny / nsd.STIM_INFO)
+    info = pd.read_csv(tiny / nsd_constants.STIM_INFO)
     n_images = len(info)
     assert np.array_equal(info["nsdId"], np.arange(n_images))
     assert sim.min() >= 1 and sim.max() <= n_images and shx.min() >= 1
@@ -70,7 +72,7 @@ def test_expdesign_and_stim_info_are_one_based_and_consistent(tiny):
     assert np.all(sim[:, :TINY.n_shared] == shx[None, :]) and np.all(np.diff(shx) > 0)
     assert set(info.index[info["shared1000"]]) == set(shx - 1)
     for subject in SUBJECTS:
-        row = nsd.subject_number(subject) - 1
+        row = nsd_constants.subject_number(subject) - 1
         assert len(set(sim[row])) == TINY.images_per_subject  # no image twice in a subject
         shown = sim[row, mo - 1] - 1  # 0-based nsd id of each trial
         reps = info[[f"subject{row + 1}_rep{k}" for k in range(3)]].to_numpy()
@@ -78,14 +80,14 @@ def test_expdesign_and_stim_info_are_one_based_and_consistent(tiny):
             assert trial in reps[nsd_id]
         assert info[f"subject{row + 1}"].sum() == TINY.images_per_subject
     # the generated subjects' unique images are disjoint
-    uniq = [set(sim[nsd.subject_number(s) - 1, TINY.n_shared:]) for s in SUBJECTS]
+    uniq = [set(sim[nsd_constants.subject_number(s) - 1, TINY.n_shared:]) for s in SUBJECTS]
     assert not uniq[0] & uniq[1]
 
 
 def test_masks(tiny):
     for subject in SUBJECTS:
-        img = nib.load(tiny / nsd.NSDGENERAL.format(subject=subject))
-        roi, brain = np.asarray(img.dataobj), _load(tiny, nsd.BRAINMASK, subject=subject)
+        img = nib.load(tiny / nsd_constants.NSDGENERAL.format(subject=subject))
+        roi, brain = np.asarray(img.dataobj), _load(tiny, nsd_constants.BRAINMASK, subject=subject)
         assert roi.dtype == np.int16 and roi.shape == TINY.grid
         assert set(np.unique(roi)) == {-1, 0, 1}
         assert int((roi == 1).sum()) == TINY.n_mask_voxels
@@ -97,26 +99,26 @@ def test_masks(tiny):
 
 def test_betas_nifti_and_hdf5_twins(tiny):
     subject = "subj01"
-    roi = _load(tiny, nsd.NSDGENERAL, subject=subject)
+    roi = _load(tiny, nsd_constants.NSDGENERAL, subject=subject)
     for session in (1, 2):
-        img = nib.load(tiny / nsd.BETAS_NII.format(subject=subject, session=session))
+        img = nib.load(tiny / nsd_constants.BETAS_NII.format(subject=subject, session=session))
         assert img.get_data_dtype() == np.int16
         vol = np.asarray(img.dataobj)
-        assert vol.dtype == np.int16 and vol.shape == (*TINY.grid, nsd.TRIALS_PER_SESSION)
-        with h5py.File(tiny / nsd.BETAS_HDF5.format(subject=subject, session=session), "r") as fh:
+        assert vol.dtype == np.int16 and vol.shape == (*TINY.grid, nsd_constants.TRIALS_PER_SESSION)
+        with h5py.File(tiny / nsd_constants.BETAS_HDF5.format(subject=subject, session=session), "r") as fh:
             h5 = fh["betas"][()]
-        assert h5.dtype == np.int16 and h5.shape == (nsd.TRIALS_PER_SESSION, *TINY.grid[::-1])
+        assert h5.dtype == np.int16 and h5.shape == (nsd_constants.TRIALS_PER_SESSION, *TINY.grid[::-1])
         assert np.array_equal(h5, vol.T)  # (trials, Z, Y, X) as h5py sees NSD's file
         assert not vol[roi == -1].any()  # zero outside the brain
-        psc = vol[roi == 1].astype(float) / nsd.BETA_SCALE
+        psc = vol[roi == 1].astype(float) / nsd_constants.BETA_SCALE
         # scale: int16 = psc * 300, single-trial sd dominated by the 4 psc noise
         assert 3.0 < psc.std(axis=1).mean() < 6.0
 
 
 def test_responses_match_the_design(tiny):
-    mat = sio.loadmat(tiny / nsd.EXPDESIGN)
+    mat = sio.loadmat(tiny / nsd_constants.EXPDESIGN)
     mo, sim = mat["masterordering"].ravel().astype(int), mat["subjectim"].astype(int)
-    resp = pd.read_csv(tiny / nsd.RESPONSES.format(subject="subj05"), sep="\t")
+    resp = pd.read_csv(tiny / nsd_constants.RESPONSES.format(subject="subj05"), sep="\t")
     assert {"SUBJECT", "SESSION", "RUN", "TRIAL", "73KID", "10KID", "ISOLD", "ISCORRECT", "RT"} <= set(resp)
     assert len(resp) == TINY.n_trials and (resp["SUBJECT"] == 5).all()
     assert np.array_equal(resp["10KID"], mo)
@@ -128,16 +130,16 @@ def test_responses_match_the_design(tiny):
 
 
 def test_stimuli_and_imagery_files(tiny):
-    with h5py.File(tiny / nsd.STIMULI_HDF5, "r") as fh:
+    with h5py.File(tiny / nsd_constants.STIMULI_HDF5, "r") as fh:
         brick = fh["imgBrick"][()]
     latents, row = _truth(tiny)
-    n_images = len(pd.read_csv(tiny / nsd.STIM_INFO))
+    n_images = len(pd.read_csv(tiny / nsd_constants.STIM_INFO))
     assert brick.dtype == np.uint8 and brick.shape == (n_images, 16, 16, 3)
-    stim = pd.read_csv(tiny / nsd.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
+    stim = pd.read_csv(tiny / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
     assert list(stim.columns) == ["stim_set", "stim_name", "cue", "image", "text", "nsd_id"]
     assert stim["stim_set"].value_counts().to_dict() == {"A": 6, "B": 6, "C": 6}
-    shared = set(sio.loadmat(tiny / nsd.EXPDESIGN)["sharedix"].ravel().astype(int) - 1)
-    folder = tiny / nsd.IMAGERY_STIMULI_DIR
+    shared = set(sio.loadmat(tiny / nsd_constants.EXPDESIGN)["sharedix"].ravel().astype(int) - 1)
+    folder = tiny / nsd_constants.IMAGERY_STIMULI_DIR
     for r in stim.itertuples():
         if r.stim_set == "C":
             assert r.image == "" and r.text and f"img-C-{r.stim_name}" in row
@@ -149,19 +151,19 @@ def test_stimuli_and_imagery_files(tiny):
         else:
             assert f"img-A-{r.stim_name}" in row
     for subject in SUBJECTS:
-        trials = pd.read_csv(tiny / nsd.IMAGERY_TRIALS.format(subject=subject), sep="\t")
+        trials = pd.read_csv(tiny / nsd_constants.IMAGERY_TRIALS.format(subject=subject), sep="\t")
         assert list(trials.columns) == ["beta_index", "run", "trial", "task", "stim_set", "stim_name", "cue"]
-        assert np.array_equal(trials["beta_index"], np.arange(1, nsd.IMAGERY_BETAS + 1))
-        assert set(trials.groupby("run").size()) == {60} and trials["run"].nunique() == nsd.IMAGERY_RUNS
+        assert np.array_equal(trials["beta_index"], np.arange(1, nsd_constants.IMAGERY_BETAS + 1))
+        assert set(trials.groupby("run").size()) == {60} and trials["run"].nunique() == nsd_constants.IMAGERY_RUNS
         counts = trials.groupby(["stim_name", "task"]).size().unstack()
         assert (counts["vision"] == 8).all() and (counts["imagery"] == 16).all() and (counts["attention"] == 16).all()
-        vol = _load(tiny, nsd.IMAGERY_BETAS_FILE, subject=subject)
-        assert vol.dtype == np.int16 and vol.shape == (*TINY.grid, nsd.IMAGERY_BETAS)
+        vol = _load(tiny, nsd_constants.IMAGERY_BETAS_FILE, subject=subject)
+        assert vol.dtype == np.int16 and vol.shape == (*TINY.grid, nsd_constants.IMAGERY_BETAS)
 
 
 def test_images_follow_latents(tiny):
     """Similar latents give similar pictures: pixel correlation tracks latent cosine."""
-    with h5py.File(tiny / nsd.STIMULI_HDF5, "r") as fh:
+    with h5py.File(tiny / nsd_constants.STIMULI_HDF5, "r") as fh:
         brick = fh["imgBrick"][:200].reshape(200, -1).astype(float)
     latents, row = _truth(tiny)
     lat = latents[[row[f"nsd-{i:05d}"] for i in range(200)]]
@@ -173,28 +175,28 @@ def test_images_follow_latents(tiny):
 
 def test_truth_files(tiny):
     latents, row = _truth(tiny)
-    n_images = len(pd.read_csv(tiny / nsd.STIM_INFO))
+    n_images = len(pd.read_csv(tiny / nsd_constants.STIM_INFO))
     assert latents.dtype == np.float32 and latents.shape == (n_images + 12, 512)
     assert len(row) == len(latents)
     assert np.allclose(np.linalg.norm(latents, axis=1), 1.0, atol=1e-5)
     iu = np.triu_indices(300, k=1)
     assert 0.35 < (latents[:300] @ latents[:300].T)[iu].mean() < 0.55  # CLIP-like anisotropy
     params = json.loads((tiny / "truth" / "params.json").read_text())
-    assert params["seed"] == syn.DEFAULT_SEED and params["null"] is False
-    assert params["params"]["imagery_a"]["gamma"] == syn.GeneratorParams().imagery_a.gamma
+    assert params["seed"] == DEFAULT_WORLD_SEED and params["null"] is False
+    assert params["params"]["imagery_a"]["gamma"] == sim_model.GeneratorParams().imagery_a.gamma
     assert "G_subjXX.npy" in params["truth_files"] and params["generative_model"]
 
 
 def test_least_squares_recovers_G(tmp_path):
     """With little noise, regressing the written betas on the true latents gives back a*G."""
-    params = syn.GeneratorParams(noise_sd=0.02, session_gain_sd=0.0, session_offset_sd=0.0)
+    params = sim_model.GeneratorParams(noise_sd=0.02, session_gain_sd=0.0, session_offset_sd=0.0)
     root = tmp_path / "w"
-    syn.write_world(root, subjects=("subj02",), scale=TINY, params=params, progress=False)
-    mat = sio.loadmat(root / nsd.EXPDESIGN)
+    world.write_world(root, subjects=("subj02",), scale=TINY, params=params, progress=False)
+    mat = sio.loadmat(root / nsd_constants.EXPDESIGN)
     mo, sim = mat["masterordering"].ravel().astype(int), mat["subjectim"].astype(int)
-    roi = _load(root, nsd.NSDGENERAL, subject="subj02") == 1
-    X = np.concatenate([_load(root, nsd.BETAS_NII, subject="subj02", session=k)[roi].T
-                        for k in (1, 2)]) / nsd.BETA_SCALE  # (1500, 300)
+    roi = _load(root, nsd_constants.NSDGENERAL, subject="subj02") == 1
+    X = np.concatenate([_load(root, nsd_constants.BETAS_NII, subject="subj02", session=k)[roi].T
+                        for k in (1, 2)]) / nsd_constants.BETA_SCALE  # (1500, 300)
     latents, row = _truth(root)
     shown = sim[1, mo - 1] - 1
     E = latents[[row[f"nsd-{i:05d}"] for i in shown]].astype(float)
@@ -213,20 +215,20 @@ def test_least_squares_recovers_G(tmp_path):
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     kw = dict(subjects=("subj01",), scale=TINY, sessions=1, beta_format="both", progress=False)
-    syn.write_world(tmp_path / "a", **kw)
-    syn.write_world(tmp_path / "b", **kw)
-    syn.write_world(tmp_path / "c", seed=syn.DEFAULT_SEED + 1, **kw)
+    world.write_world(tmp_path / "a", **kw)
+    world.write_world(tmp_path / "b", **kw)
+    world.write_world(tmp_path / "c", seed=DEFAULT_WORLD_SEED + 1, **kw)
     a, b, c = (_sha_tree(tmp_path / x) for x in "abc")
     assert a == b and len(a) > 20
     assert a.keys() == c.keys()
-    for name in ("truth/latents.npy", nsd.BETAS_HDF5.format(subject="subj01", session=1),
-                 nsd.BETAS_NII.format(subject="subj01", session=1), nsd.EXPDESIGN):
+    for name in ("truth/latents.npy", nsd_constants.BETAS_HDF5.format(subject="subj01", session=1),
+                 nsd_constants.BETAS_NII.format(subject="subj01", session=1), nsd_constants.EXPDESIGN):
         assert a[name] != c[name], name
 
 
 def test_null_world_imagery_is_perception_like(tmp_path, tiny):
     root = tmp_path / "null"
-    syn.write_world(root, subjects=("subj01",), scale=TINY, sessions=1, null=True, progress=False)
+    world.write_world(root, subjects=("subj01",), scale=TINY, sessions=1, null=True, progress=False)
     params = json.loads((root / "truth" / "params.json").read_text())
     assert params["null"] is True
     for x in "ABC":
@@ -235,9 +237,9 @@ def test_null_world_imagery_is_perception_like(tmp_path, tiny):
     assert not np.load(root / "truth" / "imagery_offsets.npy").any()
 
     def imagery_minus_vision(world):
-        roi = _load(world, nsd.NSDGENERAL, subject="subj01") == 1
-        X = _load(world, nsd.IMAGERY_BETAS_FILE, subject="subj01")[roi].T / nsd.BETA_SCALE
-        task = pd.read_csv(world / nsd.IMAGERY_TRIALS.format(subject="subj01"), sep="\t")["task"]
+        roi = _load(world, nsd_constants.NSDGENERAL, subject="subj01") == 1
+        X = _load(world, nsd_constants.IMAGERY_BETAS_FILE, subject="subj01")[roi].T / nsd_constants.BETA_SCALE
+        task = pd.read_csv(world / nsd_constants.IMAGERY_TRIALS.format(subject="subj01"), sep="\t")["task"]
         return X[(task == "imagery").to_numpy()].mean(0) - X[(task == "vision").to_numpy()].mean(0)
 
     # the planted imagery offset pattern a*G c (same G and c direction in both worlds: same seed)
@@ -250,27 +252,27 @@ def test_null_world_imagery_is_perception_like(tmp_path, tiny):
 def test_refuses_existing_world_without_force_and_writes_atomically(tmp_path, monkeypatch):
     root = tmp_path / "w"
     kw = dict(subjects=("subj01",), scale=TINY, sessions=1, progress=False)
-    syn.write_world(root, **kw)
+    world.write_world(root, **kw)
     before = _sha_tree(root)
     with pytest.raises(OutputError, match="--force"):
-        syn.write_world(root, **kw)
+        world.write_world(root, **kw)
     (root / "stale.txt").write_text("old")
-    syn.write_world(root, force=True, **kw)
+    world.write_world(root, force=True, **kw)
     assert _sha_tree(root) == before  # replaced as a whole: the stale file is gone
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(syn, "_write_hdf5", boom)
+    monkeypatch.setattr(world, "write_hdf5", boom)
     with pytest.raises(RuntimeError):
-        syn.write_world(root, force=True, **kw)
+        world.write_world(root, force=True, **kw)
     assert _sha_tree(root) == before  # a failed rewrite leaves the old world intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # and no temporary folder
     other = tmp_path / "not_a_world"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
     with pytest.raises(OutputError, match="not a synthetic world"):
-        syn.write_world(other, force=True, **kw)
+        world.write_world(other, force=True, **kw)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -283,7 +285,7 @@ def test_refuses_existing_world_without_force_and_writes_atomically(tmp_path, mo
 def test_bad_arguments(tmp_path, kwargs, match):
     args = {"subjects": ("subj01",), "scale": TINY, **kwargs}
     with pytest.raises(InputError, match=match):
-        syn.write_world(tmp_path / "w", progress=False, **args)
+        world.write_world(tmp_path / "w", progress=False, **args)
     assert not (tmp_path / "w").exists()
 
 
@@ -307,15 +309,15 @@ def test_cli_writes_world_and_logs_mlflow_run(demo_cli):
 
     app, args, uri, root, result = demo_cli
     assert result.exit_code == 0, result.output
-    assert (root / nsd.BETAS_NII.format(subject="subj01", session=4)).is_file()
-    assert not (root / nsd.BETAS_HDF5.format(subject="subj01", session=1)).exists()
+    assert (root / nsd_constants.BETAS_NII.format(subject="subj01", session=4)).is_file()
+    assert not (root / nsd_constants.BETAS_HDF5.format(subject="subj01", session=1)).exists()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("fmri2img/imagery")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["scale"] == "demo" and run.data.params["seed.world"] == str(syn.DEFAULT_SEED)
+    assert run.data.params["scale"] == "demo" and run.data.params["seed.world"] == str(DEFAULT_WORLD_SEED)
     assert json.loads(run.data.params["subjects"]) == ["subj01"]
     assert run.data.metrics["n_files"] > 20
     assert [a.path for a in client.list_artifacts(run.info.run_id, "truth")] == ["truth/params.json"]
@@ -328,17 +330,17 @@ def test_cli_writes_world_and_logs_mlflow_run(demo_cli):
 def _calibration(root: Path, subject: str) -> dict[str, float]:
     """Plain ridge (latents from betas) trained on the non-shared trials, as in the docs."""
     latents, row = _truth(root)
-    mat = sio.loadmat(root / nsd.EXPDESIGN)
+    mat = sio.loadmat(root / nsd_constants.EXPDESIGN)
     mo, sim = mat["masterordering"].ravel().astype(int), mat["subjectim"].astype(int)
     n_shared = mat["sharedix"].size
-    roi = _load(root, nsd.NSDGENERAL, subject=subject) == 1
+    roi = _load(root, nsd_constants.NSDGENERAL, subject=subject) == 1
     X, sess = [], []
     for k in range(1, 5):
-        X.append(_load(root, nsd.BETAS_NII, subject=subject, session=k)[roi].T / nsd.BETA_SCALE)
-        sess += [k] * nsd.TRIALS_PER_SESSION
+        X.append(_load(root, nsd_constants.BETAS_NII, subject=subject, session=k)[roi].T / nsd_constants.BETA_SCALE)
+        sess += [k] * nsd_constants.TRIALS_PER_SESSION
     X, sess = np.concatenate(X).astype(np.float32), np.array(sess)
     col = mo[:len(X)]
-    ids = sim[nsd.subject_number(subject) - 1, col - 1] - 1
+    ids = sim[nsd_constants.subject_number(subject) - 1, col - 1] - 1
     train = col > n_shared
     for k in np.unique(sess):  # per-session z-scoring with training-trial statistics
         m = sess == k
@@ -366,9 +368,9 @@ def _calibration(root: Path, subject: str) -> dict[str, float]:
     out = {"perception_top1": top1(X_test @ W, latents[[row[f"nsd-{i:05d}"] for i in test_ids]],
                                    np.arange(len(test_ids))), "n_test": len(test_ids)}
     # NSD-Imagery: z-scored with attention-trial statistics, per trial among the 18 stimuli
-    Xi = (_load(root, nsd.IMAGERY_BETAS_FILE, subject=subject)[roi].T / nsd.BETA_SCALE).astype(np.float32)
-    trials = pd.read_csv(root / nsd.IMAGERY_TRIALS.format(subject=subject), sep="\t")
-    stim = pd.read_csv(root / nsd.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
+    Xi = (_load(root, nsd_constants.IMAGERY_BETAS_FILE, subject=subject)[roi].T / nsd_constants.BETA_SCALE).astype(np.float32)
+    trials = pd.read_csv(root / nsd_constants.IMAGERY_TRIALS.format(subject=subject), sep="\t")
+    stim = pd.read_csv(root / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
     att = (trials["task"] == "attention").to_numpy()
     Xi = (Xi - Xi[att].mean(0)) / Xi[att].std(0)
     sids = [f"nsd-{int(r.nsd_id):05d}" if r.stim_set == "B" else f"img-{r.stim_set}-{r.stim_name}"
@@ -391,7 +393,7 @@ def test_calibration_regime_of_the_defaults(demo_cli):
     assert result.exit_code == 0, result.output
     cal = _calibration(root, "subj01")
     print("calibration", json.dumps(cal))
-    assert cal["n_test"] == syn.SCALES["demo"].n_shared
+    assert cal["n_test"] == world.SCALES["demo"].n_shared
     assert 0.2 < cal["perception_top1"] < 0.8  # chance 0.01
     assert cal["imagery_top1"] > 0.1  # chance 1/18 = 0.056; 288 trials
     assert cal["imagery_top1"] < cal["vision_top1"] - 0.15  # same trials' matched perception
@@ -400,6 +402,6 @@ def test_calibration_regime_of_the_defaults(demo_cli):
 
 def test_defaults_are_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "synthetic_world.md").read_text()
-    defaults = dataclasses.asdict(syn.GeneratorParams())
+    defaults = dataclasses.asdict(sim_model.GeneratorParams())
     for name in ("amplitude", "noise_sd", "session_offset_sd", "attention_gain"):
         assert f"`{name}` | {defaults[name]}" in text, name

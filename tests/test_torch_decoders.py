@@ -8,8 +8,9 @@ import torch
 from scipy.special import logsumexp
 from sklearn.linear_model import Ridge
 
-from fmri2img.errors import InputError, MismatchError
-from fmri2img.models import torch_utils as tu
+from fmri2img.core.errors import InputError, MismatchError
+from fmri2img.data.trials import Dataset
+from fmri2img.models import loop, losses
 from fmri2img.models.mlp import MLPDecoder
 from fmri2img.models.registry import make_decoder
 from fmri2img.models.two_stage import TwoStageDecoder, fit_pca
@@ -84,8 +85,9 @@ def test_fitted_attributes_and_history(world, fitted, name):
     assert model.best_epoch_ >= 0 and model.history_.best_epoch == model.best_epoch_
     assert model.history_[model.best_epoch_]["val_loss"] == best < model.history_.initial_val_loss
     # (the whole module on raw betas: the two-stage decoder trained on precomputed PCA features)
-    recomputed, _ = tu._evaluate(model.module_, model.module_, tu.early_stopping_criterion(model.loss_),
-                                 torch.from_numpy(Xv), torch.from_numpy(Yv), None, None, model.batch_size)
+    val = loop._Tensors(torch.from_numpy(Xv), torch.from_numpy(Yv), None, None)
+    recomputed, _ = loop._evaluate(model.module_, model.module_, losses.early_stopping_criterion(model.loss_), val,
+                                   model.batch_size)
     assert recomputed == pytest.approx(best, rel=1e-5, abs=1e-6)
 
 
@@ -99,16 +101,16 @@ def test_decoders_early_stop_on_cosine_distance(fitted, name):
 
 
 def test_early_stopping_criterion_drops_infonce():
-    assert tu.early_stopping_criterion(tu.CosineInfoNCELoss()) is tu.weighted_cosine_distance
-    assert tu.early_stopping_criterion(tu.InfoNCELoss()) is tu.weighted_cosine_distance
-    assert tu.early_stopping_criterion(tu.CosineMSELoss()) is tu.weighted_cosine_distance
-    mse = tu.CosineMSELoss(cosine_weight=0.0)  # pure MSE (an affine fit) is monitored as is
-    assert tu.early_stopping_criterion(mse) is mse
+    assert losses.early_stopping_criterion(losses.CosineInfoNCELoss()) is losses.weighted_cosine_distance
+    assert losses.early_stopping_criterion(losses.InfoNCELoss()) is losses.weighted_cosine_distance
+    assert losses.early_stopping_criterion(losses.CosineMSELoss()) is losses.weighted_cosine_distance
+    mse = losses.CosineMSELoss(cosine_weight=0.0)  # pure MSE (an affine fit) is monitored as is
+    assert losses.early_stopping_criterion(mse) is mse
 
     def plain(pred, target, weight=None):
         return (pred - target).pow(2).mean()
 
-    assert tu.early_stopping_criterion(plain) is plain
+    assert losses.early_stopping_criterion(plain) is plain
 
 
 def test_decoder_keeps_its_best_trained_epoch_and_warns_when_none_beats_initialisation(caplog):
@@ -122,7 +124,7 @@ def test_decoder_keeps_its_best_trained_epoch_and_warns_when_none_beats_initiali
     Yv = np.repeat(Y.mean(0, keepdims=True), 40, axis=0)  # the untrained model's output is ideal here
     model = make_decoder("mlp", hidden_dim=16, n_blocks=1, epochs=4, lr=1e-2, batch_size=32, patience=10,
                          progress=False, seed=0)
-    with caplog.at_level("WARNING", logger="fmri2img.models.torch_utils"):
+    with caplog.at_level("WARNING", logger="fmri2img.models.loop"):
         model.fit(X, Y, X_val=Xv, Y_val=Yv)
     history = model.history_
     assert len(history) == 4 and all(r["val_loss"] > history.initial_val_loss for r in history)
@@ -135,9 +137,9 @@ def test_decoder_keeps_its_best_trained_epoch_and_warns_when_none_beats_initiali
     with torch.no_grad():
         identity.weight.copy_(torch.eye(8))
         identity.bias.zero_()
-    kept = tu.train_module(identity, tu.CosineMSELoss(), Yv + 0.0, Yv[::-1].copy(), Yv, Yv,
-                           rng=np.random.default_rng(0), epochs=3, lr=0.1, weight_decay=0.0, batch_size=16,
-                           patience=5, progress=False)
+    kept = loop.train_module(identity, losses.CosineMSELoss(), Dataset(Yv + 0.0, Yv[::-1].copy()), Dataset(Yv, Yv),
+                             loop.TrainSpec(epochs=3, lr=0.1, weight_decay=0.0, batch_size=16, patience=5,
+                                            progress=False), np.random.default_rng(0))
     assert kept.best_epoch == -1 and kept.best_val_cosine == kept.initial_val_cosine
     assert torch.equal(identity.weight.detach(), torch.eye(8))
 
@@ -146,10 +148,10 @@ def test_train_module_without_a_finite_validation_epoch_is_a_clear_error():
     module = torch.nn.Linear(4, 2)
     X = np.ones((8, 4), dtype=np.float32)
     with pytest.raises(InputError, match="not finite in any of 2 epochs"):
-        tu.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), X, X[:, :2], X, X[:, :2],
-                        rng=np.random.default_rng(0), epochs=2, lr=0.1, weight_decay=0.0, batch_size=4,
-                        patience=5, progress=False, keep_initial=False,
-                        val_loss_fn=lambda p, t, w: torch.tensor(float("nan")))
+        loop.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), Dataset(X, X[:, :2]), Dataset(X, X[:, :2]),
+                          loop.TrainSpec(epochs=2, lr=0.1, weight_decay=0.0, batch_size=4, patience=5, progress=False,
+                                         keep_initial=False, val_loss_fn=lambda p, t, w: torch.tensor(float("nan"))),
+                          np.random.default_rng(0))
 
 
 def test_train_module_monitors_val_loss_fn():
@@ -165,9 +167,9 @@ def test_train_module_monitors_val_loss_fn():
     def weight_norm(pred, target, weight=None):
         return module.weight.detach().norm() + 0.0 * pred.sum()
 
-    history = tu.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), X, Y, X, Y,
-                              rng=np.random.default_rng(0), epochs=3, lr=0.1, weight_decay=0.0, batch_size=16,
-                              patience=5, progress=False, val_loss_fn=weight_norm)
+    history = loop.train_module(module, lambda p, t, w: ((p - t) ** 2).mean(), Dataset(X, Y), Dataset(X, Y),
+                                loop.TrainSpec(epochs=3, lr=0.1, weight_decay=0.0, batch_size=16, patience=5,
+                                               progress=False, val_loss_fn=weight_norm), np.random.default_rng(0))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(r["val_loss"] > 0 for r in history)
     assert float(module.weight.detach().abs().max()) == 0.0
@@ -192,11 +194,11 @@ def test_two_stage_trains_on_precomputed_features_that_equal_its_frozen_prefix(w
     x = torch.from_numpy(Xv)
     with torch.no_grad():
         np.testing.assert_array_equal(module.from_features(module.features(x)).numpy(), module(x).numpy())
-    forward, (z,) = tu._frozen_features(module, x)
+    forward, (z,) = loop._frozen_features(module, x)
     assert forward == module.from_features and z.shape == (len(Xv), module.components.shape[0])
     assert not z.requires_grad and not any(p.requires_grad for p in module.input_norm.parameters())
     mlp = fitted["mlp"].module_  # no frozen prefix: trained on the raw rows
-    forward, (same,) = tu._frozen_features(mlp, x)
+    forward, (same,) = loop._frozen_features(mlp, x)
     assert forward is mlp and same is x
 
 
@@ -303,12 +305,12 @@ def test_input_errors(fitted, name):
 
 
 def test_resolve_device():
-    assert tu.resolve_device("cpu") == torch.device("cpu")
+    assert loop.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(InputError, match="device"):
-        tu.resolve_device("tpu")
+        loop.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
-            tu.resolve_device("cuda")
+            loop.resolve_device("cuda")
         with pytest.raises(InputError, match="CUDA is not available"):
             make_decoder("mlp", device="cuda").fit(*planted_world(n=20))
 
@@ -316,11 +318,11 @@ def test_resolve_device():
 def test_deterministic_context_restores_global_state():
     threads, mode = torch.get_num_threads(), torch.get_deterministic_debug_mode()
     before = torch.get_rng_state()
-    with tu.deterministic(5) as rng:
-        assert torch.get_num_threads() == tu.DETERMINISTIC_CPU_THREADS
+    with loop.deterministic(5) as rng:
+        assert torch.get_num_threads() == loop.DETERMINISTIC_CPU_THREADS
         assert torch.are_deterministic_algorithms_enabled()
         first = (torch.rand(3), rng.random(3))
-    with tu.deterministic(5) as rng:
+    with loop.deterministic(5) as rng:
         second = (torch.rand(3), rng.random(3))
     assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert torch.get_num_threads() == threads and torch.get_deterministic_debug_mode() == mode
@@ -328,12 +330,12 @@ def test_deterministic_context_restores_global_state():
 
 
 def test_holdout_split():
-    train, val = tu.holdout_split(50, 0.1, np.random.default_rng(0))
+    train, val = loop.holdout_split(50, 0.1, np.random.default_rng(0))
     assert len(val) == 5 and len(train) == 45
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(50))
-    assert len(tu.holdout_split(3, 0.1, np.random.default_rng(0))[1]) == 1
+    assert len(loop.holdout_split(3, 0.1, np.random.default_rng(0))[1]) == 1
     with pytest.raises(InputError):
-        tu.holdout_split(1, 0.1, np.random.default_rng(0))
+        loop.holdout_split(1, 0.1, np.random.default_rng(0))
 
 
 def test_losses_match_numpy_references():
@@ -342,11 +344,11 @@ def test_losses_match_numpy_references():
     w = rng.random(6)
     Pt, Tt, wt = (torch.tensor(a, dtype=torch.float64) for a in (P, T, w))
     cos = np.sum(P * T, 1) / np.linalg.norm(P, axis=1) / np.linalg.norm(T, axis=1)
-    np.testing.assert_allclose(tu.cosine_loss(Pt, Tt).numpy(), 1 - cos, rtol=1e-10)
-    np.testing.assert_allclose(tu.mse_loss(Pt, Tt, 2.0).numpy(), np.mean(((P - T) / 2) ** 2, axis=1), rtol=1e-10)
-    assert float(tu.weighted_mean(tu.cosine_loss(Pt, Tt), wt)) == pytest.approx(np.sum(w * (1 - cos)) / w.sum())
+    np.testing.assert_allclose(losses.cosine_loss(Pt, Tt).numpy(), 1 - cos, rtol=1e-10)
+    np.testing.assert_allclose(losses.mse_loss(Pt, Tt, 2.0).numpy(), np.mean(((P - T) / 2) ** 2, axis=1), rtol=1e-10)
+    assert float(losses.weighted_mean(losses.cosine_loss(Pt, Tt), wt)) == pytest.approx(np.sum(w * (1 - cos)) / w.sum())
 
-    loss = tu.InfoNCELoss(init_temperature=0.5).double()
+    loss = losses.InfoNCELoss(init_temperature=0.5).double()
     Pn = P / np.linalg.norm(P, axis=1, keepdims=True)
     Tn = T / np.linalg.norm(T, axis=1, keepdims=True)
     logits = Pn @ Tn.T / 0.5
@@ -379,7 +381,7 @@ def test_infonce_does_not_use_repeats_of_a_stimulus_as_negatives():
     rng = np.random.default_rng(1)
     P, T = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
     T[2] = 3.0 * T[0]  # same direction = same stimulus embedding
-    loss = tu.InfoNCELoss(init_temperature=0.5).double()
+    loss = losses.InfoNCELoss(init_temperature=0.5).double()
     Pn = P / np.linalg.norm(P, axis=1, keepdims=True)
     Tn = T / np.linalg.norm(T, axis=1, keepdims=True)
     logits = Pn @ Tn.T / 0.5

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fmri2img import tracking
-from fmri2img.errors import TrackingError
+from fmri2img.core import tracking
+from fmri2img.core.errors import TrackingError
 
 
 def test_run_logs_params_seeds_versions_and_artifacts(tracking_uri, tmp_path):

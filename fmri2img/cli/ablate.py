@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.core.config import load_config, override
 
 DEFAULT_CONFIG = Path("projects/imagery/configs/ablation.yaml")
 
@@ -26,8 +27,9 @@ def command(
     experiment: str = ExperimentOption,
 ) -> None:
     """Run the perception-vs-imagery matrix: decoders x configurations x test domains, with reports."""
-    from fmri2img.ablation import AblationConfig, run_ablation
-    from fmri2img.config import load_config, override
+    from fmri2img.core.tracking import resolve_tracking_uri
+    from fmri2img.stages.ablation.executor import run_ablation
+    from fmri2img.stages.ablation.matrix import AblationConfig
 
     base = load_config(AblationConfig, config) if config.exists() or config != DEFAULT_CONFIG else AblationConfig()
     cfg = override(base, subjects=tuple(subject) if subject else None, decoders=tuple(decoder) if decoder else None,
@@ -37,7 +39,5 @@ def command(
     skipped = sum(r["skipped"] for r in result.records)
     echo(f"Ablation done in {result.seconds:.1f} s: {len(result.records)} cells ({skipped} reused).")
     echo(f"Results: {result.output_root}/<subject>/results_table.md; summary: {result.summary_dir}/report.md")
-    from fmri2img.tracking import resolve_tracking_uri
-
     echo(f"MLflow UI: fmri2img ui   (or: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)} "
          "--host 127.0.0.1), then open http://127.0.0.1:5000")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
-from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, handle_errors
+from fmri2img.core.config import load_config, override
+from fmri2img.core.constants import DEFAULT_CACHE_ROOT
+from fmri2img.core.vocab import ADAPTER_TYPES
 
-
-class AdapterType(str, Enum):
-    linear = "linear"
-    mlp = "mlp"
-    finetune = "finetune"
+AdapterType = choices("AdapterType", ADAPTER_TYPES)
 
 
 @handle_errors
@@ -21,7 +19,7 @@ def command(
     index: Path = typer.Option(..., "--index", help="Trial index Parquet."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Frozen perception decoder (best.pt)."),
     model_type: str = typer.Option(None, "--model-type", help="Expected decoder (ridge|mlp|two_stage); checked."),
-    adapter: AdapterType = typer.Option(AdapterType.linear, "--adapter", help="Adapter type, or the full fine-tune baseline."),
+    adapter: AdapterType = typer.Option(AdapterType("linear"), "--adapter", help="Adapter type, or the full fine-tune baseline."),
     condition: bool = typer.Option(False, "--with-condition/--no-condition", help="Add a perception/imagery condition embedding."),
     output_dir: Path = typer.Option(..., "--output-dir", help="Writes <output-dir>/checkpoints/adapter_best.pt."),
     imagery_fraction: float = typer.Option(None, "--imagery-fraction", help="Fraction of training-fold imagery trials (0, 1]."),
@@ -32,13 +30,12 @@ def command(
     loss: str = typer.Option(None, "--loss", help="cosine_mse (default) or contrastive."),
     device: str = typer.Option(None, "--device", help="cpu (default) or cuda."),
     config: Path = typer.Option(None, "--config", help="YAML AdaptConfig; options override it."),
-    cache_root: Path = typer.Option(Path("cache"), "--cache-root"),
+    cache_root: Path = typer.Option(Path(DEFAULT_CACHE_ROOT), "--cache-root"),
     tracking_uri: str = TrackingUriOption,
     experiment: str = ExperimentOption,
 ) -> None:
     """Train adapters on a frozen perception decoder (H3), cross-validated over imagery folds."""
-    from fmri2img.config import load_config, override
-    from fmri2img.models.adapt import AdaptConfig, train_adapters
+    from fmri2img.stages.adapt import AdaptConfig, train_adapters
 
     base = load_config(AdaptConfig, config) if config else AdaptConfig()
     cfg = override(base, adapter=adapter.value, condition=condition or None, imagery_fraction=imagery_fraction,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
-from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, handle_errors
+from fmri2img.core.config import load_config, override
+from fmri2img.core.constants import DEFAULT_CACHE_ROOT
+from fmri2img.core.vocab import MODES
 
-
-class Mode(str, Enum):
-    perception = "perception"
-    imagery = "imagery"
-    both = "both"
+Mode = choices("Mode", MODES)
 
 
 @handle_errors
@@ -21,7 +19,7 @@ def command(
     index: Path = typer.Option(..., "--index", help="Trial index Parquet."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Decoder checkpoint (best.pt or its folder)."),
     model_type: str = typer.Option(None, "--model-type", help="Expected decoder (ridge|mlp|two_stage); checked."),
-    mode: Mode = typer.Option(Mode.both, "--mode", help="Which test sets to score."),
+    mode: Mode = typer.Option(Mode("both"), "--mode", help="Which test sets to score."),
     split: str = typer.Option("test", "--split", help="Evaluated split (test)."),
     output_dir: Path = typer.Option(..., "--output-dir", help="Where metrics.json etc. are written."),
     adapter_checkpoint: Path = typer.Option(None, "--adapter-checkpoint", help="adapter_best.pt from `fmri2img adapt`."),
@@ -31,13 +29,13 @@ def command(
     n_boot: int = typer.Option(None, "--n-boot", help="Bootstrap resamples."),
     n_perm: int = typer.Option(None, "--n-perm", help="Permutations."),
     config: Path = typer.Option(None, "--config", help="YAML EvalOptions; options above override it."),
-    cache_root: Path = typer.Option(Path("cache"), "--cache-root", help="Cache root (betas, embeddings)."),
+    cache_root: Path = typer.Option(Path(DEFAULT_CACHE_ROOT), "--cache-root", help="Cache root (betas, embeddings)."),
     tracking_uri: str = TrackingUriOption,
     experiment: str = ExperimentOption,
 ) -> None:
     """Score a decoder on perception (shared1000, matched vision) and imagery test trials."""
-    from fmri2img.config import load_config, override
-    from fmri2img.evaluation.evaluate import EvalOptions, evaluate_checkpoint
+    from fmri2img.evaluation.scoring import EvalOptions
+    from fmri2img.stages.evaluate import evaluate_checkpoint
 
     base = load_config(EvalOptions, config) if config else EvalOptions()
     options = override(base, ks=tuple(k) if k else None, distractors=distractors, n_boot=n_boot, n_perm=n_perm)

@@ -18,7 +18,7 @@ def command(
     tracking_uri: str = TrackingUriOption,
 ) -> None:
     """Make the figures (PDF, SVG, PNG), captions.md, table.tex and table_formatted.md of an ablation."""
-    from fmri2img.reporting.figures import make_figures
+    from fmri2img.stages.report import make_figures
 
     written = make_figures(ablation_dir, output_dir, tracking_uri=tracking_uri)
     echo(f"Wrote {len(written)} files to {output_dir}")

@@ -11,6 +11,8 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer  # noqa: E402
 
 from fmri2img import __version__  # noqa: E402
+from fmri2img.cli import ablate, adapt, embed, figures, index, synth, train, ui  # noqa: E402
+from fmri2img.cli import eval as evaluate  # noqa: E402  (the module is named after the command)
 
 app = typer.Typer(
     name="fmri2img",
@@ -37,26 +39,10 @@ def _root(
     """fmri2img: a reproducible perception-vs-imagery fMRI decoding benchmark."""
 
 
-# --- command registry: one line per command module ----------------------------------
-from fmri2img.cli import ui  # noqa: E402
-
-app.command("ui", help=ui.command.__doc__)(ui.command)
-from fmri2img.cli import figures  # noqa: E402
-app.command("figures", help=figures.command.__doc__)(figures.command)
-from fmri2img.cli import embed  # noqa: E402
-app.command("embed", help=embed.command.__doc__)(embed.command)
-from fmri2img.cli import index  # noqa: E402
-app.command("index", help=index.command.__doc__)(index.command)
-from fmri2img.cli import train  # noqa: E402
-app.command("train", help=train.command.__doc__)(train.command)
-from fmri2img.cli import eval as eval_cmd  # noqa: E402
-app.command("eval", help=eval_cmd.command.__doc__)(eval_cmd.command)
-from fmri2img.cli import adapt  # noqa: E402
-app.command("adapt", help=adapt.command.__doc__)(adapt.command)
-from fmri2img.cli import ablate  # noqa: E402
-app.command("ablate", help=ablate.command.__doc__)(ablate.command)
-from fmri2img.cli import synth  # noqa: E402
-app.command("synth", help=synth.command.__doc__)(synth.command)
+# --- command registry: one line per command ----------------------------------------------
+for name, module in (("ui", ui), ("figures", figures), ("embed", embed), ("index", index), ("train", train),
+                     ("eval", evaluate), ("adapt", adapt), ("ablate", ablate), ("synth", synth)):
+    app.command(name, help=module.command.__doc__)(module.command)
 # --- end of command registry -----------------------------------------------------------
 
 

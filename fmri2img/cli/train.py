@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
-from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, handle_errors
+from fmri2img.core.config import load_config, override
+from fmri2img.core.constants import DEFAULT_CACHE_ROOT
+from fmri2img.core.vocab import DECODERS, TRAIN_ON
 
-
-class Model(str, Enum):
-    ridge = "ridge"
-    mlp = "mlp"
-    two_stage = "two_stage"
-
-
-class TrainOn(str, Enum):
-    perception = "perception"
-    mixed = "mixed"
+Model = choices("Model", DECODERS)
+TrainOn = choices("TrainOn", TRAIN_ON)
 
 
 @handle_errors
@@ -38,13 +32,12 @@ def command(
     batch_size: int = typer.Option(None, "--batch-size", help="Torch decoders: batch size."),
     device: str = typer.Option(None, "--device", help="cpu (default) or cuda."),
     config: Path = typer.Option(None, "--config", help="YAML TrainConfig; options above override it."),
-    cache_root: Path = typer.Option(Path("cache"), "--cache-root", help="Cache root (betas, embeddings)."),
+    cache_root: Path = typer.Option(Path(DEFAULT_CACHE_ROOT), "--cache-root", help="Cache root (betas, embeddings)."),
     tracking_uri: str = TrackingUriOption,
     experiment: str = ExperimentOption,
 ) -> None:
     """Train a ridge / MLP / two-stage decoder on perception (or mixed) trials."""
-    from fmri2img.config import load_config, override
-    from fmri2img.models.training import TrainConfig, train_decoder
+    from fmri2img.stages.train import TrainConfig, train_decoder
 
     base = load_config(TrainConfig, config) if config else TrainConfig()
     cfg = override(

@@ -17,7 +17,7 @@ def command(
     print_only: bool = typer.Option(False, "--print", help="Print the command instead of running it."),
 ) -> None:
     """Open the MLflow UI on the tracking store (binds 127.0.0.1 unless --host says otherwise)."""
-    from fmri2img.tracking import ui_command
+    from fmri2img.core.tracking import ui_command
 
     cmd = ui_command(tracking_uri, host=host, port=port)
     if print_only:

@@ -1,1 +1,2 @@
-"""Data: NSD / NSD-Imagery readers, the synthetic world, the trial index, splits and the beta cache."""
+"""Data: NSD / NSD-Imagery readers and constants, the trial index and its schema, splits, the beta
+cache, which trials each stage uses, and the stimuli."""

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fmri2img.data import nsd
-from fmri2img.data import nsd_constants as C
-from fmri2img.errors import ChecksumError, InputError, MismatchError, MissingInputError
-from fmri2img.io import dumps_json, load_npy, read_json, save_npy, sha256_json, write_json
+from fmri2img.core.errors import ChecksumError, InputError, MismatchError, MissingInputError
+from fmri2img.core.files import dumps_json, load_npy, read_json, save_npy, sha256_json, write_json
+from fmri2img.core.memo import Memo, digest
+from fmri2img.data import nsd, nsd_constants
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def cache_options(subject: str) -> dict[str, Any]:
     """Options that define a cache entry (and its key)."""
     return {
         "cache_format": CACHE_FORMAT,
-        "mask": C.NSDGENERAL.format(subject=subject),
-        "mask_value": C.NSDGENERAL_INSIDE,
-        "int16_scale": C.BETA_SCALE,
+        "mask": nsd_constants.NSDGENERAL.format(subject=subject),
+        "mask_value": nsd_constants.NSDGENERAL_INSIDE,
+        "int16_scale": nsd_constants.BETA_SCALE,
         "dtype": "float32",
         "units": "percent signal change",
     }
@@ -155,32 +155,9 @@ def build_beta_cache(
         else:
             todo.append(rel)
 
-    def build_one(rel: str) -> tuple[str, dict[str, Any]]:
-        X, invalid = nsd.read_masked_betas(Path(data_root) / rel, voxels)
-        save_npy(folder / npy_name(rel), X)
-        return rel, {
-            "sha256": sources[rel],
-            "npy": npy_name(rel),
-            "n_volumes": int(X.shape[0]),
-            "invalid_voxels": np.flatnonzero(invalid).tolist(),
-        }
-
     if todo:
-        bar = tqdm(total=len(todo), desc=f"{subject} betas", unit="session", disable=not progress)
-        try:
-            if jobs > 1:
-                with ThreadPoolExecutor(max_workers=jobs) as pool:
-                    for future in as_completed([pool.submit(build_one, rel) for rel in todo]):
-                        rel, entry = future.result()
-                        entries[rel] = entry
-                        bar.update()
-            else:
-                for rel in todo:
-                    rel, entry = build_one(rel)
-                    entries[rel] = entry
-                    bar.update()
-        finally:
-            bar.close()
+        entries.update(_build_files(todo, data_root, folder, voxels, sources, jobs,
+                                    tqdm(total=len(todo), desc=f"{subject} betas", unit="session", disable=not progress)))
 
     valid = np.ones(voxels.shape[0], dtype=bool)
     for rel in beta_files:
@@ -203,6 +180,37 @@ def build_beta_cache(
         write_json(meta_path, meta)
     invalid_by_file = {rel: len(entries[rel]["invalid_voxels"]) for rel in beta_files}
     return BetaCache(folder, int(voxels.shape[0]), int(valid.sum()), invalid_by_file, sorted(todo))
+
+
+def _build_files(todo: Sequence[str], data_root, folder: Path, voxels: np.ndarray, sources: dict[str, str],
+                 jobs: int, bar) -> dict[str, dict[str, Any]]:
+    """Read the masked betas of each file of ``todo`` (``jobs`` threads) and save them; their meta entries."""
+    def build_one(rel: str) -> tuple[str, dict[str, Any]]:
+        X, invalid = nsd.read_masked_betas(Path(data_root) / rel, voxels)
+        save_npy(folder / npy_name(rel), X)
+        return rel, {
+            "sha256": sources[rel],
+            "npy": npy_name(rel),
+            "n_volumes": int(X.shape[0]),
+            "invalid_voxels": np.flatnonzero(invalid).tolist(),
+        }
+
+    entries = {}
+    try:
+        if jobs > 1:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for future in as_completed([pool.submit(build_one, rel) for rel in todo]):
+                    rel, entry = future.result()
+                    entries[rel] = entry
+                    bar.update()
+        else:
+            for rel in todo:
+                rel, entry = build_one(rel)
+                entries[rel] = entry
+                bar.update()
+    finally:
+        bar.close()
+    return entries
 
 
 def _save_if_changed(path: Path, array: np.ndarray) -> None:
@@ -263,6 +271,7 @@ def load_betas(
     cache_root: str | os.PathLike,
     rows: Any = None,
     zscore: bool = True,
+    memo: Memo | None = None,
 ) -> np.ndarray:
     """Masked betas of ``index`` rows from the cache, optionally z-scored per session.
 
@@ -277,6 +286,8 @@ def load_betas(
         Per source file (= session), per voxel: subtract the mean and divide by the std of that
         file's ``split == 'train'`` rows; files without train rows (NSD-Imagery) use their
         ``attention`` rows (never evaluated). Test rows never enter the statistics.
+    memo : Memo, optional
+        Keeps the z-scoring statistics of each session for later calls (see :func:`session_stats`).
 
     Returns
     -------
@@ -309,17 +320,10 @@ def load_betas(
         volumes = selected["beta_volume"].to_numpy(np.int64)[out_rows]
         block = np.asarray(data[volumes], dtype=np.float32)[:, valid]
         if zscore:
-            mean, std = _session_stats_cached(index, rel, data, valid, (str(folder / entry["npy"]), entry["sha256"]))
+            mean, std = session_stats(index, rel, data, valid, (str(folder / entry["npy"]), entry["sha256"]), memo)
             block = (block - mean) / std
         X[out_rows] = block
     return X
-
-
-#: Z-scoring statistics computed in this process, keyed by the cache file's identity, the
-#: reference volumes and the voxel mask (exact inputs, so the same result). Every cell of an
-#: ablation loads the same sessions several times; a bounded cache computes them once.
-_STATS_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-STATS_CACHE_SIZE = 256
 
 
 def _reference_volumes(index: pd.DataFrame, beta_file: str) -> np.ndarray:
@@ -336,28 +340,16 @@ def _reference_volumes(index: pd.DataFrame, beta_file: str) -> np.ndarray:
     return np.sort(index["beta_volume"].to_numpy(np.int64)[reference])
 
 
-def _session_stats_cached(index, beta_file, data, valid, identity: tuple[str, str]):
-    """:func:`session_stats` memoised on (cache file path and SHA-256, reference volumes, mask)."""
-    import hashlib
-
+def session_stats(index: pd.DataFrame, beta_file: str, data: np.ndarray, valid: np.ndarray,
+                  identity: tuple[str, str] | None = None, memo: Memo | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel mean and std (float32, shape (n_valid,)) of ``beta_file``'s train rows (or
+    attention rows if it has no train rows); constant voxels get std 1. With ``memo``, computed
+    once per (``identity`` of the cache file: path and SHA-256, reference volumes, voxel mask)."""
     volumes = _reference_volumes(index, beta_file)
-    digest = hashlib.sha256(repr(identity).encode())
-    digest.update(volumes.tobytes())
-    digest.update(np.ascontiguousarray(valid).tobytes())
-    key = digest.hexdigest()
-    if key not in _STATS_CACHE:
-        if len(_STATS_CACHE) >= STATS_CACHE_SIZE:
-            _STATS_CACHE.pop(next(iter(_STATS_CACHE)))
-        _STATS_CACHE[key] = _stats_of(data, volumes, valid)
-    return _STATS_CACHE[key]
-
-
-def session_stats(
-    index: pd.DataFrame, beta_file: str, data: np.ndarray, valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel mean and std (float32, shape (n_valid,)) of ``beta_file``'s train rows
-    (or attention rows if it has no train rows); constant voxels get std 1."""
-    return _stats_of(data, _reference_volumes(index, beta_file), valid)
+    if memo is None:
+        return _stats_of(data, volumes, valid)
+    key = digest(identity, volumes, np.ascontiguousarray(valid))
+    return memo.get("session_stats", key, lambda: _stats_of(data, volumes, valid))
 
 
 def _stats_of(data: np.ndarray, volumes: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -366,30 +358,3 @@ def _stats_of(data: np.ndarray, volumes: np.ndarray, valid: np.ndarray) -> tuple
     std = ref.std(axis=0)
     std[std < MIN_STD] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def average_repeats(X: np.ndarray, stimulus_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Average the rows of each stimulus.
-
-    Parameters
-    ----------
-    X : array of shape (n_trials, n_voxels)
-    stimulus_ids : sequence of str of length n_trials
-
-    Returns
-    -------
-    X_mean : float32 array of shape (n_stimuli, n_voxels)
-    unique_ids : str array of shape (n_stimuli,)
-        In order of first appearance in ``stimulus_ids``.
-    """
-    ids = np.asarray(stimulus_ids, dtype=object)
-    if ids.shape[0] != X.shape[0]:
-        raise InputError(f"{ids.shape[0]} stimulus ids for {X.shape[0]} rows; expected one per row.")
-    codes, uniques = pd.factorize(ids, sort=False)
-    if len(uniques) == 0:
-        return np.zeros((0, X.shape[1]), dtype=np.float32), np.asarray([], dtype=str)
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes, minlength=len(uniques))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sums = np.add.reduceat(np.asarray(X, dtype=np.float64)[order], starts, axis=0)
-    return (sums / counts[:, None]).astype(np.float32), np.asarray(uniques, dtype=str)

@@ -20,19 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmri2img.constants import DEFAULT_MANIFEST_DIR, SPLIT_SEED
-from fmri2img.data import betas as beta_cache
-from fmri2img.data import nsd, nsd_imagery, splits
-from fmri2img.data import nsd_constants as C
+from fmri2img.core.constants import DEFAULT_MANIFEST_DIR, SPLIT_SEED
+from fmri2img.core.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError
+from fmri2img.core.files import check_writable, read_json, resolve_under, sha256_file, write_json
+from fmri2img.core.vocab import DATASETS
+from fmri2img.data import betas, nsd, nsd_constants, nsd_imagery, splits
 from fmri2img.data.schema import SCHEMA, make_metadata, read_index, write_index
-from fmri2img.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError, OutputError
-from fmri2img.io import read_json, resolve_under, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("nsd", "imagery", "both")
-
-__all__ = ["DATASETS", "build_index", "default_index_path", "read_index", "source_path", "verify_index"]
 
 
 def default_index_path(cache_root: str | os.PathLike, subject: str) -> Path:
@@ -50,22 +46,6 @@ def source_path(data_root: str | os.PathLike, relative: str) -> Path:
 
 def _memo_path(cache_root: str | os.PathLike, subject: str) -> Path:
     return Path(cache_root) / "checksums" / f"{subject}.json"
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise :class:`OutputError` unless ``path`` (a file to be written) can be created.
-
-    Creates nothing: the nearest existing ancestor must be a writable folder. Called before
-    any heavy work so an unusable output location fails at once, not after the beta cache.
-    """
-    path = Path(path)
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"Cannot write {path}: {ancestor} is not a folder; expected a writable output location.")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"Cannot write {path}: folder {ancestor} is not writable; expected a writable output location.")
 
 
 def hash_sources(
@@ -119,14 +99,14 @@ def _report_changes(output: Path, sources: dict[str, str]) -> list[str]:
 
 def _nsd_plan(root: Path, subject: str, beta_format: str) -> dict[str, Any]:
     files = {
-        "expdesign": C.EXPDESIGN,
-        "stim_info": C.STIM_INFO,
-        "stimuli": C.STIMULI_HDF5,
+        "expdesign": nsd_constants.EXPDESIGN,
+        "stim_info": nsd_constants.STIM_INFO,
+        "stimuli": nsd_constants.STIMULI_HDF5,
     }
     for rel in files.values():
         nsd.require(root, rel)
     sessions = nsd.list_sessions(root, subject, beta_format)
-    responses = C.RESPONSES.format(subject=subject)
+    responses = nsd_constants.RESPONSES.format(subject=subject)
     return {**files, "sessions": sessions, "responses": responses if (root / responses).is_file() else None}
 
 
@@ -135,11 +115,11 @@ def _nsd_rows(root: Path, subject: str, plan: dict[str, Any]) -> tuple[pd.DataFr
     nsd.check_stim_info(nsd.read_stim_info(root / plan["stim_info"]), design, plan["stim_info"])
     for session, rel in plan["sessions"]:
         info = nsd.inspect_betas(root / rel)
-        if info.n_volumes != C.TRIALS_PER_SESSION:
+        if info.n_volumes != nsd_constants.TRIALS_PER_SESSION:
             raise MismatchError(
-                f"{rel} has {info.n_volumes} volumes; expected {C.TRIALS_PER_SESSION} (one per trial of session {session})."
+                f"{rel} has {info.n_volumes} volumes; expected {nsd_constants.TRIALS_PER_SESSION} (one per trial of session {session})."
             )
-    n_trials = len(plan["sessions"]) * C.TRIALS_PER_SESSION
+    n_trials = len(plan["sessions"]) * nsd_constants.TRIALS_PER_SESSION
     trials = nsd.nsd_trials(design, subject, n_trials)
     files = dict(plan["sessions"])
     trials["beta_file"] = trials["session"].map(files)
@@ -177,7 +157,7 @@ def _nsd_rows(root: Path, subject: str, plan: dict[str, Any]) -> tuple[pd.DataFr
         "nsd_id": pd.array(trials["nsd_id"], dtype="Int32"),
         "stimulus_type": "natural",
         "stimulus_name": None,
-        "image_ref": [f"{C.STIMULI_HDF5}#{i}" for i in trials["nsd_id"]],
+        "image_ref": [f"{nsd_constants.STIMULI_HDF5}#{i}" for i in trials["nsd_id"]],
         "text": None,
         "is_shared1000": trials["is_shared1000"].astype(bool),
     })
@@ -189,9 +169,9 @@ def _nsd_rows(root: Path, subject: str, plan: dict[str, Any]) -> tuple[pd.DataFr
 
 def _imagery_plan(root: Path, subject: str) -> dict[str, Any]:
     plan = {
-        "betas": C.IMAGERY_BETAS_FILE.format(subject=subject),
-        "trials": C.IMAGERY_TRIALS.format(subject=subject),
-        "stimuli": C.IMAGERY_STIMULI_TABLE,
+        "betas": nsd_constants.IMAGERY_BETAS_FILE.format(subject=subject),
+        "trials": nsd_constants.IMAGERY_TRIALS.format(subject=subject),
+        "stimuli": nsd_constants.IMAGERY_STIMULI_TABLE,
     }
     for rel in plan.values():
         nsd.require(root, rel)
@@ -211,11 +191,11 @@ def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: 
     pngs, refs = [], {}
     for row in used.itertuples(index=False):
         if row.stim_set in ("A", "B"):
-            rel = f"{C.IMAGERY_STIMULI_DIR}/{row.image.strip()}" if row.image.strip() else ""
+            rel = f"{nsd_constants.IMAGERY_STIMULI_DIR}/{row.image.strip()}" if row.image.strip() else ""
             if not rel or not (root / rel).is_file():
                 raise InputError(
                     f"Stimulus {row.stimulus_id} (set {row.stim_set}) has no image: "
-                    f"{root / rel if rel else 'the image column is empty'}; expected a PNG under {C.IMAGERY_STIMULI_DIR}."
+                    f"{root / rel if rel else 'the image column is empty'}; expected a PNG under {nsd_constants.IMAGERY_STIMULI_DIR}."
                 )
             source_path(root, rel)
             pngs.append(rel)
@@ -223,9 +203,9 @@ def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: 
             if row.stim_set == "B" and n_images is not None:
                 if int(row.nsd_id) >= n_images:
                     raise InputError(
-                        f"Stimulus {row.stimulus_id} has no image: {C.STIMULI_HDF5} imgBrick holds {n_images} images."
+                        f"Stimulus {row.stimulus_id} has no image: {nsd_constants.STIMULI_HDF5} imgBrick holds {n_images} images."
                     )
-                refs[row.stim_name] = f"{C.STIMULI_HDF5}#{int(row.nsd_id)}"  # one image per stimulus id
+                refs[row.stim_name] = f"{nsd_constants.STIMULI_HDF5}#{int(row.nsd_id)}"  # one image per stimulus id
         elif not row.text.strip():
             raise InputError(f"Stimulus {row.stimulus_id} (set C) has no text; expected the word(s) in stimuli.tsv.")
     joined = nsd_imagery.join_trials(trials, stimuli, plan["trials"])
@@ -253,6 +233,57 @@ def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: 
 # --- the index -------------------------------------------------------------------------
 
 
+def _read_tables(root: Path, subject: str, nsd_plan, img_plan) -> tuple[pd.DataFrame, Any, list[str]]:
+    """Index rows of the NSD and NSD-Imagery trials (checked, no beta data read), the design,
+    and the PNG files of the imagery stimuli."""
+    frames, design, n_images = [], None, None
+    if nsd_plan is not None:
+        nsd_frame, design = _nsd_rows(root, subject, nsd_plan)
+        frames.append(nsd_frame)
+    elif (root / nsd_constants.EXPDESIGN).is_file():
+        design = nsd.read_expdesign(root / nsd_constants.EXPDESIGN)
+    if (root / nsd_constants.STIMULI_HDF5).is_file():
+        n_images = nsd.count_stimulus_images(root / nsd_constants.STIMULI_HDF5)
+    shared = set(design.shared_nsd_ids().tolist()) if design is not None else set()
+    pngs: list[str] = []
+    if img_plan is not None:
+        img_frame, pngs = _imagery_rows(root, img_plan, shared, n_images)
+        frames.append(img_frame)
+    frame = pd.concat(frames, ignore_index=True)
+    frame.insert(0, "subject", subject)
+    return frame, design, pngs
+
+
+def _split(frame: pd.DataFrame, subject: str, design, folds: int, *, with_nsd: bool,
+           with_imagery: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Stimulus-disjoint splits and folds added to the rows (sorted, repeats numbered, columns of
+    the schema); returns them and the split manifest."""
+    nsd_rows = (frame["dataset"] == "nsd").to_numpy()
+    img_rows = ~nsd_rows
+    imagery_nsd_ids = frame.loc[img_rows, "nsd_id"].dropna().astype(int).unique()
+    nsd_splits = fold_of = None
+    if with_nsd:
+        nsd_splits = splits.nsd_split(
+            frame.loc[nsd_rows, "nsd_id"].astype(int).to_numpy(), design.shared_nsd_ids(),
+            seed=SPLIT_SEED, force_test=imagery_nsd_ids,
+        )
+    if with_imagery:
+        stim = frame.loc[img_rows, ["stimulus_id", "_stim_set"]].drop_duplicates("stimulus_id")
+        fold_of = splits.assign_imagery_folds(stim["stimulus_id"].tolist(), stim["_stim_set"].tolist(), k=folds,
+                                              seed=SPLIT_SEED)
+    manifest = splits.make_manifest(subject, nsd=nsd_splits, imagery=fold_of, folds=folds)
+    split_of = {f"nsd-{i:05d}": name for name, ids in (nsd_splits or {}).items() for i in ids}
+    frame["split"] = [split_of[s] if d == "nsd" else "test" for d, s in zip(frame["dataset"], frame["stimulus_id"])]
+    frame["fold"] = pd.array(
+        [fold_of[s] if d == "nsdimagery" else None for d, s in zip(frame["dataset"], frame["stimulus_id"])],
+        dtype="Int8",
+    )
+    frame = frame.sort_values(["dataset", "trial"], kind="stable").reset_index(drop=True)
+    frame["repeat"] = frame.groupby(["dataset", "condition", "stimulus_id"], sort=False).cumcount().astype(np.int16)
+    frame = frame[SCHEMA.names]
+    return frame, manifest
+
+
 def build_index(
     subject: str,
     data_root: str | os.PathLike,
@@ -273,26 +304,23 @@ def build_index(
     subject : str
         ``subj01`` ... ``subj08``.
     data_root : path
-        Root of an NSD download (``nsddata/``, ``nsddata_betas/``, ``nsddata_stimuli/``) or of
-        ``fmri2img synth`` output.
+        Root of an NSD download (``nsddata/``, ``nsddata_betas/``, ...) or of ``fmri2img synth`` output.
     cache_root : path
         Where the beta cache (``betas/``), the checksum memo (``checksums/``) and, by default,
         the index (``indices/imagery/<subject>.parquet``) go.
     dataset : {'both', 'nsd', 'imagery'}
-        Which trials to index.
-    manifest_dir : path
-        Folder of the split manifest ``<subject>_splits.json`` (+ ``.sha256``).
+        Which trials to index; ``manifest_dir`` gets the split manifest ``<subject>_splits.json``.
     jobs : int
         Sessions read in parallel when building the beta cache.
     verify : bool
         Check an existing index, manifest and cache against the sources (every file re-hashed)
-        and rebuild nothing; raises :class:`~fmri2img.errors.ChecksumError` naming a changed file.
+        and rebuild nothing; raises :class:`~fmri2img.core.errors.ChecksumError` naming a changed file.
     folds : int
         NSD-Imagery stimulus folds K (stimulus-disjoint, balanced over sets A/B/C).
     beta_format : {'auto', 'nifti', 'hdf5'}
         Which NSD session beta files to read (``auto``: HDF5 where present, else NIfTI).
     """
-    C.subject_number(subject)
+    nsd_constants.subject_number(subject)
     if dataset not in DATASETS:
         raise ConfigError(f"Unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
     if not isinstance(jobs, int) or jobs < 1:
@@ -306,54 +334,16 @@ def build_index(
     with_nsd, with_imagery = dataset in ("nsd", "both"), dataset in ("imagery", "both")
     if with_imagery and (not isinstance(folds, int) or folds < 2):
         raise ConfigError(f"Invalid folds={folds!r}; expected an integer >= 2.")
-
     # 1. every input exists (cheap) before anything is read or hashed
-    mask_rel = C.NSDGENERAL.format(subject=subject)
+    mask_rel = nsd_constants.NSDGENERAL.format(subject=subject)
     nsd.require(root, mask_rel)
     nsd_plan = _nsd_plan(root, subject, beta_format) if with_nsd else None
     img_plan = _imagery_plan(root, subject) if with_imagery else None
 
-    # 2. read and check the tables (no beta data yet)
-    frames, design, n_images = [], None, None
-    if nsd_plan is not None:
-        nsd_frame, design = _nsd_rows(root, subject, nsd_plan)
-        frames.append(nsd_frame)
-    elif (root / C.EXPDESIGN).is_file():
-        design = nsd.read_expdesign(root / C.EXPDESIGN)
-    if (root / C.STIMULI_HDF5).is_file():
-        n_images = nsd.count_stimulus_images(root / C.STIMULI_HDF5)
-    shared = set(design.shared_nsd_ids().tolist()) if design is not None else set()
-    pngs: list[str] = []
-    if img_plan is not None:
-        img_frame, pngs = _imagery_rows(root, img_plan, shared, n_images)
-        frames.append(img_frame)
-    frame = pd.concat(frames, ignore_index=True)
-    frame.insert(0, "subject", subject)
-
-    # 3. stimulus-disjoint splits
-    nsd_rows = (frame["dataset"] == "nsd").to_numpy()
-    img_rows = ~nsd_rows
-    imagery_nsd_ids = frame.loc[img_rows, "nsd_id"].dropna().astype(int).unique()
-    nsd_splits = fold_of = None
-    if nsd_plan is not None:
-        nsd_splits = splits.nsd_split(
-            frame.loc[nsd_rows, "nsd_id"].astype(int).to_numpy(), design.shared_nsd_ids(),
-            seed=SPLIT_SEED, force_test=imagery_nsd_ids,
-        )
-    if img_plan is not None:
-        stim = frame.loc[img_rows, ["stimulus_id", "_stim_set"]].drop_duplicates("stimulus_id")
-        fold_of = splits.imagery_folds(stim["stimulus_id"].tolist(), stim["_stim_set"].tolist(), k=folds,
-                                       seed=SPLIT_SEED)
-    manifest = splits.make_manifest(subject, nsd=nsd_splits, imagery=fold_of, folds=folds)
-    split_of = {f"nsd-{i:05d}": name for name, ids in (nsd_splits or {}).items() for i in ids}
-    frame["split"] = [split_of[s] if d == "nsd" else "test" for d, s in zip(frame["dataset"], frame["stimulus_id"])]
-    frame["fold"] = pd.array(
-        [fold_of[s] if d == "nsdimagery" else None for d, s in zip(frame["dataset"], frame["stimulus_id"])],
-        dtype="Int8",
-    )
-    frame = frame.sort_values(["dataset", "trial"], kind="stable").reset_index(drop=True)
-    frame["repeat"] = frame.groupby(["dataset", "condition", "stimulus_id"], sort=False).cumcount().astype(np.int16)
-    frame = frame[SCHEMA.names]
+    # 2. read and check the tables (no beta data yet); 3. stimulus-disjoint splits
+    frame, design, pngs = _read_tables(root, subject, nsd_plan, img_plan)
+    frame, manifest = _split(frame, subject, design, folds, with_nsd=nsd_plan is not None,
+                             with_imagery=img_plan is not None)
 
     # 4. hash every source once (streamed; unchanged files are looked up in the memo)
     beta_files = list(dict.fromkeys(frame["beta_file"]))
@@ -365,9 +355,8 @@ def build_index(
         relatives += [img_plan["trials"], img_plan["stimuli"]]
     sources = hash_sources(root, relatives, _memo_path(cache_root, subject))
     _report_changes(output, sources)
-
     # 5. beta cache (the heavy part), then manifest, index and sidecar
-    cache = beta_cache.build_beta_cache(subject, root, cache_root, beta_files, sources, jobs=jobs, progress=progress)
+    cache = betas.build_beta_cache(subject, root, cache_root, beta_files, sources, jobs=jobs, progress=progress)
     if cache.n_valid < cache.n_voxels:
         log.warning("%s: %d of %d nsdgeneral voxels are NaN or all-zero in some beta file and are dropped.",
                     subject, cache.n_voxels - cache.n_valid, cache.n_voxels)
@@ -402,5 +391,5 @@ def verify_index(
     if sha256_file(manifest) != frame.attrs["split_manifest_sha256"]:
         raise ChecksumError(f"Split manifest {manifest} differs from the one recorded in {output}; rerun `fmri2img index`.")
     beta_files = list(dict.fromkeys(frame["beta_file"]))
-    beta_cache.verify_beta_cache(beta_cache.cache_dir(cache_root, subject), recorded, beta_files)
+    betas.verify_beta_cache(betas.cache_dir(cache_root, subject), recorded, beta_files)
     return output

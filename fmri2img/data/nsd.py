@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from fmri2img.data import nsd_constants as C
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.data import nsd_constants
 
 #: Largest |percent signal change| that NSD's int16 x 300 encoding can express (32767 / 300).
-FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / C.BETA_SCALE
+FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE
 
 #: Upper bound on the bytes of raw beta data read at once (a chunk of volumes).
 READ_CHUNK_BYTES = 128 * 1024 * 1024
@@ -102,7 +102,7 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
     order = np.asarray(mat["masterordering"]).astype(np.int64).ravel()
     subjectim = np.asarray(mat["subjectim"]).astype(np.int64)
     sharedix = np.asarray(mat["sharedix"]).astype(np.int64).ravel()
-    if subjectim.ndim != 2 or subjectim.shape[0] != len(C.ALL_SUBJECTS):
+    if subjectim.ndim != 2 or subjectim.shape[0] != len(nsd_constants.ALL_SUBJECTS):
         raise CorruptFileError(f"{path}: subjectim has shape {subjectim.shape}; expected (8, n_images).")
     if order.size == 0 or order.min() < 1 or order.max() > subjectim.shape[1]:
         raise CorruptFileError(
@@ -122,7 +122,7 @@ def nsd_trials(design: ExpDesign, subject: str, n_trials: int) -> pd.DataFrame:
         ``trial`` (1-based), ``session`` (1-based), ``beta_volume`` (0-based within the session
         file), ``nsd_id`` (0-based 73k id), ``is_shared1000``.
     """
-    s = C.subject_number(subject)
+    s = nsd_constants.subject_number(subject)
     if n_trials > design.masterordering.size:
         raise MismatchError(
             f"{n_trials} trials have betas for {subject} but nsd_expdesign.mat orders only "
@@ -134,8 +134,8 @@ def nsd_trials(design: ExpDesign, subject: str, n_trials: int) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "trial": trial,
-            "session": (trial - 1) // C.TRIALS_PER_SESSION + 1,
-            "beta_volume": (trial - 1) % C.TRIALS_PER_SESSION,
+            "session": (trial - 1) // nsd_constants.TRIALS_PER_SESSION + 1,
+            "beta_volume": (trial - 1) % nsd_constants.TRIALS_PER_SESSION,
             "nsd_id": ids,
             "is_shared1000": np.array([i in shared for i in ids.tolist()], dtype=bool),
         }
@@ -188,7 +188,7 @@ def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     within = table.groupby("SESSION").cumcount().to_numpy()
     return pd.DataFrame(
         {
-            "trial": (table["SESSION"].to_numpy(np.int64) - 1) * C.TRIALS_PER_SESSION + within + 1,
+            "trial": (table["SESSION"].to_numpy(np.int64) - 1) * nsd_constants.TRIALS_PER_SESSION + within + 1,
             "run": table["RUN"].to_numpy(np.int64),
             "nsd_id": table["73KID"].to_numpy(np.int64) - 1,
         }
@@ -230,9 +230,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         raise CorruptFileError(f"Cannot read {path} as NIfTI (truncated or corrupt?): {exc}.") from None
     if data.ndim != 3:
         raise InputError(f"Expected a 3D mask, got shape {data.shape} from {path.name}.")
-    mask = data == C.NSDGENERAL_INSIDE
+    mask = data == nsd_constants.NSDGENERAL_INSIDE
     if not mask.any():
-        raise InputError(f"{path.name} has no voxel with value {C.NSDGENERAL_INSIDE}; expected an ROI mask.")
+        raise InputError(f"{path.name} has no voxel with value {nsd_constants.NSDGENERAL_INSIDE}; expected an ROI mask.")
     return mask
 
 
@@ -280,7 +280,7 @@ def _check_dtype(dtype: np.dtype, path: Path) -> None:
     if dtype == np.int16 or dtype.kind == "f":
         return
     raise InputError(
-        f"{path.name} holds {dtype} betas; expected int16 (percent signal change x {C.BETA_SCALE:g}) "
+        f"{path.name} holds {dtype} betas; expected int16 (percent signal change x {nsd_constants.BETA_SCALE:g}) "
         "or float percent signal change."
     )
 
@@ -408,12 +408,12 @@ def _store(out, t0, t1, values, is_float, nan_count, nonzero, path):
         if peak > FLOAT_PSC_MAX_ABS:
             raise InputError(
                 f"{path.name} holds float betas up to |{peak:.4g}|; expected percent signal change within "
-                f"+-{FLOAT_PSC_MAX_ABS:.1f} (unscaled int16 x {C.BETA_SCALE:g} betas must be stored as int16)."
+                f"+-{FLOAT_PSC_MAX_ABS:.1f} (unscaled int16 x {nsd_constants.BETA_SCALE:g} betas must be stored as int16)."
             )
         nan_count += nan.sum(axis=0)
         out[t0:t1] = finite
     else:
-        out[t0:t1] = values.astype(np.float32) / np.float32(C.BETA_SCALE)
+        out[t0:t1] = values.astype(np.float32) / np.float32(nsd_constants.BETA_SCALE)
         finite = values
     nonzero |= (finite != 0).any(axis=0)
 
@@ -425,9 +425,9 @@ def session_beta_file(data_root: str | os.PathLike, subject: str, session: int, 
     reads; else NIfTI).
     """
     candidates = {
-        "hdf5": [C.BETAS_HDF5],
-        "nifti": [C.BETAS_NII],
-        "auto": [C.BETAS_HDF5, C.BETAS_NII],
+        "hdf5": [nsd_constants.BETAS_HDF5],
+        "nifti": [nsd_constants.BETAS_NII],
+        "auto": [nsd_constants.BETAS_HDF5, nsd_constants.BETAS_NII],
     }
     if beta_format not in candidates:
         raise InputError(f"Unknown beta format {beta_format!r}; choose one of auto, nifti, hdf5.")
@@ -440,18 +440,18 @@ def session_beta_file(data_root: str | os.PathLike, subject: str, session: int, 
 
 def list_sessions(data_root: str | os.PathLike, subject: str, beta_format: str = "auto") -> list[tuple[int, str]]:
     """Sessions 1..N with a beta file, as (session, relative path); the sessions must be contiguous."""
-    n_max = C.NSD_SESSIONS[subject] if subject in C.NSD_SESSIONS else 0
+    n_max = nsd_constants.NSD_SESSIONS[subject] if subject in nsd_constants.NSD_SESSIONS else 0
     found = [(s, session_beta_file(data_root, subject, s, beta_format)) for s in range(1, n_max + 1)]
     present = [(s, rel) for s, rel in found if rel is not None]
     if not present:
-        folder = Path(data_root) / C.BETAS_DIR.format(subject=subject)
+        folder = Path(data_root) / nsd_constants.BETAS_DIR.format(subject=subject)
         raise MissingInputError(
             f"No beta files in {folder}; expected betas_session01.nii.gz or .hdf5 (format {beta_format})."
         )
     last = present[-1][0]
     gaps = [s for s, rel in found if rel is None and s < last]
     if gaps:
-        missing = C.BETAS_NII.format(subject=subject, session=gaps[0])
+        missing = nsd_constants.BETAS_NII.format(subject=subject, session=gaps[0])
         raise MissingInputError(
             f"Session {gaps[0]} of {subject} has no beta file ({Path(data_root) / missing} or .hdf5) "
             f"but session {last} has; expected sessions 1..{last}."

@@ -10,6 +10,8 @@ Sources:
 
 from __future__ import annotations
 
+from fmri2img.core.errors import InputError
+
 #: Functional grid (X, Y, Z) of the 1.8 mm "func1pt8mm" space per subject [NSD manual, "Betas"].
 FUNC1PT8_GRID = {
     "subj01": (81, 104, 83),
@@ -82,9 +84,7 @@ IMAGERY_STIMULI_TABLE = IMAGERY_STIMULI_DIR + "/stimuli.tsv"
 
 
 def subject_number(subject: str) -> int:
-    """``'subj01'`` -> 1. Raises :class:`~fmri2img.errors.InputError` for unknown subjects."""
-    from fmri2img.errors import InputError
-
+    """``'subj01'`` -> 1. Raises :class:`~fmri2img.core.errors.InputError` for unknown subjects."""
     if subject not in FUNC1PT8_GRID:
         raise InputError(f"Unknown subject {subject!r}; choose one of {', '.join(ALL_SUBJECTS)}.")
     return int(subject[4:])

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmri2img.data import nsd_constants as C
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.data import nsd_constants
 
 TRIAL_COLUMNS = ("beta_index", "run", "trial", "task", "stim_set", "stim_name", "cue")
 STIMULUS_COLUMNS = ("stim_set", "stim_name", "cue", "image", "text", "nsd_id")
@@ -62,9 +62,9 @@ def read_trials(path: str | os.PathLike) -> pd.DataFrame:
     bad_task = sorted(set(table["task"]) - set(TASK_CONDITION))
     if bad_task:
         raise InputError(f"{path}: task {bad_task[0]!r}; expected one of {', '.join(TASK_CONDITION)}.")
-    bad_set = sorted(set(table["stim_set"]) - set(C.IMAGERY_SETS))
+    bad_set = sorted(set(table["stim_set"]) - set(nsd_constants.IMAGERY_SETS))
     if bad_set:
-        raise InputError(f"{path}: stim_set {bad_set[0]!r}; expected one of {', '.join(C.IMAGERY_SETS)}.")
+        raise InputError(f"{path}: stim_set {bad_set[0]!r}; expected one of {', '.join(nsd_constants.IMAGERY_SETS)}.")
     if (table["stim_name"].str.strip() == "").any():
         raise InputError(f"{path}: a row has an empty stim_name; expected a name from stimuli.tsv on every row.")
     table = table.sort_values("beta_index", kind="stable").reset_index(drop=True)
@@ -85,9 +85,9 @@ def read_stimuli(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     table = _read_tsv(path, STIMULUS_COLUMNS, "stimulus table")
-    bad_set = sorted(set(table["stim_set"]) - set(C.IMAGERY_SETS))
+    bad_set = sorted(set(table["stim_set"]) - set(nsd_constants.IMAGERY_SETS))
     if bad_set:
-        raise InputError(f"{path}: stim_set {bad_set[0]!r}; expected one of {', '.join(C.IMAGERY_SETS)}.")
+        raise InputError(f"{path}: stim_set {bad_set[0]!r}; expected one of {', '.join(nsd_constants.IMAGERY_SETS)}.")
     duplicated = table["stim_name"][table["stim_name"].duplicated()]
     if not duplicated.empty:
         raise InputError(f"{path}: stimulus {duplicated.iloc[0]!r} is listed twice; expected unique names.")
@@ -101,7 +101,7 @@ def read_stimuli(path: str | os.PathLike) -> pd.DataFrame:
         else:
             nsd_ids.append(None)
     table["nsd_id"] = pd.array(nsd_ids, dtype="Int64")
-    table["stimulus_type"] = table["stim_set"].map(C.IMAGERY_SETS)
+    table["stimulus_type"] = table["stim_set"].map(nsd_constants.IMAGERY_SETS)
     table["stimulus_id"] = [
         stimulus_id(s, n, i) for s, n, i in zip(table["stim_set"], table["stim_name"], nsd_ids)
     ]

@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmri2img import __version__
-from fmri2img.errors import ChecksumError, CorruptFileError, MissingInputError, SchemaError
-from fmri2img.io import atomic_path, sha256_file, write_text
+from fmri2img.core.errors import ChecksumError, CorruptFileError, MissingInputError, SchemaError
+from fmri2img.core.files import atomic_path, sha256_file, write_text
 
 SCHEMA_VERSION = 1
 
@@ -204,13 +203,3 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
         sha256=digest,
     )
     return frame
-
-
-def empty_frame() -> pd.DataFrame:
-    """An empty frame with the index's columns and dtypes (a starting point for custom indexes)."""
-    return SCHEMA.empty_table().to_pandas(types_mapper=_PANDAS_INTS.get)
-
-
-def describe() -> list[dict[str, Any]]:
-    """The schema as plain data (column, type, nullable) for docs and logs."""
-    return [{"column": f.name, "type": str(f.type), "nullable": f.nullable} for f in SCHEMA]

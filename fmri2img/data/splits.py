@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from fmri2img.constants import SPLIT_SEED
-from fmri2img.errors import ConfigError, InputError
-from fmri2img.io import dumps_json, sha256_bytes, write_text
+from fmri2img.core.constants import SPLIT_SEED
+from fmri2img.core.errors import ConfigError, InputError
+from fmri2img.core.files import dumps_json, sha256_bytes, write_text
 
 #: Fraction of the non-shared NSD images of a subject held out for validation (early stopping).
 VAL_FRACTION = 0.1
@@ -87,7 +87,7 @@ def nsd_split(
     return splits
 
 
-def imagery_folds(
+def assign_imagery_folds(
     stimulus_ids: list[str], stim_sets: list[str], *, k: int = DEFAULT_FOLDS, seed: int = SPLIT_SEED
 ) -> dict[str, int]:
     """Assign each NSD-Imagery stimulus to one of ``k`` folds, balanced over its set.

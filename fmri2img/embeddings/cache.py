@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from fmri2img.constants import SYNTHETIC_TRUTH_EMBEDDINGS
-from fmri2img.errors import ChecksumError, CorruptFileError, InputError, MismatchError, MissingInputError
-from fmri2img.io import load_npy, read_json, save_npy, sha256_bytes, sha256_file, write_json
+from fmri2img.core.constants import SYNTHETIC_TRUTH_EMBEDDINGS
+from fmri2img.core.errors import ChecksumError, CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.files import load_npy, read_json, save_npy, sha256_bytes, sha256_file, write_json
 
 #: Sub-folder of the cache root holding the embedding sets.
 CLIP_SUBDIR = "clip"
@@ -215,9 +215,11 @@ def make_embedding_set(
     content_sha256: Sequence[str],
     meta: Mapping[str, Any],
     computed: Sequence[str] = (),
+    normalize: bool = True,
 ) -> EmbeddingSet:
-    """Build a set with rows sorted by stimulus id, vectors L2-normalised and ``meta`` completed
-    (``dim``, ``n``).
+    """Build a set with rows sorted by stimulus id, vectors L2-normalised (``normalize``; unit
+    vectors of existing sets are taken as they are, so merging never moves them by a float32
+    rounding) and ``meta`` completed (``dim``, ``n``).
 
     Parameters
     ----------
@@ -228,7 +230,12 @@ def make_embedding_set(
         Must contain ``tag``; should contain the :data:`IDENTITY_KEYS`.
     """
     ids = [str(i) for i in ids]
-    vectors = l2_normalize(vectors) if len(ids) else np.zeros((0, int(meta.get("dim", 0))), np.float32)
+    if not len(ids):
+        vectors = np.zeros((0, int(meta.get("dim", 0))), np.float32)
+    elif normalize:
+        vectors = l2_normalize(vectors)
+    else:
+        vectors = np.asarray(vectors, dtype=np.float32)
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable") if ids else np.zeros(0, np.int64)
     full_meta = {k: v for k, v in meta.items() if k != "embeddings_sha256"}  # set again on save
     check_tag(str(full_meta.get("tag")))
@@ -268,6 +275,7 @@ def merge_embedding_sets(base: EmbeddingSet, new: EmbeddingSet) -> EmbeddingSet:
         content_sha256=[base.content_sha256[i] for i in keep] + list(new.content_sha256),
         meta=meta,
         computed=new.computed,
+        normalize=False,
     )
 
 

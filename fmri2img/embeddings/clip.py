@@ -3,7 +3,7 @@
 Weights come from exactly one source:
 
 * a hub tag (``pretrained="openai"``), taken from the local cache if present, else downloaded.
-  Without network this fails fast with one line (:class:`~fmri2img.errors.OfflineError`)
+  Without network this fails fast with one line (:class:`~fmri2img.core.errors.OfflineError`)
   saying how to pass a local file instead: the cache lookup runs with Hugging Face's offline
   mode on (no retries), and a download is only tried if the host answers within
   :data:`NETWORK_PROBE_TIMEOUT_S` seconds;
@@ -32,20 +32,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import open_clip
+import torch
+from huggingface_hub import constants as hf_constants
 
-from fmri2img.constants import INIT_SEED
+from fmri2img.core.constants import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED, INIT_SEED
+from fmri2img.core.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError, OfflineError
+from fmri2img.core.files import sha256_file
+from fmri2img.core.vocab import DEVICES
 from fmri2img.embeddings.cache import l2_normalize
-from fmri2img.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError, OfflineError
-from fmri2img.io import sha256_file
-
-#: Default architecture: OpenAI CLIP ViT-B/32, 512-D embeddings (Radford et al. 2021; open_clip config ViT-B-32.json).
-DEFAULT_MODEL = "ViT-B-32"
-
-#: Default weights of :data:`DEFAULT_MODEL` (open_clip pretrained tag).
-DEFAULT_PRETRAINED = "openai"
-
-#: Images or texts encoded per forward pass.
-DEFAULT_BATCH_SIZE = 64
 
 #: Seconds to wait for the weights host to answer before declaring the machine offline.
 NETWORK_PROBE_TIMEOUT_S = 3.0
@@ -55,9 +50,6 @@ HF_HUB_HOST = "huggingface.co"
 
 #: Distribution name of open_clip on PyPI.
 OPEN_CLIP_DIST = "open_clip_torch"
-
-#: Allowed devices.
-DEVICES = ("cpu", "cuda")
 
 _UNSAFE_TAG_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
 _TRUE = {"1", "true", "yes", "on"}
@@ -72,7 +64,7 @@ def open_clip_version() -> str:
 
 
 def model_identity(
-    model: str = DEFAULT_MODEL,
+    model: str = DEFAULT_CLIP_MODEL,
     pretrained: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     random_init: bool = False,
@@ -137,8 +129,6 @@ def check_device(device: str) -> str:
     if device not in DEVICES:
         raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
     if device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu.")
     return device
@@ -169,15 +159,13 @@ def network_reachable(host: str, port: int = 443, timeout: float = NETWORK_PROBE
 @contextlib.contextmanager
 def _hub_offline() -> Iterator[None]:
     """Turn Hugging Face's offline mode on for the block (cache only, no HTTP, no retries)."""
-    from huggingface_hub import constants
-
-    previous_attr, previous_env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
-    constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub's HTTP layer
+    previous_attr, previous_env = hf_constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    hf_constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub's HTTP layer
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = previous_attr
+        hf_constants.HF_HUB_OFFLINE = previous_attr
         if previous_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
@@ -248,8 +236,6 @@ class ClipEncoder:
         -------
         array of shape (n_images, d), float32, L2-normalised
         """
-        import torch
-
         batch = torch.stack([self.preprocess(image) for image in images]).to(self.device)
         with torch.inference_mode():
             features = self.model.encode_image(batch)
@@ -262,8 +248,6 @@ class ClipEncoder:
         -------
         array of shape (n_texts, d), float32, L2-normalised
         """
-        import torch
-
         tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode():
             features = self.model.encode_text(tokens)
@@ -271,8 +255,6 @@ class ClipEncoder:
 
 
 def _create(model: str, pretrained: str | None, device: str, cache_dir: str | None):
-    import open_clip
-
     clip_model, _, preprocess = open_clip.create_model_and_transforms(
         model, pretrained=pretrained, device=device, cache_dir=cache_dir
     )
@@ -292,8 +274,6 @@ def _offline_message(model: str, tag: str, cfg: Mapping[str, Any], reason: str) 
 
 
 def _create_from_hub(model: str, tag: str, device: str, cache_dir: str | None):
-    import open_clip
-
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
@@ -338,7 +318,7 @@ def _preprocessing(clip_model, tokenizer) -> dict[str, Any]:
 
 
 def load_clip(
-    model: str = DEFAULT_MODEL,
+    model: str = DEFAULT_CLIP_MODEL,
     pretrained: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     random_init: bool = False,
@@ -373,13 +353,10 @@ def load_clip(
     MismatchError, CorruptFileError
         The checkpoint does not fit the model / cannot be read.
     """
-    import open_clip
-    import torch
-
     check_device(device)
     if model not in open_clip.list_models():
         raise ConfigError(
-            f"Unknown open_clip model {model!r}; choose one of open_clip.list_models() (e.g. {DEFAULT_MODEL!r})."
+            f"Unknown open_clip model {model!r}; choose one of open_clip.list_models() (e.g. {DEFAULT_CLIP_MODEL!r})."
         )
     identity = dict(identity) if identity is not None else model_identity(model, pretrained, checkpoint, random_init)
     cache_dir = os.fspath(hub_cache_dir) if hub_cache_dir else None
@@ -409,15 +386,3 @@ def load_clip(
         device=device,
         preprocessing=_preprocessing(clip_model, tokenizer),
     )
-
-
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_MODEL",
-    "DEFAULT_PRETRAINED",
-    "ClipEncoder",
-    "load_clip",
-    "model_identity",
-    "model_tag",
-    "network_reachable",
-]

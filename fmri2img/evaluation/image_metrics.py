@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
-from fmri2img.errors import InputError, OfflineError
+from fmri2img.core.errors import InputError, OfflineError
+from fmri2img.core.memo import Memo, digest
 from fmri2img.evaluation.metrics import cosine_similarity_matrix
 
 #: skimage's default SSIM window (7 x 7, Wang et al. 2004 use 11 with Gaussian weights); smaller
@@ -122,8 +124,6 @@ def _ssim_window(shape: tuple[int, ...]) -> int:
 
 def _box(x: np.ndarray, win: int) -> np.ndarray:
     """Uniform (box) filter of side ``win`` over the two image axes of (n, H, W, 3) (reflect borders)."""
-    from scipy.ndimage import uniform_filter
-
     return uniform_filter(x, size=(1, win, win, 1))
 
 
@@ -257,23 +257,22 @@ class _ImageSetStats:
                 self.pairs[(jj, ii)] = (float(s_), float(c_), float(m_))
 
 
-#: Image sets whose :class:`_ImageSetStats` are kept in this process (by content hash): the
-#: test-set images are the same in every cell of a subject, and so are most retrieved pairs.
-IMAGE_SET_CACHE_SIZE = 4
+#: Image sets whose :class:`_ImageSetStats` a memo keeps (by content hash): the test-set images are
+#: the same in every cell of a subject, and so are most retrieved pairs.
+IMAGE_SET_MEMO_SIZE = 4
 
 #: Largest image set (uint8 bytes) given :class:`_ImageSetStats`: they hold four float64 copies
 #: (32 x the uint8 bytes, 128 MB here). Larger sets are scored by :func:`score_images` in chunks.
 IMAGE_SET_MAX_BYTES = 4 * 2**20
-_IMAGE_SETS: dict[tuple[tuple[int, ...], bytes], _ImageSetStats] = {}
 
 
-def score_image_pairs(images: Any, first: Any, second: Any) -> dict[str, np.ndarray]:
+def score_image_pairs(images: Any, first: Any, second: Any, memo: Memo | None = None) -> dict[str, np.ndarray]:
     """``score_images(images[first], images[second])``, computed once per distinct pair.
 
     For reconstruction by retrieval among a set's own images (``first``: the retrieved image of
     each stimulus, ``second``: its true image). Per-image statistics (SSIM local moments, centred
-    pixels) are computed once per image set and pair scores once per pair, both kept per process
-    (same numbers as :func:`score_images`: every statistic is computed image by image).
+    pixels) are computed once per image set and pair scores once per pair, both kept in ``memo``
+    when given (same numbers as :func:`score_images`: every statistic is computed image by image).
 
     Parameters
     ----------
@@ -284,8 +283,6 @@ def score_image_pairs(images: Any, first: Any, second: Any) -> dict[str, np.ndar
     -------
     dict ``ssim``, ``pixcorr``, ``pixel_mse`` -> float64 array of shape (n,)
     """
-    import hashlib
-
     imgs = np.ascontiguousarray(images)
     if imgs.ndim != 4 or imgs.dtype != np.uint8 or imgs.shape[-1] != 3:
         raise InputError(f"Expected a uint8 image batch of shape (m, H, W, 3), got {imgs.dtype} {imgs.shape}.")
@@ -302,12 +299,8 @@ def score_image_pairs(images: Any, first: Any, second: Any) -> dict[str, np.ndar
         return score_images(imgs[j], imgs[i])
     if j.size == 0:
         return {"ssim": np.empty(0), "pixcorr": np.empty(0), "pixel_mse": np.empty(0)}
-    key = (imgs.shape, hashlib.blake2b(imgs.tobytes(), digest_size=16).digest())
-    stats = _IMAGE_SETS.get(key)
-    if stats is None:
-        if len(_IMAGE_SETS) >= IMAGE_SET_CACHE_SIZE:
-            _IMAGE_SETS.pop(next(iter(_IMAGE_SETS)))
-        stats = _IMAGE_SETS[key] = _ImageSetStats(imgs)
+    stats = (_ImageSetStats(imgs) if memo is None else
+             memo.get("image_sets", digest(imgs), lambda: _ImageSetStats(imgs), limit=IMAGE_SET_MEMO_SIZE))
     wanted = list(zip(j.tolist(), i.tolist()))
     todo = sorted(set(wanted) - stats.pairs.keys())
     if todo:

@@ -6,7 +6,7 @@ results are identical across runs on the same inputs.
 Conventions
 -----------
 - ``pred`` are decoded embeddings, ``true`` their targets, one row per trial (or per stimulus
-  after :func:`average_by_stimulus`), ``gallery`` the candidate set for retrieval.
+  after :func:`fmri2img.data.trials.average_by_stimulus`), ``gallery`` the candidate set for retrieval.
 - Ties are always resolved *against* the prediction (conservative): a gallery item that is
   exactly as similar as the target counts as ranked above it, and in two-way identification an
   exact tie counts as a failure.
@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fmri2img.constants import RETRIEVAL_KS
-from fmri2img.errors import InputError
+from fmri2img.core.constants import RETRIEVAL_KS
+from fmri2img.core.errors import InputError
 
 #: Chance level of two-way identification: one of two candidates (Kay et al. 2008; the
 #: NSD-Imagery and Brain-Diffuser papers report it as 50 %).
@@ -81,7 +81,8 @@ def _zscore_rows(arr: np.ndarray, name: str) -> np.ndarray:
     return centred / norms
 
 
-def _target_index(target_index: Any, n: int, m: int) -> np.ndarray:
+def check_target_index(target_index: Any, n: int, m: int) -> np.ndarray:
+    """``target_index`` as int64 (n,) with values in [0, m)."""
     idx = np.asarray(target_index)
     if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
         raise InputError(
@@ -145,67 +146,6 @@ def cosine_similarity_matrix(pred: Any, gallery: Any) -> np.ndarray:
     return _unit_rows(pred, "pred") @ _unit_rows(gallery, "gallery").T
 
 
-def average_by_stimulus(
-    arr: Any, stimulus_ids: Sequence[Any] | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Average the rows (repeats) that share a stimulus id.
-
-    Parameters
-    ----------
-    arr : array of shape (n,) or (n, d)
-        Per-trial values (e.g. per-trial scores, or embeddings).
-    stimulus_ids : sequence of length n
-        Stimulus id of each row (str or int).
-
-    Returns
-    -------
-    averaged : array of shape (n_stimuli,) or (n_stimuli, d), float64
-        Mean over the rows of each stimulus.
-    unique_ids : array of shape (n_stimuli,)
-        The stimulus ids, in order of **first appearance** in ``stimulus_ids`` (so the output
-        order follows the input order and does not depend on how ids sort).
-    """
-    values = np.asarray(arr, dtype=np.float64)
-    ids = np.asarray(stimulus_ids)
-    if values.ndim not in (1, 2):
-        raise InputError(f"Expected arr of shape (n,) or (n, d), got shape {values.shape}.")
-    if ids.shape != (values.shape[0],):
-        raise InputError(
-            f"Expected {values.shape[0]} stimulus ids (one per row), got shape {ids.shape}."
-        )
-    sorted_ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # position in sorted_ids -> first-appearance rank
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    group = rank[inverse.ravel()]
-    counts = np.bincount(group, minlength=order.size).astype(np.float64)
-    sums = _ordered_group_sums(values, group, order.size)
-    averaged = sums / (counts if values.ndim == 1 else counts[:, None])
-    return averaged, sorted_ids[order]
-
-
-def _ordered_group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per-group sums of the rows of ``values`` (n,) or (n, d), ``group`` int (n,) in [0, n_groups).
-
-    The sums ``np.add.at(zeros, group, values)`` makes (each group's rows added one after the
-    other in input order, starting from 0.0), vectorised over groups instead of row by row:
-    round r adds the r-th row of every group (distinct groups, so a plain indexed add), for
-    as many rounds as the largest group has rows (repeats of a stimulus: a handful).
-    """
-    sums = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
-    if values.shape[0] == 0:
-        return sums
-    order = np.argsort(group, kind="stable")  # rows grouped, input order within a group
-    counts = np.bincount(group, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank_in_group = np.empty(group.size, dtype=np.int64)
-    rank_in_group[order] = np.arange(group.size) - np.repeat(starts, counts)
-    for r in range(int(counts.max())):
-        rows = np.flatnonzero(rank_in_group == r)
-        sums[group[rows]] += values[rows]
-    return sums
-
-
 def retrieval_ranks(pred: Any, gallery: Any, target_index: Any) -> np.ndarray:
     """Rank of each prediction's target in the gallery, ranked by cosine similarity.
 
@@ -229,7 +169,7 @@ def retrieval_ranks(pred: Any, gallery: Any, target_index: Any) -> np.ndarray:
         1-based ranks in ``[1, m]``; rank 1 means the target is strictly the most similar.
     """
     sim = cosine_similarity_matrix(pred, gallery)
-    idx = _target_index(target_index, *sim.shape)
+    idx = check_target_index(target_index, *sim.shape)
     target_sim = sim[np.arange(sim.shape[0]), idx]
     return (sim >= target_sim[:, None]).sum(axis=1).astype(np.int64)
 
@@ -246,7 +186,7 @@ def retrieval_at_k(
     target_index : int array of shape (n,)
         Row of ``gallery`` holding the true stimulus of each prediction.
     ks : sequence of int
-        Cut-offs, default :data:`fmri2img.constants.RETRIEVAL_KS`.
+        Cut-offs, default :data:`fmri2img.core.constants.RETRIEVAL_KS`.
 
     Returns
     -------

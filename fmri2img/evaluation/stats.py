@@ -1,7 +1,9 @@
-"""Statistics for the benchmark: paired tests, bootstrap CIs, permutation tests, Holm.
+"""Statistical tests of the benchmark: paired and one-sample tests, group-level tests, Holm.
+
+Resampling statistics (bootstrap CIs, permutation tests) are in :mod:`fmri2img.evaluation.resampling`.
 
 The unit of inference is the **stimulus** (repeats averaged first, see
-:func:`fmri2img.evaluation.metrics.average_by_stimulus`): 18 imagery stimuli of one subject are
+:func:`fmri2img.data.trials.average_by_stimulus`): 18 imagery stimuli of one subject are
 18 samples, not 288 trials. At group level the unit is the subject (per-subject means).
 
 Every random procedure takes a ``seed`` (``numpy.random.default_rng``); same inputs and seed give
@@ -12,69 +14,20 @@ identical numbers. The tests come from pingouin 0.7 (result columns ``T``, ``dof
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pingouin as pg
-from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
-from fmri2img.constants import INIT_SEED
-from fmri2img.errors import InputError
-from fmri2img.evaluation.metrics import _target_index, correlation_matrix, cosine_similarity_matrix
-
-#: Bootstrap resamples. 10 000 keeps the Monte-Carlo error of a 95 % percentile bound well below
-#: the reported precision (Efron & Tibshirani 1993, ch. 19 recommend >= 1000 for percentile CIs).
-DEFAULT_N_BOOT = 10_000
-
-#: Permutations of a permutation test; the smallest attainable p is 1 / (DEFAULT_N_PERM + 1).
-DEFAULT_N_PERM = 10_000
-
-#: Resamples drawn at once by the bootstraps (bounds memory; part of the random stream, keep fixed).
-_BOOT_CHUNK = 500
-
-#: Statistics computed on a whole block of resamples at once (same numbers as row by row).
-_VECTORISED: dict[Callable[..., Any], Callable[..., np.ndarray]] = {
-    np.mean: np.mean,
-    np.median: np.median,
-}
-
-#: Resample-index and permutation matrices kept per process, by (kind, n, count, seed): every call
-#: with the same key draws the same numbers, so they are drawn once and reused (read-only, int32).
-#: Bounded by bytes (first in, first out).
-_DRAW_CACHE: dict[tuple[str, int, int, int], np.ndarray] = {}
-_DRAW_CACHE_BYTES = 128 * 2**20
-
-#: Float64 elements gathered at once by :func:`bootstrap_mean_cis` (bounds its temporaries, 64 MB).
-_GATHER_ELEMENTS = 8_000_000
-
-#: Default seed of every resampling procedure (the project's seed of stochastic steps).
-DEFAULT_SEED = INIT_SEED
+from fmri2img.core.errors import InputError
 
 #: Confidence level of every interval (the issue: "95% confidence intervals").
 DEFAULT_LEVEL = 0.95
 
 
-class ConfidenceInterval(NamedTuple):
-    """A two-sided interval (unpacks as ``low, high``, like scipy's ``ConfidenceInterval``)."""
-
-    low: float
-    high: float
-
-
-class RatioCI(NamedTuple):
-    """Ratio of means with its bootstrap interval (unpacks as ``ratio, ci_low, ci_high``)."""
-
-    ratio: float
-    ci_low: float
-    ci_high: float
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _as_1d(values: Any, name: str, min_n: int = 1) -> np.ndarray:
+def check_1d(values: Any, name: str, min_n: int = 1) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise InputError(f"Expected {name} of shape (n,), got shape {arr.shape}.")
@@ -85,90 +38,10 @@ def _as_1d(values: Any, name: str, min_n: int = 1) -> np.ndarray:
     return arr
 
 
-def _check_level(level: float) -> float:
-    if not 0 < level < 1:
-        raise InputError(f"Expected a confidence level in (0, 1), got {level}.")
-    return float(level)
-
-
-def _percentile_interval(boot: np.ndarray, level: float) -> ConfidenceInterval:
-    alpha = 1.0 - level
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return ConfidenceInterval(float(low), float(high))
-
-
-def _permutation_p(observed: float, null: np.ndarray) -> float:
-    """One-sided p of ``observed`` being as large as chance: (count(null >= obs) + 1) / (n + 1)."""
-    # a tiny tolerance so that float noise in an identical statistic counts as ">="
-    count = int(np.sum(null >= observed - 1e-12))
-    return (count + 1) / (null.size + 1)
-
-
 def _t_interval(x: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
     """Student t interval of the mean of x (pingouin's CI95 column is rounded to 2 decimals)."""
     half = student_t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return float(x.mean() - half), float(x.mean() + half)
-
-
-def _check_n(n: int, name: str) -> int:
-    if int(n) < 1:
-        raise InputError(f"Expected {name} >= 1, got {n}.")
-    return int(n)
-
-
-def _resample_indices(n: int, n_boot: int, seed: Any) -> np.ndarray:
-    """Bootstrap resamples of :func:`bootstrap_ci`: int array of shape (n_boot, n).
-
-    Drawn in blocks of :data:`_BOOT_CHUNK` rows from ``default_rng(seed)`` (the random stream of
-    every bootstrap here); they depend only on (n, n_boot, seed).
-    """
-    rng = np.random.default_rng(seed)
-    return np.concatenate([rng.integers(0, n, size=(min(_BOOT_CHUNK, n_boot - start), n))
-                           for start in range(0, n_boot, _BOOT_CHUNK)])
-
-
-def _resample_indices_one_draw(n: int, n_boot: int, seed: Any) -> np.ndarray:
-    """Resamples of :func:`bootstrap_ratio_ci`: one ``rng.integers(0, n, size=(n_boot, n))`` call."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
-def _permutations(n: int, n_perm: int, seed: Any) -> np.ndarray:
-    """Permutations of the permutation tests: int array of shape (n_perm, n).
-
-    Row r is the r-th ``rng.permutation(n)`` of ``rng = default_rng(seed)``; ``Generator.permuted``
-    shuffles each row with the same algorithm and stream, in one call (tested against the loop).
-    """
-    rng = np.random.default_rng(seed)
-    return rng.permuted(np.tile(np.arange(n, dtype=np.int64), (n_perm, 1)), axis=1)
-
-
-_DRAWERS: dict[str, Callable[[int, int, Any], np.ndarray]] = {
-    "bootstrap": _resample_indices, "bootstrap_one_draw": _resample_indices_one_draw,
-    "permutations": _permutations,
-}
-
-
-def _draws(kind: str, n: int, count: int, seed: Any) -> np.ndarray:
-    """``_DRAWERS[kind](n, count, seed)`` (indices in [0, n)), kept in :data:`_DRAW_CACHE` when
-    the seed is an integer; any other seed (e.g. None) is drawn afresh, as numpy would."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        return _DRAWERS[kind](n, count, seed)
-    key = (kind, int(n), int(count), int(seed))
-    out = _DRAW_CACHE.get(key)
-    if out is None:
-        out = _DRAWERS[kind](n, count, int(seed))
-        if n <= np.iinfo(np.int32).max:
-            out = out.astype(np.int32)  # values < n: exact, half the bytes
-        out.setflags(write=False)
-        used = sum(v.nbytes for v in _DRAW_CACHE.values())
-        while _DRAW_CACHE and used + out.nbytes > _DRAW_CACHE_BYTES:
-            used -= _DRAW_CACHE.pop(next(iter(_DRAW_CACHE))).nbytes
-        if out.nbytes <= _DRAW_CACHE_BYTES:
-            _DRAW_CACHE[key] = out
-    return out
-
-
-# --------------------------------------------------------------------------- paired tests
 
 
 def paired_comparison(a: Any, b: Any) -> dict[str, float | int]:
@@ -193,8 +66,8 @@ def paired_comparison(a: Any, b: Any) -> dict[str, float | int]:
         ``hedges_g`` (its small-sample correction) and ``cohen_dz`` (mean difference over the
         SD of the differences).
     """
-    a = _as_1d(a, "a", min_n=2)
-    b = _as_1d(b, "b", min_n=2)
+    a = check_1d(a, "a", min_n=2)
+    b = check_1d(b, "b", min_n=2)
     if a.shape != b.shape:
         raise InputError(f"Expected paired scores of the same length, got {a.size} and {b.size}.")
     diff = a - b
@@ -240,7 +113,7 @@ def one_sample_test(values: Any, popmean: float = 0.0) -> dict[str, float | int]
         ``pingouin.ttest(values, popmean)``; Wilcoxon signed-rank of ``values - popmean``
         (``wilcoxon_w``, ``p_wilcoxon``); ``cohen_d`` = (mean - popmean) / SD.
     """
-    x = _as_1d(values, "values", min_n=2)
+    x = check_1d(values, "values", min_n=2)
     out: dict[str, float | int] = {
         "n": int(x.size),
         "mean": float(x.mean()),
@@ -262,14 +135,14 @@ def one_sample_test(values: Any, popmean: float = 0.0) -> dict[str, float | int]
     return out
 
 
-def _subject_arrays(values_by_subject: Mapping[str, Any] | Sequence[Any], name: str) -> list[np.ndarray]:
+def subject_arrays(values_by_subject: Mapping[str, Any] | Sequence[Any], name: str) -> list[np.ndarray]:
     if isinstance(values_by_subject, Mapping):
         items = list(values_by_subject.values())
     else:
         items = list(values_by_subject)
     if not items:
         raise InputError(f"Expected at least one subject in {name}, got none.")
-    return [_as_1d(v, f"{name}[{i}]") for i, v in enumerate(items)]
+    return [check_1d(v, f"{name}[{i}]") for i, v in enumerate(items)]
 
 
 def subject_means(values_by_subject: Mapping[str, Any] | Sequence[Any]) -> np.ndarray:
@@ -284,7 +157,7 @@ def subject_means(values_by_subject: Mapping[str, Any] | Sequence[Any]) -> np.nd
     -------
     means : array of shape (n_subjects,)
     """
-    return np.array([v.mean() for v in _subject_arrays(values_by_subject, "values_by_subject")])
+    return np.array([v.mean() for v in subject_arrays(values_by_subject, "values_by_subject")])
 
 
 def group_level_test(
@@ -319,306 +192,6 @@ def group_level_test(
                 f"and {list(b_by_subject)}."
             )
     return paired_comparison(subject_means(a_by_subject), subject_means(b_by_subject))
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_ci(
-    values: Any,
-    statistic: Callable[[np.ndarray], float] = np.mean,
-    n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL,
-    seed: int = DEFAULT_SEED,
-) -> ConfidenceInterval:
-    """Percentile bootstrap interval over stimuli.
-
-    Parameters
-    ----------
-    values : array of shape (n,)
-        One score per stimulus.
-    statistic : callable
-        Maps an array of shape (n,) to a float; default the mean (``np.mean`` and
-        ``np.median`` are computed on blocks of resamples at once, any other callable row by row).
-    n_boot : int
-        Number of resamples (with replacement, size n).
-    level : float
-        Confidence level.
-    seed : int
-
-    Returns
-    -------
-    ConfidenceInterval
-        ``(low, high)``: the (1 - level)/2 and (1 + level)/2 quantiles of the bootstrap
-        distribution (numpy's default linear interpolation).
-    """
-    x = _as_1d(values, "values")
-    level = _check_level(level)
-    n_boot = _check_n(n_boot, "n_boot")
-    if statistic is np.mean:
-        low, high = bootstrap_mean_cis(x[None, :], n_boot=n_boot, level=level, seed=seed)[0]
-        return ConfidenceInterval(float(low), float(high))
-    idx = _draws("bootstrap", x.size, n_boot, seed)
-    vectorised = _VECTORISED.get(statistic)
-    boot = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        samples = x[idx[start:start + _BOOT_CHUNK]]
-        if vectorised is not None:
-            boot[start:start + _BOOT_CHUNK] = vectorised(samples, axis=1)
-        else:
-            boot[start:start + _BOOT_CHUNK] = [statistic(row) for row in samples]
-    return _percentile_interval(boot, level)
-
-
-def bootstrap_mean_cis(
-    values: Any,
-    n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL,
-    seed: int = DEFAULT_SEED,
-) -> np.ndarray:
-    """Percentile bootstrap intervals of the mean of several score vectors of one length at once.
-
-    Row i gives exactly ``bootstrap_ci(values[i], np.mean, n_boot, level, seed)``: every row is
-    resampled with the same indices (the seed's stream), each resample mean is the same
-    row-wise numpy mean over a contiguous row, and the quantiles are taken row by row.
-
-    Parameters
-    ----------
-    values : array of shape (m, n)
-        m score vectors of n stimuli each (finite).
-    n_boot, level, seed
-        As :func:`bootstrap_ci`.
-
-    Returns
-    -------
-    intervals : float64 array of shape (m, 2)
-        ``[low, high]`` per row.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 1:
-        raise InputError(f"Expected values of shape (m, n) with n >= 1, got shape {x.shape}.")
-    if not np.all(np.isfinite(x)):
-        raise InputError("Expected finite values in values, got NaN or inf.")
-    level = _check_level(level)
-    n_boot = _check_n(n_boot, "n_boot")
-    m, n = x.shape
-    idx = _draws("bootstrap", n, n_boot, seed)
-    alpha = 1.0 - level
-    out = np.empty((m, 2), dtype=np.float64)
-    rows = max(1, _GATHER_ELEMENTS // (n_boot * n))
-    for start in range(0, m, rows):
-        block = x[start:start + rows]
-        # (rows, n_boot, n), C-contiguous: the row-wise mean sums each resample as bootstrap_ci did
-        samples = np.take(block, idx, axis=1)
-        boot = samples.reshape(-1, n).mean(axis=1).reshape(len(block), n_boot)
-        out[start:start + rows] = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1).T
-    return out
-
-
-def bootstrap_ratio_ci(
-    numerator: Any,
-    denominator: Any,
-    n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL,
-    seed: int = DEFAULT_SEED,
-) -> RatioCI:
-    """Ratio of means with a paired percentile bootstrap interval (H1's imagery / perception).
-
-    The same resampled stimuli enter numerator and denominator (the pairing is kept).
-
-    Parameters
-    ----------
-    numerator, denominator : array of shape (n,)
-        Paired per-stimulus scores (e.g. imagery and perception cosine of the same stimuli).
-    n_boot, level, seed
-        As :func:`bootstrap_ci`.
-
-    Returns
-    -------
-    RatioCI
-        ``ratio = mean(numerator) / mean(denominator)`` and its interval. The interval is NaN
-        when a resample has a zero denominator mean (the ratio is then not defined).
-
-    Raises
-    ------
-    InputError
-        If the observed denominator mean is zero, or the arrays are not paired.
-    """
-    num = _as_1d(numerator, "numerator")
-    den = _as_1d(denominator, "denominator")
-    if num.shape != den.shape:
-        raise InputError(f"Expected paired scores of the same length, got {num.size} and {den.size}.")
-    if den.mean() == 0:
-        raise InputError("The ratio of means is undefined: the denominator's mean is 0.")
-    level = _check_level(level)
-    n_boot = _check_n(n_boot, "n_boot")
-    idx = _draws("bootstrap_one_draw", num.size, n_boot, seed)
-    num_b = num[idx].mean(axis=1)
-    den_b = den[idx].mean(axis=1)
-    if np.any(den_b == 0):
-        low = high = float("nan")
-    else:
-        low, high = _percentile_interval(num_b / den_b, level)
-    return RatioCI(float(num.mean() / den.mean()), low, high)
-
-
-def hierarchical_bootstrap_ci(
-    values_by_subject: Mapping[str, Any] | Sequence[Any],
-    n_boot: int = DEFAULT_N_BOOT,
-    level: float = DEFAULT_LEVEL,
-    seed: int = DEFAULT_SEED,
-) -> ConfidenceInterval:
-    """Group-level percentile bootstrap: resample subjects, then stimuli within each subject.
-
-    The statistic is the grand mean of per-subject means (every subject weighs the same,
-    whatever its number of stimuli). Each resample draws n_subjects subjects with replacement,
-    then for each drawn subject its stimuli with replacement.
-
-    Parameters
-    ----------
-    values_by_subject : mapping subject -> array of shape (n_stimuli_s,), or a sequence of them
-        Per-stimulus scores of each subject.
-    n_boot, level, seed
-        As :func:`bootstrap_ci`.
-
-    Returns
-    -------
-    ConfidenceInterval
-    """
-    subjects = _subject_arrays(values_by_subject, "values_by_subject")
-    level = _check_level(level)
-    n_boot = _check_n(n_boot, "n_boot")
-    rng = np.random.default_rng(seed)
-    n_sub = len(subjects)
-    sizes = np.array([v.size for v in subjects])
-    padded = np.zeros((n_sub, sizes.max()))
-    for i, v in enumerate(subjects):
-        padded[i, : v.size] = v
-    slots = np.arange(sizes.max())
-    boot = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        stop = min(start + _BOOT_CHUNK, n_boot)
-        picks = rng.integers(0, n_sub, size=(stop - start, n_sub))  # subjects drawn
-        n_pick = sizes[picks][..., None]  # (chunk, n_sub, 1)
-        # stimuli drawn within each drawn subject: uniform in [0, n_s), slots >= n_s masked out
-        stim = (rng.random((stop - start, n_sub, sizes.max())) * n_pick).astype(np.int64)
-        vals = padded[picks[..., None], stim] * (slots < n_pick)
-        boot[start:stop] = (vals.sum(axis=2) / n_pick[..., 0]).mean(axis=1)
-    return _percentile_interval(boot, level)
-
-
-# --------------------------------------------------------------------------- permutation tests
-
-
-def permutation_test_retrieval(
-    pred: Any,
-    gallery: Any,
-    target_index: Any,
-    k: int,
-    n_perm: int = DEFAULT_N_PERM,
-    seed: int = DEFAULT_SEED,
-) -> float:
-    """Permutation p-value of retrieval@K against chance (shuffled stimulus labels).
-
-    The statistic is the hit rate at K (conservative tie rule of
-    :func:`fmri2img.evaluation.metrics.retrieval_ranks`). Under the null, which prediction
-    belongs to which stimulus is exchangeable: each permutation shuffles ``target_index``
-    across predictions. One-sided p = (#{null >= observed} + 1) / (n_perm + 1).
-
-    Parameters
-    ----------
-    pred : array of shape (n, d)
-    gallery : array of shape (m, d)
-    target_index : int array of shape (n,)
-    k : int
-        Cut-off, 1 <= k <= m.
-    n_perm : int
-    seed : int
-
-    Returns
-    -------
-    p : float in (0, 1]
-    """
-    return permutation_test_retrieval_ks(pred, gallery, target_index, (k,), n_perm, seed)[k]
-
-
-def permutation_test_retrieval_ks(
-    pred: Any,
-    gallery: Any,
-    target_index: Any,
-    ks: Sequence[int],
-    n_perm: int = DEFAULT_N_PERM,
-    seed: int = DEFAULT_SEED,
-) -> dict[int, float]:
-    """:func:`permutation_test_retrieval` for several cut-offs at once (same permutations, same
-    numbers as one call per K; the similarity ranks are computed once).
-
-    Parameters
-    ----------
-    pred : array of shape (n, d)
-    gallery : array of shape (m, d)
-    target_index : int array of shape (n,)
-    ks : sequence of int, each 1 <= k <= m
-    n_perm, seed
-        As :func:`permutation_test_retrieval`.
-
-    Returns
-    -------
-    dict k -> p in (0, 1]
-    """
-    sim = cosine_similarity_matrix(pred, gallery)
-    n, m = sim.shape
-    idx = _target_index(target_index, n, m)
-    for k in ks:
-        if not 1 <= k <= m:
-            raise InputError(f"Expected 1 <= K <= gallery size {m}, got K={k}.")
-    n_perm = _check_n(n_perm, "n_perm")
-    # rank_table[i, j] = #{j' : sim[i, j'] >= sim[i, j]}: the rank of item j if it were i's target
-    rank_table = rankdata(-sim, method="max", axis=1).astype(np.int64)
-    rows = np.arange(n)
-    perms = _draws("permutations", n, n_perm, seed)  # (n_perm, n), same draws as a loop
-    observed_ranks = rank_table[rows, idx]  # (n,)
-    null_ranks = rank_table[rows[None, :], idx[perms]]  # (n_perm, n)
-    return {k: _permutation_p(float(np.mean(observed_ranks <= k)), np.mean(null_ranks <= k, axis=1))
-            for k in ks}
-
-
-def permutation_test_two_way(
-    pred: Any,
-    true: Any,
-    n_perm: int = DEFAULT_N_PERM,
-    seed: int = DEFAULT_SEED,
-) -> float:
-    """Permutation p-value of two-way identification against chance (shuffled labels).
-
-    Each permutation re-pairs predictions and targets (``true`` rows shuffled) and recomputes
-    the two-way accuracy of :func:`fmri2img.evaluation.metrics.two_way_identification`.
-    One-sided p = (#{null >= observed} + 1) / (n_perm + 1).
-
-    Parameters
-    ----------
-    pred, true : array of shape (n, d), n >= 2
-    n_perm : int
-    seed : int
-
-    Returns
-    -------
-    p : float in (0, 1]
-    """
-    corr = correlation_matrix(pred, true)
-    n = corr.shape[0]
-    if corr.shape != (n, n) or n < 2:
-        raise InputError(
-            f"Expected pred and true with the same n >= 2 rows, got correlation shape {corr.shape}."
-        )
-    n_perm = _check_n(n_perm, "n_perm")
-    # wins_table[i, j] = #{j' : corr[i, j'] < corr[i, j]}: comparisons won if true_j were i's target
-    wins_table = (rankdata(corr, method="min", axis=1) - 1).astype(np.int64)
-    rows = np.arange(n)
-    observed = float(np.mean(wins_table[rows, rows] / (n - 1)))
-    perms = _draws("permutations", n, n_perm, seed)  # (n_perm, n), same draws as a loop
-    null = np.mean(wins_table[rows[None, :], perms] / (n - 1), axis=1)
-    return _permutation_p(observed, null)
 
 
 # --------------------------------------------------------------------------- multiple comparisons

@@ -11,14 +11,15 @@ leaves the base decoder's predictions unchanged.
   a bottleneck MLP with a residual connection whose last layer ``fc2`` is zero-initialised.
 
 ``n_conditions`` (option on both) adds a learnable condition embedding (e.g. perception = 0,
-imagery = 1; see :data:`CONDITIONS`) so one adapter serves both domains:
+imagery = 1; see :data:`~fmri2img.core.vocab.CONDITION_IDS`) so one adapter serves both domains:
 for ``linear`` a per-condition offset ``e_c`` (dim,) added to the output, zero-initialised;
 for ``mlp`` a per-condition vector ``e_c`` (hidden_dim,) added to the hidden pre-activation
 (small random init; the zero ``fc2`` keeps the identity). Call ``adapter(y, condition=c)``
 with ``c`` an int or an int tensor of shape (b,).
 
 Every adapter has ``get_config()`` so it can be rebuilt with
-``registry.adapter_class(name)(**config)`` before ``load_state_dict``.
+``registry.adapter_class(name)(**config)`` before ``load_state_dict``; :func:`build_adapter` builds
+one from the options of ``fmri2img adapt``.
 """
 
 from __future__ import annotations
@@ -29,13 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmri2img.errors import InputError
-from fmri2img.models.torch_utils import count_parameters
-
-__all__ = ["CONDITIONS", "LinearAdapter", "MLPAdapter", "count_parameters"]
-
-#: Condition ids of the condition embedding (index order is part of saved adapters).
-CONDITIONS = {"perception": 0, "imagery": 1}
+from fmri2img.core.errors import InputError
+from fmri2img.core.vocab import CONDITION_IDS
+from fmri2img.models.registry import adapter_class
 
 #: Std of the MLP adapter's condition embedding at init (small, as for transformer embeddings;
 #: the zero-initialised last layer keeps the adapter the identity whatever this value).
@@ -188,3 +185,16 @@ class MLPAdapter(_ConditionMixin, nn.Module):
         if index is not None:
             h = h + self.condition_embedding(index)
         return y + self.fc2(self.drop(F.gelu(h)))
+
+
+def build_adapter(kind: str, dim: int, *, condition: bool, hidden_dim: int, rank: int) -> nn.Module:
+    """A fresh (identity-initialised) adapter of registry name ``kind`` for embeddings of ``dim``:
+    with a condition embedding over :data:`~fmri2img.core.vocab.CONDITION_IDS` when ``condition``;
+    ``hidden_dim`` applies to ``mlp``, ``rank`` (0: a full matrix) to ``linear``."""
+    kwargs: dict[str, Any] = {"n_conditions": len(CONDITION_IDS) if condition else None}
+    if kind == "mlp":
+        kwargs["hidden_dim"] = hidden_dim
+    if kind == "linear" and rank:
+        kwargs["rank"] = rank
+    return adapter_class(kind)(dim, **kwargs)
+

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 
 
 class BaseDecoder:
@@ -73,3 +73,18 @@ def check_xy(X: Any, Y: Any | None = None, *, name: str = "X") -> tuple[np.ndarr
     if not np.isfinite(Y).all():
         raise InputError("Y contains NaN or Inf values; expected finite embeddings.")
     return X, Y
+
+
+def check_sample_weight(sample_weight: Any, n: int, dtype: Any = np.float32) -> np.ndarray | None:
+    """``sample_weight`` (a scalar or shape (n,)) as a ``dtype`` array of shape (n,): finite,
+    non-negative, with a positive sum; None stays None."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=dtype)
+    if w.ndim == 0:
+        w = np.full(n, w, dtype=dtype)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise InputError(f"Expected sample_weight of shape ({n},) with finite non-negative values and a positive "
+                         f"sum, got shape {w.shape}.")
+    return w
+

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmri2img.constants import INIT_SEED
+from fmri2img.core.constants import INIT_SEED
 from fmri2img.models.base import BaseDecoder
-from fmri2img.models.torch_utils import CosineMSELoss, ResidualBlock, Standardize, TorchDecoder, set_target_statistics
+from fmri2img.models.decoder import ResidualBlock, Standardize, TorchDecoder, set_target_statistics
+from fmri2img.models.losses import CosineMSELoss
 
 
 class MLPNet(nn.Module):
@@ -72,7 +73,7 @@ class MLPDecoder(TorchDecoder, BaseDecoder):
     patience : int
         Stop after this many epochs without a lower validation cosine distance ``1 - cos`` (what
         every evaluation metric scores; with ``cosine_weight=0`` the loss itself); the best
-        epoch is kept (:func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
+        epoch is kept (:func:`~fmri2img.models.losses.early_stopping_criterion`).
     cosine_weight, mse_weight : float
         Loss = ``cosine_weight * (1 - cos) + mse_weight * mse(scaled)`` per trial.
     seed : int

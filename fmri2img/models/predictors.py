@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from fmri2img.errors import InputError
-
-#: Condition ids given to condition-aware adapters.
-CONDITION_IDS = {"perception": 0, "imagery": 1}
+from fmri2img.core.errors import InputError
+from fmri2img.core.vocab import CONDITION_IDS
+from fmri2img.models.adapters import build_adapter
+from fmri2img.models.loop import predict_module
 
 
 def base_module(decoder):
@@ -54,8 +55,9 @@ def fold_assignment(rows: pd.DataFrame, folds: Sequence[int]) -> np.ndarray:
 
 
 def condition_ids(rows: pd.DataFrame) -> np.ndarray:
-    """0 for perception rows (NSD, NSD-Imagery vision), 1 for imagery rows."""
-    return (rows["condition"] == "imagery").to_numpy().astype(np.int64)
+    """:data:`~fmri2img.core.vocab.CONDITION_IDS` of the rows: perception (NSD, NSD-Imagery
+    vision) or imagery."""
+    return (rows["condition"] == "imagery").to_numpy().astype(np.int64) * CONDITION_IDS["imagery"]
 
 
 class Predictor:
@@ -101,8 +103,6 @@ def decoder_fn(decoder) -> Callable:
 
 def adapted_fn(decoder, adapter, uses_condition: bool) -> Callable:
     """``f(X, conditions) -> adapter(decoder.predict(X), condition)`` on CPU."""
-    import torch
-
     def predict(X, conditions):
         base = torch.from_numpy(np.ascontiguousarray(decoder.predict(X), dtype=np.float32))
         adapter.eval()
@@ -115,7 +115,26 @@ def adapted_fn(decoder, adapter, uses_condition: bool) -> Callable:
 
 def module_fn(module) -> Callable:
     """``f(X, conditions) -> module(X)`` (a fine-tuned copy of a decoder's module)."""
-    from fmri2img.models.torch_utils import predict_module
-
     module = copy.deepcopy(module).cpu()
     return lambda X, conditions: predict_module(module, X)
+
+
+def adapter_predictor(decoder, states: Mapping[int, dict], meta: Mapping) -> Predictor:
+    """A :class:`Predictor` applying per-fold adapters (or fine-tuned copies) to ``decoder``.
+
+    ``states``: fold -> flat state dict, and ``meta``: the adapters' metadata.json, as
+    :func:`fmri2img.models.checkpoint.load_adapters` returns them."""
+    config = meta["config"]
+    fold_models = {}
+    for fold, state in states.items():
+        if config["adapter"] == "finetune":
+            module = copy.deepcopy(base_module(decoder)).cpu()
+            module.load_state_dict(state)
+            fold_models[fold] = module_fn(module)
+        else:
+            module = build_adapter(config["adapter"], meta["dim"], condition=config["condition"],
+                                   hidden_dim=config["hidden_dim"], rank=config["rank"])
+            module.load_state_dict(state)
+            fold_models[fold] = adapted_fn(decoder, module, config["condition"])
+    return Predictor(fold_models=fold_models)
+

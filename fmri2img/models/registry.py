@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 
-#: Decoder name -> "module:Class" (imported lazily so ``--help`` stays fast).
-DECODERS = {
+#: Decoder name (:data:`~fmri2img.core.vocab.DECODERS`) -> "module:Class" (imported on first use:
+#: a ridge fit on CPU never imports torch).
+DECODER_CLASSES = {
     "ridge": "fmri2img.models.ridge:RidgeDecoder",
     "mlp": "fmri2img.models.mlp:MLPDecoder",
     "two_stage": "fmri2img.models.two_stage:TwoStageDecoder",
 }
 
-#: Adapter name -> "module:Class".
-ADAPTERS = {
+#: Adapter name (:data:`~fmri2img.core.vocab.ADAPTER_MODULES`) -> "module:Class".
+ADAPTER_CLASSES = {
     "linear": "fmri2img.models.adapters:LinearAdapter",
     "mlp": "fmri2img.models.adapters:MLPAdapter",
 }
@@ -30,7 +31,7 @@ def _load(table: dict[str, str], name: str, kind: str) -> type:
 
 
 def decoder_class(name: str) -> type:
-    return _load(DECODERS, name, "decoder")
+    return _load(DECODER_CLASSES, name, "decoder")
 
 
 def make_decoder(name: str, **params: Any):
@@ -44,4 +45,4 @@ def make_decoder(name: str, **params: Any):
 
 
 def adapter_class(name: str) -> type:
-    return _load(ADAPTERS, name, "adapter")
+    return _load(ADAPTER_CLASSES, name, "adapter")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
+import torch
 
-from fmri2img.errors import InputError
-from fmri2img.models.base import BaseDecoder, check_xy
-from fmri2img.models.solvers import RIDGE_SOLVERS, weighted_column_stats
+from fmri2img.core.errors import InputError
+from fmri2img.models.backends import weighted_column_stats
+from fmri2img.models.base import BaseDecoder, check_sample_weight, check_xy
+from fmri2img.models.solvers import RIDGE_SOLVERS
 
 #: Default penalty grid: 10 log-spaced values from 1e1 to 1e6. For standardised voxels the
 #: eigenvalues of the trial kernel X X^T average about p (2k-16k voxels), so the grid runs from
@@ -110,7 +111,7 @@ class RidgeDecoder(BaseDecoder):
         X, Y = check_xy(X, Y)
         if X.shape[0] < 2:
             raise InputError(f"Expected at least 2 training trials for leave-one-out, got {X.shape[0]}.")
-        w = _check_sample_weight(sample_weight, X.shape[0])
+        w = check_sample_weight(sample_weight, X.shape[0], np.float64)
         mean, scale = weighted_column_stats(X, w, standardize=self.standardize)
         wd = None if w is None else w.astype(np.float64)
         y_mean = (Y.mean(0, dtype=np.float64) if wd is None else wd @ Y.astype(np.float64) / wd.sum())
@@ -151,8 +152,6 @@ class RidgeDecoder(BaseDecoder):
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as a flat ``dict[str, torch.Tensor]`` (CPU tensors)."""
-        import torch
-
         self._check_is_fitted()
         state = {
             "coef": self.coef_, "intercept": self.intercept_, "mean": self.mean_, "scale": self.scale_,
@@ -198,7 +197,7 @@ class RidgeDecoder(BaseDecoder):
         with :meth:`update_from_module`.
         """
         self._check_is_fitted()
-        return _ridge_module_class()(self.mean_, self.scale_, self.coef_, self.intercept_)
+        return RidgeModule(self.mean_, self.scale_, self.coef_, self.intercept_)
 
     def update_from_module(self, module) -> "RidgeDecoder":
         """Copy the (fine-tuned) weights of a module from :meth:`to_module` back into ``coef_``."""
@@ -210,45 +209,24 @@ class RidgeDecoder(BaseDecoder):
         return self
 
 
-@functools.cache
-def _ridge_module_class() -> type:
-    """Define the torch module on first use (torch is imported lazily: a CPU fit never needs it)."""
-    import torch
+class RidgeModule(torch.nn.Module):
+    """``((x - mean) / scale) @ weight + bias``; x: (batch, n_voxels) -> (batch, n_dims)."""
 
-    class RidgeModule(torch.nn.Module):
-        """``((x - mean) / scale) @ weight + bias``; x: (batch, n_voxels) -> (batch, n_dims)."""
+    def __init__(self, mean, scale, coef, intercept) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.array(mean, dtype=np.float32)))
+        self.register_buffer("scale", torch.as_tensor(np.array(scale, dtype=np.float32)))
+        self.weight = torch.nn.Parameter(torch.as_tensor(np.array(coef, dtype=np.float32)))
+        self.bias = torch.nn.Parameter(torch.as_tensor(np.array(intercept, dtype=np.float32)))
 
-        def __init__(self, mean, scale, coef, intercept) -> None:
-            super().__init__()
-            self.register_buffer("mean", torch.as_tensor(np.array(mean, dtype=np.float32)))
-            self.register_buffer("scale", torch.as_tensor(np.array(scale, dtype=np.float32)))
-            self.weight = torch.nn.Parameter(torch.as_tensor(np.array(coef, dtype=np.float32)))
-            self.bias = torch.nn.Parameter(torch.as_tensor(np.array(intercept, dtype=np.float32)))
-
-        def forward(self, x):
-            return ((x - self.mean) / self.scale) @ self.weight + self.bias
-
-    return RidgeModule
+    def forward(self, x):
+        return ((x - self.mean) / self.scale) @ self.weight + self.bias
 
 
 def _to_numpy(v: Any) -> np.ndarray:
     if hasattr(v, "detach"):
         v = v.detach().cpu().numpy()
     return np.asarray(v)
-
-
-def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight, dtype=np.float64)
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise InputError(
-            f"Expected sample_weight of shape ({n},) with finite non-negative values and a positive sum, "
-            f"got shape {w.shape}."
-        )
-    return w
 
 
 def _mean_r2(Y: np.ndarray, P: np.ndarray) -> float:

@@ -40,18 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmri2img.constants import INIT_SEED
-from fmri2img.errors import InputError
+from fmri2img.core.constants import INIT_SEED
+from fmri2img.core.errors import InputError
 from fmri2img.models.base import BaseDecoder
-from fmri2img.models.torch_utils import (
-    CLIP_INIT_TEMPERATURE,
-    EPS,
-    CosineInfoNCELoss,
-    set_target_statistics,
-    ResidualBlock,
-    Standardize,
-    TorchDecoder,
-)
+from fmri2img.models.decoder import ResidualBlock, Standardize, TorchDecoder, set_target_statistics
+from fmri2img.models.losses import CLIP_INIT_TEMPERATURE, EPS, CosineInfoNCELoss
 
 
 def fit_pca(X: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +141,7 @@ class TwoStageDecoder(TorchDecoder, BaseDecoder):
         Dropout probability.
     epochs, lr, weight_decay, batch_size, patience : training hyper-parameters
         As in :class:`~fmri2img.models.mlp.MLPDecoder` (AdamW, early stopping on the validation
-        cosine distance ``1 - cos``, :func:`~fmri2img.models.torch_utils.early_stopping_criterion`).
+        cosine distance ``1 - cos``, :func:`~fmri2img.models.losses.early_stopping_criterion`).
     cosine_weight, contrastive_weight : float
         Loss weights of ``1 - cos`` and of the InfoNCE term.
     temperature : float

@@ -1,6 +1,7 @@
-"""Paper figures, captions and tables from an ablation's ``results_table.csv``.
+"""Paper figures and captions from an ablation's ``results_table.csv``.
 
-:func:`make_figures` is the whole job of ``fmri2img figures``. Each ``plot_*`` function
+:func:`figure_specs` lists the figures of a table (the ``figures`` stage,
+:mod:`fmri2img.stages.report`, draws and writes them). Each ``plot_*`` function
 takes the tidy table (docs/contracts.md section 6) and returns a
 :class:`matplotlib.figure.Figure` (never shown, no pyplot). Conventions of every figure:
 
@@ -18,13 +19,8 @@ set of error bars, one marker line for all asterisks of a panel; see
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -39,23 +35,14 @@ from matplotlib.path import Path as MplPath
 from matplotlib.textpath import TextPath
 from matplotlib.transforms import offset_copy
 
-from fmri2img.io import ensure_dir, read_json, write_text
 from fmri2img.reporting import style
 from fmri2img.reporting.tables import (
-    ALPHA,
     GROUP_SUBJECT,
-    RESULTS_TABLE,
-    format_latex,
-    format_markdown,
     individual_subjects,
     label,
     ordered,
-    read_results_table,
     retrieval_k,
     significant,
-    spread_shared_baselines,
-    summary_rows,
-    tests_used,
 )
 
 #: Default main metric: top-1 retrieval, because plain cosine flatters (a constant
@@ -67,17 +54,6 @@ COSINE_METRIC = "cosine"
 
 #: Baseline drawn as a reference line in ``clip_similarity_by_condition``.
 MEAN_EMBEDDING_BASELINE = "baseline_mean_embedding"
-
-#: Optional file of an ablation folder naming its MLflow run: {"run_id", "tracking_uri"}.
-MLFLOW_RUN_FILE = "mlflow_run.json"
-
-#: Artifact folder of the run that receives the figures (``figures/<ablation folder name>``).
-ARTIFACT_PATH = "figures"
-
-#: Names of the written files.
-CAPTIONS_FILE = "captions.md"
-LATEX_TABLE_FILE = "table.tex"
-MARKDOWN_TABLE_FILE = "table_formatted.md"
 
 #: Height of one panel row and of the legend/label band, in inches.
 PANEL_HEIGHT_IN = 1.45
@@ -499,158 +475,3 @@ def plot_subject_breakdown(table: pd.DataFrame, metric: str = DEFAULT_MAIN_METRI
                     ax.set_ylabel(label("metric", metric))
         _legend(fig, "subject", subjects, colors, chance=chance, ncol=min(len(subjects) + int(chance), 6))
         return fig
-
-
-# ----------------------------------------------------------------------------- captions
-@dataclass(frozen=True)
-class _Spec:
-    name: str
-    plot: Callable[[], Figure]
-    rows: pd.DataFrame  # the rows the figure draws (for the caption's test names)
-    text: str
-    subject_note: str
-
-
-def _caption(spec: _Spec) -> str:
-    tests = tests_used(spec.rows)
-    if tests:
-        sig = f"Asterisks: p_holm < {ALPHA} by {'; '.join(tests)} (p-values as given in {RESULTS_TABLE})."
-    else:
-        sig = "No p-values for these cells, so no significance marks."
-    has_chance = np.isfinite(spec.rows["chance"].to_numpy(dtype=float)).any()
-    chance = " Dotted black: chance level (K / gallery size for retrieval, 0.5 for two-way)." if has_chance else ""
-    return (
-        f"## {spec.name}\n\n{spec.text} {spec.subject_note} Error bars: 95% CIs (ci_low, ci_high; "
-        f"bootstrap over stimuli unless stated otherwise).{chance} {sig} Missing bars/points: "
-        f"not applicable or not run.\n"
-    )
-
-
-def _specs(table: pd.DataFrame, metric: str) -> list[_Spec]:
-    spread = spread_shared_baselines(table)
-    rows, note = summary_rows(spread)
-    main_all = rows[(rows["metric"] == metric) & (rows["stimulus_type"] == "all")]
-    main_types = rows[(rows["metric"] == metric) & (rows["stimulus_type"] != "all")]
-    cosine = rows[(rows["metric"] == COSINE_METRIC) & (rows["stimulus_type"] == "all")]
-    retrieval = rows[(rows["stimulus_type"] == "all") & rows["metric"].map(lambda m: retrieval_k(m) is not None)]
-    per_subject = spread[(spread["metric"] == metric) & (spread["stimulus_type"] == "all")
-                         & (spread["subject"] != GROUP_SUBJECT)]
-    m = label("metric", metric)
-    subjects = ", ".join(individual_subjects(per_subject)) or "none"
-    return [
-        _Spec("bar_overall_metric", lambda: plot_bar_overall_metric(rows, metric), main_all,
-              f"{m} per configuration, perception vs imagery test sets (colours), one panel per decoder.", note),
-        _Spec("bar_by_stimulus_type", lambda: plot_bar_by_stimulus_type(rows, metric), main_types,
-              f"{m} per stimulus type and configuration; panel rows are test sets, columns decoders.", note),
-        _Spec("clip_similarity_by_condition", lambda: plot_clip_similarity_by_condition(rows), cosine,
-              "CLIP cosine between decoded and true embeddings per configuration and decoder, one panel per "
-              "test set. Dashed line: the mean-embedding baseline (a constant guess), the level any decoder "
-              "must beat.", note),
-        _Spec("retrieval_curves", lambda: plot_retrieval_curves(rows), retrieval,
-              "Retrieval@K against K per configuration; panel rows are test sets, columns decoders. "
-              "Dashed lines: baselines.", note),
-        _Spec("subject_breakdown", lambda: plot_subject_breakdown(spread, metric), per_subject,
-              f"{m} per configuration for each subject ({subjects}); panel rows are test sets, columns decoders.",
-              "Each subject's own rows."),
-    ]
-
-
-def figure_captions(table: pd.DataFrame, main_metric: str = DEFAULT_MAIN_METRIC) -> str:
-    """Text of ``captions.md`` for a validated table (no plotting): per figure, what it
-    shows, the error bars, and the test behind the asterisks."""
-    return "# Figure captions\n\n" + "\n".join(_caption(s) for s in _specs(table, main_metric))
-
-
-# ----------------------------------------------------------------------------- the job
-def _log_to_mlflow(ablation_dir: Path, output_dir: Path, tracking_uri: str | None) -> str | None:
-    info_path = ablation_dir / MLFLOW_RUN_FILE
-    if not info_path.is_file():
-        return None
-    from fmri2img.errors import SchemaError
-    from fmri2img.tracking import log_artifacts_to_run
-
-    info = read_json(info_path)
-    if not isinstance(info, dict) or not isinstance(info.get("run_id"), str) or not info["run_id"]:
-        raise SchemaError(f"{info_path} has no 'run_id' string; expected {{\"run_id\": ..., \"tracking_uri\": ...}}.")
-    artifact_path = f"{ARTIFACT_PATH}/{ablation_dir.resolve().name}"  # as ablate logs them
-    log_artifacts_to_run(info["run_id"], output_dir, artifact_path, tracking_uri or info.get("tracking_uri"))
-    return info["run_id"]
-
-
-@contextlib.contextmanager
-def _older_objects_frozen() -> Iterator[None]:
-    """Let the garbage collector skip, inside the block, the objects made before it.
-
-    Drawing makes many short-lived reference cycles, so full collections run, and each one
-    scanned every object of the process (pandas, matplotlib...): ~0.45 s of ~6 s of CPU per
-    ablation folder (measured with ``gc.callbacks``); frozen (:func:`gc.freeze`), ~0.1 s.
-    Garbage made inside the block is collected as usual. Skipped when objects are already
-    frozen (``gc.unfreeze`` would thaw the caller's too) or the collector is off."""
-    if gc.get_freeze_count() or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-def make_figures(
-    ablation_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    formats: Sequence[str] = style.FORMATS,
-    tracking_uri: str | None = None,
-    *,
-    main_metric: str = DEFAULT_MAIN_METRIC,
-) -> list[Path]:
-    """Write every figure, ``captions.md``, ``table.tex`` and ``table_formatted.md``.
-
-    Parameters
-    ----------
-    ablation_dir : path-like
-        Folder holding ``results_table.csv`` (one subject's ablation or the cross-subject
-        summary) and optionally ``mlflow_run.json`` ({"run_id", "tracking_uri"}).
-    output_dir : path-like
-        Where the files go (created if needed).
-    formats : sequence of {"pdf", "svg", "png"}
-        Formats of each figure.
-    tracking_uri : str, optional
-        Overrides the ``tracking_uri`` of ``mlflow_run.json`` when logging the output folder
-        as artifacts (under ``figures/<ablation folder name>/``) of the ablation's run.
-    main_metric : str
-        Metric of the bar figures and the first table column.
-
-    Returns
-    -------
-    paths : list of Path
-        The written files: figures (name-major, in the order of ``formats``), captions, tables.
-    """
-    ablation_dir = Path(ablation_dir)
-    formats = style.check_formats(formats)
-    table = read_results_table(ablation_dir / RESULTS_TABLE)
-    output_dir = ensure_dir(output_dir)
-
-    written: list[Path] = []
-    specs = _specs(table, main_metric)
-    with _older_objects_frozen():
-        for spec in specs:
-            fig = spec.plot()
-            written += style.save_figure(fig, output_dir / spec.name, formats)
-    captions = "# Figure captions\n\n" + "\n".join(_caption(s) for s in specs)  # = figure_captions()
-    written.append(write_text(output_dir / CAPTIONS_FILE, captions))
-
-    rows, note = summary_rows(table)  # shared baselines once, under "Baselines"
-    metrics = list(dict.fromkeys([main_metric, COSINE_METRIC]))
-    written.append(write_text(output_dir / LATEX_TABLE_FILE, format_latex(rows, metrics, note)))
-    written.append(write_text(output_dir / MARKDOWN_TABLE_FILE, format_markdown(rows, metrics, note)))
-
-    _log_to_mlflow(ablation_dir, output_dir, tracking_uri)
-    return written
-
-
-__all__ = [
-    "DEFAULT_MAIN_METRIC", "FIGURE_NAMES", "FIGURE_WIDTHS", "figure_captions", "make_figures", "plot_bar_by_stimulus_type",
-    "plot_bar_overall_metric", "plot_clip_similarity_by_condition", "plot_retrieval_curves",
-    "plot_subject_breakdown",
-]

@@ -15,13 +15,13 @@ means over subjects; CIs are percentile bootstraps over subjects (few subjects: 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fmri2img.evaluation import stats as S
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS
+from fmri2img.evaluation.resampling import bootstrap_ci
 
 #: Roadmap thresholds (../shared/ROADMAP.md, "Hypotheses").
 H1_EXPECTED_RANGE = (0.60, 0.80)
@@ -34,7 +34,8 @@ H3_EXPECTED_SPEEDUP = 10.0
 #: few subjects its CI can just miss 1, so a mean above this also counts as "no deficit".
 NULL_MIN_RATIO = 0.8
 
-ADAPTERS = ("adapter_linear", "adapter_mlp", "adapter_mlp_condition")
+#: The adapter configurations H3 compares with fine-tuning.
+ADAPTERS = tuple(c for c, (kind, _) in ADAPTER_CONFIGURATIONS.items() if kind != "finetune")
 METRIC = "cosine"
 #: Bootstrap over subjects.
 N_BOOT_SUBJECTS = 2_000
@@ -58,13 +59,13 @@ def _group(values: list[float], seed: int) -> dict[str, Any]:
     arr = np.array([v for v in values if np.isfinite(v)])
     if arr.size == 0:
         return {"mean": None, "ci_low": None, "ci_high": None, "n_subjects": 0}
-    ci = S.bootstrap_ci(arr, n_boot=N_BOOT_SUBJECTS, seed=seed) if arr.size > 1 else (None, None)
+    ci = bootstrap_ci(arr, n_boot=N_BOOT_SUBJECTS, seed=seed) if arr.size > 1 else (None, None)
     return {"mean": float(arr.mean()), "ci_low": None if ci[0] is None else float(ci[0]),
             "ci_high": None if ci[1] is None else float(ci[1]), "n_subjects": int(arr.size),
             "per_subject": [float(v) for v in arr]}
 
 
-def _h1(table, subjects, decoder, cell_metrics, seed) -> dict[str, Any]:
+def transfer_ratio(table, subjects, decoder, cell_metrics, seed) -> dict[str, Any]:
     ratios, per_subject = [], {}
     for subject in subjects:
         comp = cell_metrics.get((subject, f"{decoder}__perception_only"), {}).get("comparisons", {}).get("all", {})
@@ -93,7 +94,7 @@ def _h1(table, subjects, decoder, cell_metrics, seed) -> dict[str, Any]:
             "group": group, "per_subject": per_subject, "verdict": verdict}
 
 
-def _h2(table, subjects, decoder, seed) -> dict[str, Any] | None:
+def mixed_training_gain(table, subjects, decoder, seed) -> dict[str, Any] | None:
     if not (table["configuration"] == "mixed").any():
         return None
     gains, drops = [], []
@@ -114,7 +115,7 @@ def _h2(table, subjects, decoder, seed) -> dict[str, Any] | None:
             "imagery_gain": gain, "perception_drop": drop, "verdict": verdict}
 
 
-def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
+def adapter_efficiency(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
     present = set(table.loc[table["decoder"] == decoder, "configuration"])
     adapters = [a for a in ADAPTERS if a in present]
     if not adapters or "finetune" not in present:
@@ -150,7 +151,7 @@ def _h3(table, subjects, decoder, records, seed) -> dict[str, Any] | None:
     return out
 
 
-def _kept_initial(records, decoder) -> dict[str, list[int]]:
+def kept_initial(records, decoder) -> dict[str, list[int]]:
     """``{configuration: [fold models that kept their initial weights, fold models]}`` of the
     adapter and fine-tune cells of ``decoder``, for configurations where any did (no-ops)."""
     kept: dict[str, list[int]] = {}
@@ -198,14 +199,9 @@ def _check_detail(check: dict[str, Any]) -> str:
     return text + ")"
 
 
-def planted_truth_check(data_root: str | Path, report: dict[str, Any]) -> dict[str, Any] | None:
-    """On the synthetic world: do the verdicts match what was planted (``truth/params.json``)?"""
-    from fmri2img.io import read_json
-
-    path = Path(data_root) / "truth" / "params.json"
-    if not path.is_file():
-        return None
-    truth = read_json(path)
+def planted_truth_check(truth: dict[str, Any], truth_file: str, report: dict[str, Any]) -> dict[str, Any]:
+    """On the synthetic world: do the verdicts match what was planted (``truth``: the world's
+    ``truth/params.json``, read from ``truth_file``)?"""
     null = bool(truth.get("null"))
     checks = []
     for decoder, entry in report["decoders"].items():
@@ -229,37 +225,42 @@ def planted_truth_check(data_root: str | Path, report: dict[str, Any]) -> dict[s
             if group["mean"] is not None:
                 checks.append(_gain_check(decoder, "H3", group, null,
                                           "no adapter gain" if null else "an adapter improves imagery"))
-    return {"truth_file": str(path), "null_world": null, "planted_effects": truth.get("planted_effects", {}),
+    return {"truth_file": truth_file, "null_world": null, "planted_effects": truth.get("planted_effects", {}),
             "checks": checks, "all_match": all(c["ok"] for c in checks) if checks else None}
 
 
-def hypothesis_report(config, summary: pd.DataFrame, records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
-    """Decide H1-H3 per decoder across subjects; write hypotheses.json and report.md."""
-    from fmri2img.ablation import Cell, cell_dir
-    from fmri2img.io import read_json, write_json, write_text
+def decide_hypotheses(summary: pd.DataFrame, records: list[dict[str, Any]], cell_metrics: dict[tuple[str, str], Any],
+                      *, subjects: list[str], decoders: list[str], seed: int,
+                      truth: dict[str, Any] | None = None, truth_file: str | None = None) -> dict[str, Any]:
+    """Decide H1-H3 per decoder across subjects.
 
-    subjects = list(config.subjects)
-    cell_metrics = {}
-    for rec in records:
-        cell = Cell(**rec["cell"])
-        cell_metrics[(cell.subject, cell.name)] = read_json(cell_dir(config, cell) / "metrics.json")
-    seed = config.eval.seed
+    Parameters
+    ----------
+    summary : DataFrame
+        The cross-subject results table (docs/contracts.md section 6).
+    records : list of dict
+        The ablation's cell records (``cell``: subject, decoder, configuration; training times...).
+    cell_metrics : dict
+        (subject, cell name ``<decoder>__<configuration>``) -> that cell's metrics.json.
+    truth : dict, optional
+        The synthetic world's ``truth/params.json`` (read from ``truth_file``): the verdicts are
+        checked against what was planted.
+    """
     report: dict[str, Any] = {"subjects": subjects, "decoders": {}}
-    for decoder in config.decoders:
-        entry = {"H1": _h1(summary, subjects, decoder, cell_metrics, seed)}
-        h2 = _h2(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, seed)
+    for decoder in decoders:
+        entry = {"H1": transfer_ratio(summary, subjects, decoder, cell_metrics, seed)}
+        h2 = mixed_training_gain(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, seed)
         if h2:
             entry["H2"] = h2
-        h3 = _h3(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, records, seed)
+        h3 = adapter_efficiency(summary[summary["decoder"].isin([decoder, "none"])], subjects, decoder, records,
+                                seed)
         if h3:
             entry["H3"] = h3
-        kept = _kept_initial(records, decoder)
+        kept = kept_initial(records, decoder)
         if kept:
             entry["kept_initial"] = kept
         report["decoders"][decoder] = entry
-    report["planted_truth"] = planted_truth_check(config.data_root, report)
-    write_json(Path(out_dir) / "hypotheses.json", report)
-    write_text(Path(out_dir) / "report.md", render_markdown(report))
+    report["planted_truth"] = planted_truth_check(truth, truth_file, report) if truth is not None else None
     return report
 
 

@@ -32,16 +32,18 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import fontTools
 import matplotlib
 import numpy as np
+from fontTools import subset
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, PngImagePlugin
 
-from fmri2img.errors import InputError
-from fmri2img.io import atomic_path
+from fmri2img.core.errors import InputError
+from fmri2img.core.files import atomic_path
 
 #: Okabe-Ito palette (Okabe & Ito 2008, https://jfly.uni-koeln.de/color/), in its usual order.
 OKABE_ITO = {
@@ -176,16 +178,12 @@ def _subset_font(name: str) -> Path:
     characters of :data:`SUBSET_TEXT`, renamed to :data:`SUBSET_FAMILY`. The file name holds
     a hash of everything it is made from, so a new matplotlib/fontTools or recipe rebuilds
     it; it is written atomically and the build is deterministic."""
-    import fontTools
-
     source = Path(matplotlib.get_data_path(), "fonts", "ttf", name)
     recipe = f"{SUBSET_TEXT}|{SUBSET_FAMILY}|{SUBSET_POSTSCRIPT}|{SUBSET_VERSION}|{fontTools.version}"
     key = hashlib.sha256(source.read_bytes() + recipe.encode()).hexdigest()[:16]
     target = Path(matplotlib.get_cachedir(), SUBSET_CACHE_DIR, f"{source.stem}-{key}.ttf")
     if target.is_file():
         return target
-    from fontTools import subset  # heavy; only to build
-
     options = subset.Options(layout_features=["*"], name_IDs=["*"], name_languages=["*"], glyph_names=True,
                              legacy_kern=True, notdef_outline=True, recommended_glyphs=True)
     # FFTM: FontForge timestamp (fontTools cannot subset it, and warns). GPOS: its kerning is

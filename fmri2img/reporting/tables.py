@@ -1,7 +1,7 @@
 """Read the tidy ``results_table.csv`` (docs/contracts.md section 6) and format it.
 
 * :func:`read_results_table` validates the contract (file, columns, numbers, unique cells)
-  and raises :class:`~fmri2img.errors.MissingInputError` / :class:`~fmri2img.errors.SchemaError`
+  and raises :class:`~fmri2img.core.errors.MissingInputError` / :class:`~fmri2img.core.errors.SchemaError`
   with one line naming the file and the expected columns.
 * :func:`summary_rows` reduces a table holding several subjects to one row per cell
   (group-level rows if the table has them, else the mean over subjects).
@@ -21,20 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from fmri2img.errors import CorruptFileError, MissingInputError, SchemaError
+from fmri2img.core.errors import CorruptFileError, MissingInputError, SchemaError
+from fmri2img.core.vocab import BASELINES, CONFIGURATIONS, DECODERS, METRICS, RESULTS_COLUMNS, STIMULUS_TYPES, TEST_SETS
 
 #: File name of the tidy table (docs/contracts.md section 6).
 RESULTS_TABLE = "results_table.csv"
 
-#: Columns of results_table.csv, in the contract's order (docs/contracts.md section 6).
-REQUIRED_COLUMNS = (
-    "subject", "decoder", "configuration", "test_set", "stimulus_type", "metric",
-    "value", "ci_low", "ci_high", "chance", "n", "p_value", "p_holm",
-)
 #: Text columns that identify a cell; ``decoder`` may be empty (shared baselines).
-KEY_COLUMNS = ("subject", "decoder", "configuration", "test_set", "stimulus_type", "metric")
-NUMERIC_COLUMNS = ("value", "ci_low", "ci_high", "chance", "n", "p_value", "p_holm")
+KEY_COLUMNS = RESULTS_COLUMNS[:6]
+NUMERIC_COLUMNS = RESULTS_COLUMNS[6:]
 #: Optional column naming the test behind p_value/p_holm; when absent the test is inferred
 #: (rows with a chance level: permutation test vs chance; others: paired t-test on stimuli).
 TEST_COLUMN = "test"
@@ -52,22 +49,11 @@ ALPHA = 0.05
 CI_LEVEL = 0.95
 
 #: Display orders (docs/contracts.md section 6); values not listed follow, sorted.
-CONFIGURATIONS = (
-    "perception_only", "mixed", "adapter_linear", "adapter_mlp", "adapter_mlp_condition", "finetune",
-    "baseline_ground_truth", "baseline_random", "baseline_mean_embedding",
-)
-TEST_SETS = ("shared1000", "imagery_vision", "imagery")
-STIMULUS_TYPES = ("all", "natural", "simple", "complex", "conceptual")
-DECODERS = ("ridge", "mlp", "two_stage", NO_DECODER)
-METRICS = (
-    "cosine", "cosine_per_trial", "retrieval_at_1", "retrieval_at_5", "retrieval_at_10",
-    "retrieval_at_50", "two_way", "ssim", "pixcorr", "pixel_mse",
-)
 ORDERS = {
-    "configuration": CONFIGURATIONS,
+    "configuration": (*CONFIGURATIONS, *BASELINES),
     "test_set": TEST_SETS,
-    "stimulus_type": STIMULUS_TYPES,
-    "decoder": DECODERS,
+    "stimulus_type": ("all", *STIMULUS_TYPES),
+    "decoder": (*DECODERS, NO_DECODER),
     "metric": METRICS,
 }
 
@@ -158,14 +144,14 @@ def read_results_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_TABLE
-    expected = ", ".join(REQUIRED_COLUMNS)
+    expected = ", ".join(RESULTS_COLUMNS)
     if not path.is_file():
         raise MissingInputError(f"File not found: {path}; expected a tidy {RESULTS_TABLE} with columns {expected}.")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"Cannot parse {path} as CSV ({exc}); expected columns {expected}.".replace("\n", " ")) from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    missing = [c for c in RESULTS_COLUMNS if c not in raw.columns]
     if missing:
         raise SchemaError(f"{path} lacks column(s) {', '.join(missing)}; expected columns {expected}.")
     if raw.empty:
@@ -233,8 +219,6 @@ def summary_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     subjects = individual_subjects(table)
     if len(subjects) == 1:
         return table.reset_index(drop=True), f"Subject {subjects[0]}."
-    from scipy import stats
-
     keys = [c for c in KEY_COLUMNS if c != "subject"]
     rows = []
     for key, cell in table.groupby(keys, sort=True, dropna=False):
@@ -254,7 +238,7 @@ def summary_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
             n=float(n_subj), p_value=math.nan, p_holm=math.nan,
         )
         rows.append(row)
-    out = pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+    out = pd.DataFrame(rows, columns=list(RESULTS_COLUMNS))
     note = (
         f"Mean over subjects {', '.join(subjects)}; error bars/CIs are 95% t-intervals over "
         "subjects (no test at this level, so no significance marks)."

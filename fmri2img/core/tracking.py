@@ -18,25 +18,27 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
-import platform
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fmri2img import __version__
-from fmri2img.constants import DEFAULT_EXPERIMENT, INIT_SEED, SPLIT_SEED
-from fmri2img.errors import TrackingError
-from fmri2img.io import dumps_json
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from fmri2img.core.constants import DEFAULT_EXPERIMENT, INIT_SEED, SPLIT_SEED
+from fmri2img.core.errors import TrackingError
+from fmri2img.core.files import dumps_json
+from fmri2img.core.provenance import git_commit, package_versions
 
 #: MLflow's own default store in MLflow 3.x (see the MLflow tracking docs, "Backend stores").
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -46,12 +48,6 @@ CONNECT_TIMEOUT_S = 3.0
 
 #: MLflow rejects parameter values longer than this many characters (MLflow 3 limit is 6000).
 MAX_PARAM_CHARS = 6000
-
-#: Packages whose versions are recorded in every run.
-TRACKED_PACKAGES = (
-    "numpy", "scipy", "pandas", "pyarrow", "h5py", "nibabel", "torch", "open_clip_torch",
-    "scikit-learn", "pingouin", "mlflow", "matplotlib",
-)
 
 TAG_PID = "fmri2img.pid"
 TAG_HOST = "fmri2img.host"
@@ -96,35 +92,6 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
-@functools.lru_cache(maxsize=4)
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The current git commit of ``cwd`` (or the package's folder), or ``None``."""
-    where = Path(cwd) if cwd else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of :data:`TRACKED_PACKAGES` that are installed, plus Python's."""
-    return dict(_package_versions())
-
-
-@functools.lru_cache(maxsize=1)
-def _package_versions() -> tuple[tuple[str, str], ...]:
-    versions = {"python": platform.python_version(), "fmri2img": __version__,
-                # float results are bit-identical only for the same BLAS/OpenMP thread count
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
-    for name in TRACKED_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return tuple(versions.items())
-
-
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in params.items():
@@ -149,8 +116,6 @@ class Run:
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
         """Log (nested) parameters; nested keys become ``a.b``. Re-logging a key is skipped."""
-        from mlflow.entities import Param
-
         flat = {k: v for k, v in _flatten(params, prefix).items() if k not in self._logged_params}
         if flat:
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
@@ -175,10 +140,6 @@ class Run:
 
     def _log_metric_values(self, values) -> None:
         """``(key, value, step)`` triples -> batched ``log_batch`` calls (None / non-finite skipped)."""
-        import math
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value, step in values
                  if value is not None and math.isfinite(float(value))]
@@ -209,8 +170,6 @@ def _client(uri: str):
     """One client per store and process: opening a SQLite store (SQLAlchemy engine, schema
     check) costs seconds, and an ablation opens hundreds of runs."""
     _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
     _create_sqlite_store_atomically(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -228,8 +187,6 @@ def _create_sqlite_store_atomically(uri: str) -> None:
     path = Path(uri[len("sqlite:///"):])
     if path.exists() or not path.parent.is_dir():
         return
-    from mlflow.tracking import MlflowClient
-
     tmp = path.with_name(f".fmri2img-tmp-{os.getpid()}-{path.name}")
     try:
         store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store  # runs the migrations
@@ -351,8 +308,6 @@ def _adopt(run_id, uri, stage, params, tags, seeds):
 
 
 def _is_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

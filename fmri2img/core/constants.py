@@ -27,5 +27,15 @@ DEFAULT_MANIFEST_DIR = "data/indices/imagery"
 DEFAULT_OUTPUT_ROOT = "outputs"
 DEFAULT_CHECKPOINT_ROOT = "checkpoints"
 
+#: Default seed of the synthetic world (any fixed value; the calibration numbers in the docs are for it).
+DEFAULT_WORLD_SEED = 0
+
 #: Name of the embedding set that exposes the synthetic world's planted latents.
 SYNTHETIC_TRUTH_EMBEDDINGS = "synthetic-truth"
+
+#: Default CLIP architecture: OpenAI CLIP ViT-B/32, 512-D embeddings (Radford et al. 2021;
+#: open_clip config ViT-B-32.json), its default weights (open_clip pretrained tag) and the
+#: images or texts encoded per forward pass.
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+DEFAULT_EMBED_BATCH_SIZE = 64

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fmri2img.core.files import ensure_dir
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOGGER = "fmri2img"
 
@@ -39,8 +41,6 @@ def log_to_file(path: str | Path) -> logging.Handler:
 @contextlib.contextmanager
 def stage_log(log_dir: str | Path, stage: str) -> Iterator[Path]:
     """Write every ``fmri2img.*`` log record to a new timestamped file under ``log_dir``."""
-    from fmri2img.io import ensure_dir
-
     folder = ensure_dir(log_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = folder / f"{stage}-{stamp}.log"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fmri2img.errors import ChecksumError, CorruptFileError, MissingInputError, OutputError
+from fmri2img.core.errors import ChecksumError, CorruptFileError, MissingInputError, OutputError, PathEscapeError
 
 #: Read size for streamed hashing (8 MiB: large enough to be I/O bound, small in memory).
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
@@ -61,6 +61,22 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"Output folder {path} is not writable; expected a writable folder.")
     return path
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputError` unless ``path`` (a file to be written) can be created.
+
+    Creates nothing: the nearest existing ancestor must be a writable folder. Called before
+    any heavy work so an unusable output location fails at once, not after the beta cache.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"Cannot write {path}: {ancestor} is not a folder; expected a writable output location.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {path}: folder {ancestor} is not writable; expected a writable output location.")
 
 
 @contextlib.contextmanager
@@ -193,9 +209,5 @@ def resolve_under(root: str | os.PathLike, relative: str) -> Path:
     root_path = Path(root).resolve()
     candidate = (root_path / relative).resolve()
     if candidate != root_path and root_path not in candidate.parents:
-        raise InputErrorPath(f"Path {relative!r} escapes the data root {root}; expected a path inside it.")
+        raise PathEscapeError(f"Path {relative!r} escapes the data root {root}; expected a path inside it.")
     return candidate
-
-
-class InputErrorPath(CorruptFileError):
-    """A path stored in an artifact points outside its root."""

@@ -10,15 +10,19 @@ whole brick.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
-from fmri2img.errors import CorruptFileError, InputError, MissingInputError, SchemaError
-from fmri2img.io import resolve_under, sha256_bytes
+from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError, SchemaError
+from fmri2img.core.files import resolve_under, sha256_bytes
 
 #: Index columns this module reads (contracts, section 2).
 REQUIRED_COLUMNS = ("stimulus_id", "image_ref", "text")
@@ -62,8 +66,6 @@ def _clean(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        import pandas as pd
-
         if pd.isna(value):
             return None
     except (TypeError, ValueError):
@@ -73,8 +75,6 @@ def _clean(value: Any) -> str | None:
 
 
 def _read_index(path: Path):
-    import pandas as pd
-
     if not path.is_file():
         raise MissingInputError(f"Index file not found: {path}; expected a trial-index Parquet (fmri2img index).")
     try:
@@ -134,6 +134,11 @@ def list_stimuli(index_paths: Iterable[str | Path]) -> list[Stimulus]:
     return [seen[k][0] for k in sorted(seen)]
 
 
+def is_hdf5_ref(image_ref: str) -> bool:
+    """Whether ``image_ref`` names a row of an HDF5 file (``<file>.hdf5#<row>``), not a PNG."""
+    return HDF5_REF_SEPARATOR in image_ref and image_ref.split(HDF5_REF_SEPARATOR)[0].endswith((".hdf5", ".h5"))
+
+
 class StimulusReader:
     """Reads stimulus contents under a data root, one at a time (a context manager).
 
@@ -158,8 +163,6 @@ class StimulusReader:
         self._files.clear()
 
     def _hdf5(self, relative: str):
-        import h5py
-
         path = resolve_under(self.data_root, relative)
         handle = self._files.get(path)
         if handle is None:
@@ -196,15 +199,11 @@ class StimulusReader:
             raise MissingInputError(f"Stimulus image not found: {path} (image_ref {image_ref!r}).")
         return path, path.read_bytes()
 
-    @staticmethod
-    def _is_hdf5(image_ref: str) -> bool:
-        return HDF5_REF_SEPARATOR in image_ref and image_ref.split(HDF5_REF_SEPARATOR)[0].endswith((".hdf5", ".h5"))
-
     def content_sha256(self, stimulus: Stimulus) -> str:
         """SHA-256 of what is embedded: the image's pixels (HDF5) or file bytes (PNG), or the text."""
         if stimulus.modality == "text":
             return sha256_bytes(_TEXT_PREFIX + str(stimulus.text).encode("utf-8"))
-        if self._is_hdf5(stimulus.image_ref):
+        if is_hdf5_ref(stimulus.image_ref):
             pixels = self._brick_row(stimulus.image_ref)
             shape = ("x".join(str(s) for s in pixels.shape) + ":").encode()
             return sha256_bytes(_IMAGE_PREFIX + shape + np.ascontiguousarray(pixels).tobytes())
@@ -213,22 +212,13 @@ class StimulusReader:
 
     def image(self, stimulus: Stimulus):
         """The stimulus as an RGB ``PIL.Image``."""
-        from PIL import Image, UnidentifiedImageError
-
         if stimulus.modality != "image":
             raise InputError(f"Stimulus {stimulus.stimulus_id!r} is text, not an image.")
-        if self._is_hdf5(stimulus.image_ref):
+        if is_hdf5_ref(stimulus.image_ref):
             return Image.fromarray(self._brick_row(stimulus.image_ref)).convert("RGB")
         path, data = self._png_bytes(stimulus.image_ref)
-        import io
-
         try:
             with Image.open(io.BytesIO(data)) as img:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise CorruptFileError(f"Cannot decode image {path}: {exc}.") from None
-
-
-def content_hashes(stimuli: Sequence[Stimulus], reader: StimulusReader) -> list[str]:
-    """:meth:`StimulusReader.content_sha256` of each stimulus, in order."""
-    return [reader.content_sha256(s) for s in stimuli]

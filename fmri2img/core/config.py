@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from fmri2img.errors import ConfigError, Fmri2imgError, MissingInputError
+from fmri2img.core.errors import ConfigError, Fmri2imgError, MissingInputError
+from fmri2img.core.files import plain_data, write_text
 
 T = TypeVar("T")
 
@@ -133,8 +134,6 @@ def override(config: T, **options: Any) -> T:
 def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write ``config`` as YAML that :func:`load_config` reads back to an equal config
     (atomically; tuples become lists, which loading coerces back). Returns the path."""
-    from fmri2img.io import plain_data, write_text
-
     text = yaml.safe_dump(plain_data(to_dict(config)), sort_keys=False, default_flow_style=None)
     return write_text(path, text)
 

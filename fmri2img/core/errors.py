@@ -40,6 +40,10 @@ class SchemaError(InputError):
     """A table does not match the expected schema (columns, types, schema version)."""
 
 
+class PathEscapeError(CorruptFileError):
+    """A path stored in an artifact points outside its root (``../``, absolute)."""
+
+
 class ChecksumError(InputError):
     """A file's content differs from the checksum recorded when it was produced."""
 

@@ -1,0 +1,2 @@
+"""The floor every other module stands on: errors, atomic files, configs, MLflow tracking, logs,
+Ctrl-C handling, provenance and the project's vocabulary (every name tuple, defined once)."""

@@ -1,0 +1,461 @@
+"""The generative model of the synthetic NSD world (``docs/synthetic_world.md``): parameters,
+stimulus latents, images, masks, encoding matrices, the experimental design and the betas.
+
+* stimulus latents ``e_s`` (unit vectors, ``d = 512``) ~
+  ``normalise(w_shared m + w_category u_cat(s) + w_unique z_s)`` with ``m``, ``u_c``, ``z_s``
+  random unit vectors (exact form: :func:`make_latents`), so the mean pairwise cosine is ~0.45
+  as with CLIP embeddings;
+* images rendered deterministically from ``e_s`` (a fixed linear map onto low-frequency 2D
+  cosines per colour channel, squashed to uint8), so similar latents give similar pictures;
+* perception betas (percent signal change) of trial ``t`` in session ``k`` at voxel ``v``:
+  ``x = s_kv (a (G e_s)_v + eps) + o_kv``, ``eps ~ N(0, noise_sd^2)``, with ``G`` (voxels x d)
+  spatially smooth over the grid (one per subject), ``o_kv`` a per-session offset and ``s_kv`` a
+  per-session gain drift;
+* NSD-Imagery betas of stimulus ``s`` of set ``X``: vision trials as perception; imagery trials
+  ``a G (gamma_X (rho_X e_s + sqrt(1 - rho_X^2) r_s) + c_X)`` + noise of sd ``noise_sd_X``, with
+  ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u`` a fixed offset
+  (``u`` a unit vector in the span of the category directions, the same for every set);
+  attention trials ``a G (attention_gain e_s)`` + perception noise.
+
+Everything is seeded: independent generators per component (:func:`rng_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from fmri2img.core.errors import InputError
+from fmri2img.data import nsd_constants
+from fmri2img.sim.formats import VolumeWriter, to_int16
+
+#: Voxel size of the func1pt8mm space in mm [NSD manual, "Betas"].
+VOXEL_MM = 1.8
+
+#: NSD-Imagery trials per stimulus and task in this synthetic design: 8 + 16 + 16 = 40 trials
+#: x 18 stimuli = 720 betas [NSDI: 720 betas per subject; the split by task is ours].
+IMAGERY_TRIALS_PER_STIMULUS = {"vision": 8, "imagery": 16, "attention": 16}
+
+#: Stimulus names of NSD-Imagery sets A (simple) and C (conceptual: these are the words shown);
+#: set B are six shared1000 images named ``complex1..6``. The names are this generator's own.
+IMAGERY_NAMES_A = ("hbar", "vbar", "ldiag", "rdiag", "cross", "ring")
+IMAGERY_WORDS_C = ("dog", "tree", "car", "house", "ball", "boat")
+
+#: Cue letters, one per NSD-Imagery stimulus in table order (A1..A6, B1..B6, C1..C6).
+IMAGERY_CUES = tuple("ABCDEFGHIJKLMNOPQR")
+
+#: Number of cosine frequencies per image axis of the renderer (0 .. 9 half-cycles per image).
+RENDER_FREQUENCIES = 10
+
+#: Amplitude of cosine (u, v) in the renderer is ``1 / (1 + RENDER_SLOPE * (u + v))``: low
+#: frequencies dominate, yet enough of them vary that pixel correlation tracks latent cosine.
+RENDER_SLOPE = 0.3
+
+#: Fraction of each grid axis covered by the ellipsoidal synthetic brain (its semi-axes).
+BRAIN_SEMI_AXIS_FRACTION = 0.45
+
+#: The nsdgeneral blob sits posterior (low y) and slightly inferior, like visual cortex.
+BLOB_CENTRE_OFFSET = (0.0, -0.45, -0.1)
+
+@dataclass(frozen=True)
+class ImageryEffect:
+    """How imagery of one NSD-Imagery stimulus set relates to perception.
+
+    Imagery trials carry ``a G (gamma (rho e_s + sqrt(1 - rho^2) r_s) + c)`` plus noise of sd
+    ``noise_sd``, where ``|c| = offset_norm``.
+
+    Attributes
+    ----------
+    gamma : float
+        Gain of the imagined content relative to perception (1 = as strong).
+    rho : float
+        Cosine between the imagined latent and the true one (1 = same content).
+    offset_norm : float
+        Norm of the imagery offset ``c`` in latent space (0 = none).
+    noise_sd : float
+        Single-trial noise sd of imagery betas, in percent signal change.
+    """
+
+    gamma: float
+    rho: float
+    offset_norm: float
+    noise_sd: float
+
+
+#: Perception-identical imagery (``--null``).
+def null_effect(noise_sd: float) -> ImageryEffect:
+    return ImageryEffect(gamma=1.0, rho=1.0, offset_norm=0.0, noise_sd=noise_sd)
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    """Parameters of the generative model (scale independent). Defaults are the calibrated ones.
+
+    Attributes
+    ----------
+    dim : int
+        Latent dimension ``d`` (512, like CLIP ViT-B/32).
+    n_categories : int
+        Number of category clusters of the latents.
+    weight_shared, weight_category, weight_unique : float
+        Weights of the shared mean direction, the category direction and the stimulus' own
+        direction (each a unit vector) before normalisation; 0.95 / 1.0 / 0.4 give a mean
+        pairwise cosine of ~0.45 and a category structure strong enough that a ridge decoder
+        reads the category directions (and hence the imagery offset along them) out well.
+    amplitude : float
+        Perception gain ``a``: ``(G e_s)_v`` has unit variance, so the signal sd is ``a`` psc.
+    noise_sd : float
+        Single-trial noise sd of perception (and vision / attention) betas, in psc.
+    session_offset_sd : float
+        Sd of the per-session, per-voxel offset ``o_kv`` (psc).
+    session_gain_sd : float
+        Sd of ``log s_kv``, the per-session, per-voxel gain drift.
+    smooth_sigma_vox : float
+        Gaussian sigma (voxels) of the smooth part of ``G``.
+    smooth_fraction : float
+        Share of the variance of ``G`` that is spatially smooth (the rest is voxel-specific).
+    attention_gain : float
+        Gain of the stimulus in attention trials (``a G (attention_gain e_s)``).
+    imagery_a, imagery_b, imagery_c : ImageryEffect
+        Imagery effect of the simple (A), complex (B) and conceptual (C) sets.
+    render_contrast : float
+        Sd of the pre-squash image intensity (higher = more saturated pictures).
+    """
+
+    dim: int = 512
+    n_categories: int = 20
+    weight_shared: float = 0.95
+    weight_category: float = 1.0
+    weight_unique: float = 0.4
+    amplitude: float = 0.75
+    noise_sd: float = 4.0
+    session_offset_sd: float = 2.0
+    session_gain_sd: float = 0.2
+    smooth_sigma_vox: float = 1.0
+    smooth_fraction: float = 0.5
+    attention_gain: float = 1.0
+    imagery_a: ImageryEffect = ImageryEffect(gamma=0.8, rho=0.85, offset_norm=1.0, noise_sd=6.0)
+    imagery_b: ImageryEffect = ImageryEffect(gamma=0.7, rho=0.8, offset_norm=1.0, noise_sd=6.0)
+    imagery_c: ImageryEffect = ImageryEffect(gamma=0.5, rho=0.65, offset_norm=1.0, noise_sd=6.0)
+    render_contrast: float = 1.0
+
+    def effect(self, stim_set: str) -> ImageryEffect:
+        """The :class:`ImageryEffect` of set ``'A'``, ``'B'`` or ``'C'``."""
+        return {"A": self.imagery_a, "B": self.imagery_b, "C": self.imagery_c}[stim_set]
+
+    def as_null(self) -> GeneratorParams:
+        """The same parameters with imagery identical in distribution to perception."""
+        eff = null_effect(self.noise_sd)
+        return dataclasses.replace(self, imagery_a=eff, imagery_b=eff, imagery_c=eff)
+
+
+GENERATIVE_MODEL_TEXT = (
+    "Stimulus latents e_s (unit vectors, d dims) = c0*m + sqrt(1-c0^2)*normalise(w_category*u_cat(s) "
+    "+ w_unique*z_s), c0 = w_shared/|w|, m, u_c, z_s random unit vectors with u_c, z_s orthogonal "
+    "to m (= normalise(w_shared*m + w_category*u + w_unique*z) up to small cross terms). Images: uint8 = 255*sigmoid(contrast * "
+    "sum_k (W e_s)_{c,k} B_k(x, y)) with B_k low-frequency 2D cosines, W fixed. Perception beta "
+    "(psc) of trial t in session k at mask voxel v: x = s_kv*(a*(G e_s)_v + eps) + o_kv, eps ~ "
+    "N(0, noise_sd^2), log s_kv ~ N(0, session_gain_sd^2), o_kv ~ N(0, session_offset_sd^2); G "
+    "(mask voxels x d, one per subject) = sqrt(f)*smooth + sqrt(1-f)*white with unit-variance "
+    "entries, smooth = Gaussian-smoothed (sigma voxels) white noise fields. Brain voxels outside "
+    "nsdgeneral: s_kv*eps + o_kv. Stored int16 = round(x*300). NSD-Imagery (one session): vision "
+    "trials as perception; imagery trials of set X: a*G(gamma_X*(rho_X*e_s + sqrt(1-rho_X^2)*r_s) "
+    "+ c_X) + N(0, noise_sd_X^2), r_s unit and orthogonal to e_s (fixed per stimulus), c_X = "
+    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c (the "
+    "offset is shared by all imagery trials, along directions a perception decoder reads out); attention trials a*G(attention_gain*e_s) + "
+    "N(0, noise_sd^2); same session drift form as perception."
+)
+
+
+def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
+    """An independent generator per (seed, component...) so components do not shift each other."""
+    words = [int(seed)] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
+    return np.random.default_rng(words)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def _random_units(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    return _unit_rows(rng.standard_normal((n, dim)))
+
+
+def _orthogonal_units(a: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Rows of ``a`` with their component along the unit ``direction`` removed, then normalised."""
+    return _unit_rows(a - np.outer(a @ direction, direction))
+
+
+def latent_directions(params: GeneratorParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shared direction ``m`` (dim,) and the category directions ``u_c`` (n_categories, dim),
+    unit vectors, ``u_c`` orthogonal to ``m``."""
+    base = rng_for(seed, "latent-directions")
+    shared = _random_units(base, 1, params.dim)[0]
+    cat_dirs = _orthogonal_units(base.standard_normal((params.n_categories, params.dim)), shared)
+    return shared, cat_dirs
+
+
+def make_latents(
+    n: int, params: GeneratorParams, seed: int, stream: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Latents of ``n`` stimuli drawn from the model.
+
+    ``e_s = c0 m + sqrt(1 - c0^2) normalise(w_category u_cat(s) + w_unique z_s)`` with
+    ``c0 = w_shared / |w|`` and ``u_c``, ``z_s`` orthogonal to ``m``: this is
+    ``normalise(w_shared m + w_category u + w_unique z)`` up to the small random cross terms,
+    with every latent's projection on the shared direction exactly ``c0`` (~0.67), so a
+    decoder's intercept (the mean latent) cannot decide retrieval on its own.
+
+    Returns
+    -------
+    latents : float64 array of shape (n, dim)
+        Unit vectors.
+    categories : int array of shape (n,)
+        Category of each stimulus.
+    """
+    shared, cat_dirs = latent_directions(params, seed)
+    rng = rng_for(seed, "latents", stream)
+    categories = rng.integers(0, params.n_categories, size=n)
+    unique = _orthogonal_units(rng.standard_normal((n, params.dim)), shared)
+    total = math.sqrt(params.weight_shared**2 + params.weight_category**2 + params.weight_unique**2)
+    c0 = params.weight_shared / total  # the fixed projection of every latent on m
+    rest = _unit_rows(params.weight_category * cat_dirs[categories] + params.weight_unique * unique)
+    return c0 * shared + math.sqrt(1.0 - c0**2) * rest, categories
+
+
+def render_images(latents: np.ndarray, size: int, params: GeneratorParams, seed: int) -> np.ndarray:
+    """Render uint8 RGB pictures of shape (n, size, size, 3) from latents (deterministic).
+
+    Each channel is a linear combination of ``RENDER_FREQUENCIES**2`` low-frequency 2D cosines
+    with coefficients ``W e_s`` (``W`` fixed by ``seed``), squashed by a sigmoid.
+    """
+    k = RENDER_FREQUENCIES
+    rng = rng_for(seed, "renderer")
+    weights = rng.standard_normal((3 * k * k, latents.shape[1])) * math.sqrt(1.0 / latents.shape[1])
+    pos = (np.arange(size) + 0.5) / size
+    freqs = np.arange(k)
+    cos = np.cos(np.pi * freqs[:, None] * pos[None, :])  # (k, size)
+    amp = 1.0 / (1.0 + RENDER_SLOPE * (freqs[:, None] + freqs[None, :]))
+    basis = (amp[:, :, None, None] * cos[:, None, :, None] * cos[None, :, None, :]).reshape(k * k, -1)
+    basis *= 1.0 / np.sqrt((amp**2).sum())  # unit-variance intensity for unit coefficients
+    out = np.empty((latents.shape[0], size, size, 3), dtype=np.uint8)
+    for start in range(0, latents.shape[0], 512):
+        coef = latents[start:start + 512] @ weights.T  # (b, 3*k*k)
+        for c in range(3):
+            inten = coef[:, c * k * k:(c + 1) * k * k] @ basis  # (b, size*size)
+            pix = 255.0 / (1.0 + np.exp(-params.render_contrast * inten))
+            out[start:start + 512, :, :, c] = np.rint(pix).reshape(-1, size, size).astype(np.uint8)
+    return out
+
+
+def make_masks(grid: tuple[int, int, int], n_mask: int, seed: int, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """Brain mask (ellipsoid) and nsdgeneral (a smooth posterior blob of exactly ``n_mask`` voxels).
+
+    Returns
+    -------
+    nsdgeneral : int16 array of shape grid
+        1 inside the ROI, 0 in the brain outside it, -1 outside the brain (as in NSD).
+    brainmask : int16 array of shape grid
+        1 in the brain, 0 outside.
+    """
+    shape = np.array(grid, dtype=float)
+    coords = np.indices(grid, dtype=np.float64)
+    centre = (shape - 1) / 2
+    radii = shape * BRAIN_SEMI_AXIS_FRACTION
+    rel = (coords - centre[:, None, None, None]) / radii[:, None, None, None]
+    brain = (rel**2).sum(axis=0) <= 1.0
+    if n_mask > int(brain.sum()):
+        raise InputError(
+            f"Cannot place {n_mask} nsdgeneral voxels in a {grid} grid whose brain holds "
+            f"{int(brain.sum())}; expected n_mask_voxels <= {int(brain.sum())}."
+        )
+    blob_rel = rel - np.asarray(BLOB_CENTRE_OFFSET)[:, None, None, None]
+    dist = np.sqrt((blob_rel**2).sum(axis=0))
+    wobble = gaussian_filter(rng_for(0, "blob", subject).standard_normal(grid), sigma=2.0)
+    wobble /= wobble.std()
+    score = np.where(brain, -dist + 0.08 * wobble, -np.inf).ravel()
+    chosen = np.argsort(-score, kind="stable")[:n_mask]
+    roi = np.zeros(int(np.prod(grid)), dtype=bool)
+    roi[chosen] = True
+    roi = roi.reshape(grid)
+    nsdgeneral = np.where(brain, 0, -1).astype(np.int16)
+    nsdgeneral[roi] = nsd_constants.NSDGENERAL_INSIDE
+    return nsdgeneral, brain.astype(np.int16)
+
+
+def make_encoding(roi: np.ndarray, params: GeneratorParams, seed: int, subject: str) -> np.ndarray:
+    """Encoding matrix ``G`` of shape (n_roi_voxels, dim), rows in C order of ``roi``.
+
+    ``G = sqrt(f) * smooth + sqrt(1 - f) * white``: ``smooth`` are white-noise fields smoothed
+    over the grid with a Gaussian of ``smooth_sigma_vox`` and rescaled to unit variance over the
+    ROI; entries of ``G`` have unit variance.
+    """
+    idx = np.array(np.nonzero(roi))  # (3, n) in C order
+    margin = int(math.ceil(3 * params.smooth_sigma_vox)) + 1
+    lo = np.maximum(idx.min(axis=1) - margin, 0)
+    hi = idx.max(axis=1) + margin + 1
+    box = tuple(int(h - low) for h, low in zip(hi, lo))
+    local = tuple(idx - lo[:, None])
+    rng = rng_for(seed, "encoding", subject)
+    n = idx.shape[1]
+    out = np.empty((n, params.dim), dtype=np.float32)
+    frac = params.smooth_fraction
+    for start in range(0, params.dim, 64):
+        k = min(64, params.dim - start)
+        fields = rng.standard_normal((*box, k), dtype=np.float32)
+        if params.smooth_sigma_vox > 0:
+            s = params.smooth_sigma_vox
+            fields = gaussian_filter(fields, sigma=(s, s, s, 0))
+        smooth = fields[local]  # (n, k)
+        smooth /= smooth.std(axis=0, keepdims=True)
+        white = rng.standard_normal((n, k), dtype=np.float32)
+        out[:, start:start + k] = math.sqrt(frac) * smooth + math.sqrt(1 - frac) * white
+    return out
+
+
+@dataclass
+class Design:
+    nsd_ids: np.ndarray  # (n_pool,) 0-based ids (= rows of imgBrick), arange
+    shared: np.ndarray  # (n_shared,) 0-based ids, ascending
+    subjectim: np.ndarray  # (8, images_per_subject) 0-based ids
+    masterordering: np.ndarray  # (n_trials,) 0-based column of subjectim
+    pool_owner: np.ndarray  # (n_pool,) -1 shared, else index into generated subjects
+    imagery_b: np.ndarray  # (6,) 0-based ids of set B (shared images)
+
+
+def make_design(shape: Any, subjects: Sequence[str], seed: int) -> Design:
+    n_unique = shape.images_per_subject - shape.n_shared
+    n_pool = shape.n_shared + n_unique * len(subjects)
+    rng = rng_for(seed, "design")
+    perm = rng.permutation(n_pool)  # perm[j] = nsd id of pool slot j
+    shared = np.sort(perm[:shape.n_shared])
+    owner = np.full(n_pool, -1, dtype=np.int64)
+    subjectim = np.zeros((len(nsd_constants.ALL_SUBJECTS), shape.images_per_subject), dtype=np.int64)
+    subjectim[:, :shape.n_shared] = shared
+    non_shared = np.sort(perm[shape.n_shared:])
+    for i, subject in enumerate(subjects):
+        block = perm[shape.n_shared + i * n_unique: shape.n_shared + (i + 1) * n_unique]
+        owner[block] = i
+        subjectim[nsd_constants.subject_number(subject) - 1, shape.n_shared:] = block
+    for row, subject in enumerate(nsd_constants.ALL_SUBJECTS):
+        if subject not in subjects:  # not generated: any non-shared pool images
+            subjectim[row, shape.n_shared:] = rng.choice(non_shared, size=n_unique, replace=False)
+    order = np.repeat(np.arange(shape.images_per_subject), nsd_constants.MAX_REPEATS)
+    masterordering = rng.permutation(order)
+    imagery_b = np.sort(rng.choice(shared, size=nsd_constants.IMAGERY_STIMULI_PER_SET, replace=False))
+    return Design(np.arange(n_pool), shared, subjectim, masterordering, owner, imagery_b)
+
+
+def imagery_stimuli(design: Design) -> list[dict[str, Any]]:
+    """The 18 NSD-Imagery stimuli in table order (A1..6, B1..6, C1..6)."""
+    stimuli = []
+    for i, name in enumerate(IMAGERY_NAMES_A):
+        stimuli.append({"stim_set": "A", "stim_name": name, "image": f"images/{name}.png", "text": "",
+                        "nsd_id": None, "stimulus_id": f"img-A-{name}"})
+    for i, nsd_id in enumerate(design.imagery_b):
+        name = f"complex{i + 1}"
+        stimuli.append({"stim_set": "B", "stim_name": name, "image": f"images/{name}.png", "text": "",
+                        "nsd_id": int(nsd_id), "stimulus_id": f"nsd-{int(nsd_id):05d}"})
+    for word in IMAGERY_WORDS_C:
+        stimuli.append({"stim_set": "C", "stim_name": word, "image": "", "text": word,
+                        "nsd_id": None, "stimulus_id": f"img-C-{word}"})
+    for stim, cue in zip(stimuli, IMAGERY_CUES):
+        stim["cue"] = cue
+    return stimuli
+
+
+def imagery_trials(seed: int, subject: str) -> list[tuple[int, int, str, int]]:
+    """Trial list (run, trial, task, stimulus index 0..17) of one subject, in beta order.
+
+    12 runs, 4 per stimulus set (run order shuffled); a run holds its set's 6 stimuli x (2 vision
+    + 4 imagery + 4 attention) = 60 trials in shuffled order.
+    """
+    rng = rng_for(seed, "imagery-design", subject)
+    runs_per_set = nsd_constants.IMAGERY_RUNS // len(nsd_constants.IMAGERY_SETS)
+    run_sets = rng.permutation(np.repeat(np.arange(len(nsd_constants.IMAGERY_SETS)), runs_per_set))
+    per_run = {task: n // runs_per_set for task, n in IMAGERY_TRIALS_PER_STIMULUS.items()}
+    trials = []
+    for run, set_idx in enumerate(run_sets, start=1):
+        block = [(task, set_idx * nsd_constants.IMAGERY_STIMULI_PER_SET + s)
+                 for s in range(nsd_constants.IMAGERY_STIMULI_PER_SET)
+                 for task, n in per_run.items() for _ in range(n)]
+        for t, j in enumerate(rng.permutation(len(block)), start=1):
+            trials.append((run, t, block[j][0], block[j][1]))
+    return trials
+
+
+def session_betas(
+    writer: VolumeWriter,
+    signal_roi: np.ndarray,
+    noise_sd: np.ndarray | float,
+    params: GeneratorParams,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Fill ``writer.vol`` for one session and return it.
+
+    ``signal_roi`` : float32 array of shape (n_trials, n_roi) -- ``a G(...)`` per trial.
+    ``noise_sd`` : scalar or array of shape (n_trials, 1) -- per-trial noise sd.
+    """
+    n_trials = signal_roi.shape[0]
+    n_roi = len(writer.roi_rows)
+    n_other = len(writer.other_rows)
+    offset = rng.normal(0.0, params.session_offset_sd, size=n_roi + n_other).astype(np.float32)
+    gain = np.exp(rng.normal(0.0, params.session_gain_sd, size=n_roi + n_other)).astype(np.float32)
+    sd = np.asarray(noise_sd, dtype=np.float32)
+    x = signal_roi + sd * rng.standard_normal((n_trials, n_roi), dtype=np.float32)
+    x = gain[:n_roi] * x + offset[:n_roi]
+    writer.flat[writer.roi_rows, :] = to_int16(x).T
+    block = 16_384
+    for start in range(0, n_other, block):
+        rows = writer.other_rows[start:start + block]
+        o, g = offset[n_roi + start:n_roi + start + len(rows)], gain[n_roi + start:n_roi + start + len(rows)]
+        noise = sd * rng.standard_normal((n_trials, len(rows)), dtype=np.float32)
+        writer.flat[rows, :] = to_int16(g * noise + o).T
+    return writer.vol
+
+
+def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams,
+                    seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """What each NSD-Imagery stimulus' imagery trials carry: ``gamma_X (rho_X e_s + sqrt(1 - rho_X^2)
+    r_s) + c_X`` with ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u``.
+
+    Returns
+    -------
+    imagined : array of shape (n_stimuli, dim)
+    offsets : dict set -> ``c_X`` (dim,)
+    residuals : array of shape (n_stimuli, dim), the ``r_s``
+    """
+    rng = rng_for(seed, "imagery-effects")
+    # the offset direction u lies in the span of the category directions: the structured part
+    # of the latent space that a perception decoder reads out best, so the offset distorts
+    # decoded imagery (a random direction would be shrunk away by any regularised decoder)
+    _, cat_dirs = latent_directions(params, seed)
+    u = _unit_rows((rng.standard_normal(params.n_categories) @ cat_dirs)[None, :])[0]
+    resid = rng.standard_normal(stim_latents.shape)
+    resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents
+    resid = _unit_rows(resid)
+    eff = [params.effect(x) for x in sets]
+    gamma = np.array([e.gamma for e in eff])[:, None]
+    rho = np.array([e.rho for e in eff])[:, None]
+    offsets = {x: params.effect(x).offset_norm * u for x in nsd_constants.IMAGERY_SETS}
+    imagined = gamma * (rho * stim_latents + np.sqrt(1 - rho**2) * resid) + np.stack([offsets[x] for x in sets])
+    return imagined, offsets, resid
+
+
+def noise_ceiling(G: np.ndarray, latents: np.ndarray, design: Design, subject: str,
+                   params: GeneratorParams) -> dict[str, float]:
+    """Planted single-voxel reliability: ncsnr = sd over images of a(G e)_v / noise_sd."""
+    row = nsd_constants.subject_number(subject) - 1
+    signal = params.amplitude * (latents[design.subjectim[row]] @ G.T.astype(np.float64))
+    ncsnr = signal.std(axis=0) / params.noise_sd
+    nc3 = 100 * ncsnr**2 / (ncsnr**2 + 1 / nsd_constants.MAX_REPEATS)
+    nc1 = 100 * ncsnr**2 / (ncsnr**2 + 1)
+    return {"median_ncsnr": float(np.median(ncsnr)), "median_noise_ceiling_3trials_pct": float(np.median(nc3)),
+            "median_noise_ceiling_1trial_pct": float(np.median(nc1))}

@@ -1,0 +1,192 @@
+"""The work of an ablation: its inputs (world, indices, embeddings), the perception-only
+checkpoints and the cells, each reused when its key is unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from fmri2img.core import tracking
+from fmri2img.core.constants import DEFAULT_SUBJECTS, SYNTHETIC_TRUTH_EMBEDDINGS
+from fmri2img.core.errors import ConfigError, MissingInputError
+from fmri2img.core.files import read_json, sha256_file, sha256_json, write_json
+from fmri2img.core.memo import Memo
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS
+from fmri2img.data.index import build_index
+from fmri2img.data.schema import read_index
+from fmri2img.data.trials import imagery_folds
+from fmri2img.embeddings.cache import load_embedding_set, set_dir, synthetic_truth_set
+from fmri2img.models.checkpoint import METADATA_FILE, WEIGHTS_FILE, load_adapters, load_checkpoint
+from fmri2img.models.predictors import Predictor, adapter_predictor, decoder_fn
+from fmri2img.sim.world import write_world
+from fmri2img.stages.ablation.matrix import (
+    AblationConfig,
+    Cell,
+    adapter_dir,
+    base_checkpoint_dir,
+    cell_commands,
+    cell_dir,
+    code_sha256,
+    index_path,
+    train_config,
+)
+from fmri2img.stages.adapt import train_adapters
+from fmri2img.stages.evaluate import evaluate_predictor
+from fmri2img.stages.train import train_decoder
+
+
+def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str, Any]:
+    """World, indices and embedding set for every subject; returns their fingerprints."""
+    root = Path(config.data_root)
+    if config.synthesize and not (root / "nsddata").exists():
+        # Always the default subjects (plus any others asked for), in that order: the world's
+        # design depends on which subjects it holds, so `ablate --subject subj01` must see the
+        # same world (and reproduce the same numbers) as the full demo.
+        world_subjects = tuple(DEFAULT_SUBJECTS) + tuple(s for s in config.subjects if s not in DEFAULT_SUBJECTS)
+        kwargs = {"subjects": world_subjects, "progress": progress}
+        if config.synth_seed is not None:
+            kwargs["seed"] = config.synth_seed
+        write_world(root, **kwargs)
+    fingerprints: dict[str, Any] = {}
+    for subject in config.subjects:
+        path = build_index(subject, config.data_root, config.cache_root, output=index_path(config, subject),
+                           manifest_dir=config.manifest_dir, progress=progress, folds=config.folds)
+        fingerprints[subject] = {"index_sha256": sha256_file(path)}
+    embeddings = ensure_embeddings(config)
+    for subject in config.subjects:
+        fingerprints[subject]["embedding_set"] = embeddings
+    return fingerprints
+
+
+def ensure_embeddings(config: AblationConfig) -> dict[str, Any]:
+    """Make sure the embedding set exists; return its identity (tag + content hash)."""
+    if config.embedding_set == SYNTHETIC_TRUTH_EMBEDDINGS:
+        synthetic_truth_set(config.data_root, config.cache_root)
+    else:
+        try:
+            load_embedding_set(config.cache_root, config.embedding_set)
+        except MissingInputError:
+            raise ConfigError(
+                f"Embedding set {config.embedding_set!r} is not in {config.cache_root}/clip; compute it first with "
+                "`fmri2img embed --index ... --model ... --checkpoint ...`.") from None
+    folder = set_dir(config.cache_root, config.embedding_set)
+    return {"tag": config.embedding_set, "sha256": sha256_file(folder / "embeddings.npy")}
+
+
+def ensure_base_checkpoint(config: AblationConfig, subject: str, decoder: str, fingerprint: dict[str, Any],
+                           parent_run, force: bool, progress: bool, memo: Memo | None = None) -> Path:
+    """Train (or reuse) the perception-only checkpoint of ``decoder`` for ``subject``."""
+    cfg = train_config(config, decoder)
+    key = sha256_json({"train": dataclasses.asdict(cfg), "inputs": fingerprint, "code": code_sha256()})
+    out = base_checkpoint_dir(config, subject, decoder)
+    meta_path = out / "metadata.json"
+    if not force and meta_path.is_file() and (out / "best.pt").is_file():
+        if read_json(meta_path).get("ablation_key") == key:
+            return out / "best.pt"
+    result = train_decoder(index_path(config, subject), out, cfg, cache_root=config.cache_root,
+                           tracking_uri=parent_run.tracking_uri, parent_run=parent_run, progress=progress,
+                           extra_metadata={"ablation_key": key}, memo=memo)
+    return result.checkpoint
+
+
+def run_cell(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any], parent_run_id: str,
+             tracking_uri: str, force: bool = False, progress: bool = False,
+             memo: Memo | None = None) -> dict[str, Any]:
+    """Run one cell (train what it needs, evaluate) unless its key is unchanged; return its record."""
+    out = cell_dir(config, cell)
+    try:
+        return _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, progress, out, memo)
+    except BaseException:
+        # Ctrl-C or an error: remove the cell's partial outputs (kill -9 cannot clean up, but a
+        # cell without cell.json is never trusted and reruns from scratch).
+        if not (out / "cell.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def cell_key(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any]) -> str:
+    """What a cell's results depend on: config, inputs, code and its perception-only checkpoint."""
+    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    key_parts = {"cell": dataclasses.asdict(cell), "inputs": fingerprint, "code": code_sha256(),
+                 "mode": config.mode, "eval": dataclasses.asdict(config.eval), "folds": config.folds,
+                 "train": dataclasses.asdict(train_config(config, cell.decoder)),
+                 "base_checkpoint": read_json(base_ckpt.parent / METADATA_FILE).get("weights_sha256")}
+    if cell.configuration == "mixed":
+        key_parts["imagery_weight"] = config.imagery_weight
+    if cell.configuration in ADAPTER_CONFIGURATIONS:
+        key_parts["adapt"] = dataclasses.asdict(config.adapt)
+    return sha256_json(key_parts)
+
+
+def _mixed_predictor(config, cell, index, run, progress, memo) -> tuple[Predictor, dict[str, Any]]:
+    """One model per held-out imagery fold (H2), each trained on the other folds' imagery too."""
+    fold_models, seconds = {}, 0.0
+    for fold in imagery_folds(index):
+        cfg = train_config(config, cell.decoder, train_on="mixed", holdout_fold=fold,
+                           imagery_weight=config.imagery_weight)
+        out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
+        result = train_decoder(index_path(config, cell.subject), out, cfg, cache_root=config.cache_root,
+                               tracking_uri=run.tracking_uri, parent_run=run, progress=progress, memo=memo)
+        fold_model, _ = load_checkpoint(result.checkpoint, expected_decoder=cell.decoder)
+        fold_models[fold] = decoder_fn(fold_model)
+        seconds += result.metadata["train_seconds"]
+    return Predictor(fold_models=fold_models), {"train_seconds_total": seconds}
+
+
+def _adapter_predictor(config, cell, decoder, run, progress, memo) -> tuple[Predictor, dict[str, Any]]:
+    """Per-fold adapters (or fine-tuned copies) on the perception-only checkpoint (H3)."""
+    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    kind, cond = ADAPTER_CONFIGURATIONS[cell.configuration]
+    acfg = dataclasses.replace(config.adapt, adapter=kind, condition=cond, device=config.device)
+    result = train_adapters(index_path(config, cell.subject), base_ckpt, adapter_dir(config, cell), acfg,
+                            model_type=cell.decoder, cache_root=config.cache_root, tracking_uri=run.tracking_uri,
+                            parent_run=run, progress=progress, memo=memo)
+    states, ameta = load_adapters(result.checkpoint, base_ckpt, kind)
+    extra = {k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters", "n_base_parameters",
+                                   "parameter_overhead")}
+    # fold models that never beat their initial state on the validation stimuli (the identity
+    # adapter, the unchanged decoder copy): the report names such no-ops
+    extra["n_fold_models"] = len(ameta["fold_details"])
+    extra["n_folds_kept_initial"] = sum(f.get("best_epoch") == -1 for f in ameta["fold_details"])
+    return adapter_predictor(decoder, states, ameta), extra
+
+
+def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, progress, out, memo) -> dict[str, Any]:
+    key = cell_key(config, cell, fingerprint)
+    marker = out / "cell.json"
+    if not force and marker.is_file() and (out / "metrics.json").is_file():
+        record = read_json(marker)
+        if record.get("key") == key:
+            return {**record, "skipped": True}
+    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    parent = tracking.attach(parent_run_id, tracking_uri)
+    index = read_index(index_path(config, cell.subject))
+    tags = {"subject": cell.subject, "decoder": cell.decoder, "configuration": cell.configuration,
+            "test_domain": config.mode, "cell": cell.name}
+    start = time.perf_counter()
+    with tracking.run("cell", {"cell": dataclasses.asdict(cell), "key": key}, tracking_uri=tracking_uri,
+                      run_name=f"{cell.subject}/{cell.name}", tags=tags, parent=parent) as run:
+        decoder, meta = load_checkpoint(base_ckpt, expected_decoder=cell.decoder)
+        embeddings = load_embedding_set(config.cache_root, meta["embedding_set"])
+        if cell.configuration == "perception_only":
+            predictor, extra = Predictor(single=decoder_fn(decoder)), {}
+        elif cell.configuration == "mixed":
+            predictor, extra = _mixed_predictor(config, cell, index, run, progress, memo)
+        else:
+            predictor, extra = _adapter_predictor(config, cell, decoder, run, progress, memo)
+        evaluate_predictor(
+            index, predictor, embeddings, out, decoder=cell.decoder, configuration=cell.configuration,
+            n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,
+            cache_root=config.cache_root, run=run, memo=memo,
+            info={"cell": cell.name, "index": str(index_path(config, cell.subject)),
+                  "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
+                  # wall times vary run to run: they go to timings.json, never into metrics files
+                  **{k: v for k, v in extra.items() if "seconds" not in k}})
+        run.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+        record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run.run_id,
+                  "seconds": time.perf_counter() - start, "commands": cell_commands(config, cell), **extra}
+        write_json(marker, record)
+    return {**record, "skipped": False}

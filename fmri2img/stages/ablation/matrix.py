@@ -1,0 +1,198 @@
+"""The ablation matrix: its config, its cells, where each writes, the keys that decide what
+reruns, and the CLI commands that reproduce a cell one stage at a time."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fmri2img
+from fmri2img import __version__
+from fmri2img.core.config import check_positive, save_config
+from fmri2img.core.constants import (
+    DEFAULT_CACHE_ROOT,
+    DEFAULT_CHECKPOINT_ROOT,
+    DEFAULT_DATA_ROOT,
+    DEFAULT_INDEX_DIR,
+    DEFAULT_MANIFEST_DIR,
+    DEFAULT_SUBJECTS,
+    INIT_SEED,
+    SYNTHETIC_TRUTH_EMBEDDINGS,
+)
+from fmri2img.core.errors import ConfigError
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS, MODES
+from fmri2img.data.nsd_constants import subject_number
+from fmri2img.evaluation.scoring import EvalOptions
+from fmri2img.stages.adapt import AdaptConfig
+from fmri2img.stages.train import TrainConfig
+
+#: Torch decoders' training in the demo matrix: batch 256 with the learning rate doubled
+#: (linear scaling rule, Goyal et al. 2017, "Accurate, Large Minibatch SGD"); on the demo world
+#: (subj01, 2,430 training trials) the same validation cosine as the decoders' own batch 128 /
+#: lr 1e-3 (MLP 0.9042 vs 0.9044, two-stage 0.8996 vs 0.8966) in 1.2-1.8x less time. The
+#: shipped ``ablation.yaml`` states the same values (a test keeps the two equal), so `ablate`
+#: without that file runs the same study.
+DEMO_DECODER_PARAMS = {
+    "mlp": {"epochs": 30, "batch_size": 256, "lr": 0.002},
+    "two_stage": {"epochs": 30, "batch_size": 256, "lr": 0.002},
+}
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """The ablation matrix and where it reads and writes. See ablation.yaml for comments."""
+
+    subjects: tuple[str, ...] = DEFAULT_SUBJECTS
+    decoders: tuple[str, ...] = DECODERS
+    configurations: tuple[str, ...] = CONFIGURATIONS
+    mode: str = "both"
+    data_root: str = DEFAULT_DATA_ROOT
+    cache_root: str = DEFAULT_CACHE_ROOT
+    index_dir: str = DEFAULT_INDEX_DIR
+    manifest_dir: str = DEFAULT_MANIFEST_DIR
+    checkpoint_root: str = DEFAULT_CHECKPOINT_ROOT
+    output_root: str = "outputs/imagery_ablations"
+    log_dir: str = "outputs/logs/imagery"
+    embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
+    synthesize: bool = True
+    synth_seed: int | None = None
+    folds: int = 3
+    imagery_weight: float = 1.0
+    device: str = "cpu"
+    seed: int = INIT_SEED  # model initialisation of every decoder (adapt/eval have their own seeds)
+    decoder_params: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEMO_DECODER_PARAMS))
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    figures: bool = True
+
+    def validate(self) -> None:
+        for subject in self.subjects:
+            subject_number(subject)
+        for name in self.decoders:
+            if name not in DECODERS:
+                raise ConfigError(f"Unknown decoder {name!r}. Choose one of {', '.join(map(repr, DECODERS))}.")
+        for name in self.configurations:
+            if name not in CONFIGURATIONS:
+                raise ConfigError(
+                    f"Unknown configuration {name!r}. Choose one of {', '.join(map(repr, CONFIGURATIONS))}.")
+        unknown = sorted(set(self.decoder_params) - set(DECODERS))
+        if unknown:
+            raise ConfigError(f"decoder_params: unknown decoder {unknown[0]!r}; allowed: {', '.join(DECODERS)}.")
+        if self.mode not in MODES:
+            raise ConfigError(f"Invalid mode {self.mode!r}; choose one of {', '.join(map(repr, MODES))}.")
+        if self.folds < 2:
+            raise ConfigError(f"Invalid folds={self.folds}; expected at least 2 imagery folds.")
+        check_positive("imagery_weight", self.imagery_weight)
+        self.adapt.validate()
+        self.eval.validate()
+
+
+@dataclass(frozen=True)
+class Cell:
+    subject: str
+    decoder: str
+    configuration: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.decoder}__{self.configuration}"
+
+
+def code_sha256() -> str:
+    """SHA-256 over the package's source files: a cell reruns when the code changes."""
+    root = Path(fmri2img.__file__).resolve().parent
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def subject_dir(config: AblationConfig, subject: str) -> Path:
+    return Path(config.output_root) / subject
+
+
+def index_path(config: AblationConfig, subject: str) -> Path:
+    return Path(config.index_dir) / f"{subject}.parquet"
+
+
+def base_checkpoint_dir(config: AblationConfig, subject: str, decoder: str) -> Path:
+    return Path(config.checkpoint_root) / decoder / subject
+
+
+def cell_dir(config: AblationConfig, cell: Cell) -> Path:
+    return subject_dir(config, cell.subject) / "eval" / cell.name
+
+
+def adapter_dir(config: AblationConfig, cell: Cell) -> Path:
+    return subject_dir(config, cell.subject) / "adapters" / cell.decoder / cell.configuration
+
+
+def train_config(config: AblationConfig, decoder: str, **extra: Any) -> TrainConfig:
+    """The :class:`~fmri2img.stages.train.TrainConfig` of ``decoder`` in the matrix."""
+    return TrainConfig(model=decoder, embedding_set=config.embedding_set, device=config.device, seed=config.seed,
+                       decoder_params=dict(config.decoder_params.get(decoder, {})), **extra)
+
+
+def stage_config_paths(config: AblationConfig) -> dict[str, Path]:
+    """Where :func:`write_stage_configs` writes each stage's config: ``<output_root>/configs/``
+    ``train_<decoder>.yaml``, ``adapt.yaml``, ``eval.yaml``."""
+    root = Path(config.output_root) / "configs"
+    return {"adapt": root / "adapt.yaml", "eval": root / "eval.yaml",
+            **{f"train_{d}": root / f"train_{d}.yaml" for d in config.decoders}}
+
+
+def write_stage_configs(config: AblationConfig) -> dict[str, Path]:
+    """Write the configs the cells run with (TrainConfig per decoder, AdaptConfig, EvalOptions)
+    as YAML; ``commands.txt`` passes them with ``--config``, so each command reproduces its
+    stage exactly (decoder parameters, seeds and statistics options included). Per-cell
+    settings (mixed training's fold, the adapter type) stay on the command line."""
+    paths = stage_config_paths(config)
+    save_config(config.eval, paths["eval"])
+    save_config(dataclasses.replace(config.adapt, device=config.device), paths["adapt"])
+    for decoder in config.decoders:
+        save_config(train_config(config, decoder), paths[f"train_{decoder}"])
+    return paths
+
+
+def cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
+    """The exact CLI commands that reproduce ``cell`` one stage at a time (the stage configs
+    are the files of :func:`write_stage_configs`)."""
+    idx = str(index_path(config, cell.subject))
+    base = str(base_checkpoint_dir(config, cell.subject, cell.decoder) / "best.pt")
+    common = f"--cache-root {config.cache_root}"
+    ev = str(cell_dir(config, cell))
+    paths = stage_config_paths(config)
+    cmds = [f"fmri2img index --subject {cell.subject} --data-root {config.data_root} {common} --output {idx} "
+            f"--folds {config.folds} --manifest-dir {config.manifest_dir}"]
+    train = (f"fmri2img train --config {paths[f'train_{cell.decoder}']} --index {idx} --model {cell.decoder} "
+             f"--embeddings {config.embedding_set} {common}")
+    evaluate = f"--mode {config.mode} --split test --config {paths['eval']}"
+    if cell.configuration == "mixed":
+        cmds.append("# the ablation scores the fold models together (each on its held-out fold's imagery stimuli, "
+                    "shared1000 dealt round-robin); `eval` on one fold's checkpoint scores that fold alone")
+        for fold in range(config.folds):
+            out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
+            cmds.append(f"{train} --train-on mixed --holdout-fold {fold} --imagery-weight {config.imagery_weight} "
+                        f"--output-dir {out}")
+            cmds.append(f"fmri2img eval --index {idx} --checkpoint {out}/best.pt --model-type {cell.decoder} "
+                        f"{evaluate} --output-dir {ev}/fold{fold} {common}")
+        return cmds
+    cmds.append(f"{train} --output-dir {base_checkpoint_dir(config, cell.subject, cell.decoder)}")
+    if cell.configuration == "perception_only":
+        cmds.append(f"fmri2img eval --index {idx} --checkpoint {base} --model-type {cell.decoder} "
+                    f"{evaluate} --output-dir {ev} {common}")
+        return cmds
+    kind, cond = ADAPTER_CONFIGURATIONS[cell.configuration]
+    adir = adapter_dir(config, cell)
+    cmds.append(f"fmri2img adapt --config {paths['adapt']} --index {idx} --checkpoint {base} "
+                f"--model-type {cell.decoder} --adapter {kind}{' --with-condition' if cond else ''} "
+                f"--output-dir {adir} {common}")
+    cmds.append(f"fmri2img eval --index {idx} --checkpoint {base} --model-type {cell.decoder} "
+                f"--adapter-checkpoint {adir}/checkpoints/adapter_best.pt --adapter-type {kind} "
+                f"{evaluate} --output-dir {ev} {common}")
+    return cmds
