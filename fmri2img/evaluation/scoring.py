@@ -218,7 +218,7 @@ def _score_candidate(pred, true, gallery, target, opts: EvalOptions, with_tests:
     """Every metric of one candidate on one group (plus image metrics when ``load_images``)."""
     res = _score_group(pred, true, gallery, target, opts, with_tests)
     if load_images is not None:
-        res.update(_image_scores(pred, true, load_images(), memo))
+        res.update(_image_scores(pred, true, load_images()))
     return res
 
 
@@ -235,7 +235,7 @@ def _score_baseline(pred, true, gallery, target, opts: EvalOptions, with_tests: 
     return {metric: dict(entry) for metric, entry in scored.items()}
 
 
-def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray, memo: Memo | None) -> dict:
+def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray) -> dict:
     """Reconstruction by retrieval among the group's own images, scored per stimulus."""
     images = np.asarray(true_images)
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] != len(gallery):
@@ -243,7 +243,7 @@ def _image_scores(pred: np.ndarray, gallery: np.ndarray, true_images: np.ndarray
                          f"got {images.dtype} {images.shape}.")
     # the image retrieved for each stimulus (the gallery image nearest its prediction) against its own
     retrieved = retrieve_images(pred, gallery)
-    scored = score_image_pairs(images, retrieved, np.arange(len(retrieved)), memo=memo)
+    scored = score_image_pairs(images, retrieved, np.arange(len(retrieved)))
     return {name: {"value": float(np.nanmean(v)), "chance": None, "n": len(v), "p": None,
                    "per_item": np.asarray(v, dtype=np.float64)} for name, v in scored.items()}
 
