@@ -198,7 +198,7 @@ def group_level_test(
 
 
 def holm(pvalues: Any) -> np.ndarray:
-    """Holm (1979) step-down adjusted p-values (family-wise error control).
+    """Holm (1979) step-down adjusted p-values (family-wise error control), ``pingouin.multicomp``.
 
     Sorted ascending, ``p_adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))`` (1-based), mapped
     back to the input order. NaN entries are ignored (they stay NaN and do not count in m).
@@ -214,16 +214,7 @@ def holm(pvalues: Any) -> np.ndarray:
     p = np.asarray(pvalues, dtype=np.float64)
     if p.ndim != 1:
         raise InputError(f"Expected p-values of shape (m,), got shape {p.shape}.")
-    finite = ~np.isnan(p)
-    vals = p[finite]
+    vals = p[~np.isnan(p)]
     if np.any((vals < 0) | (vals > 1)):
         raise InputError(f"Expected p-values in [0, 1], got values in [{vals.min()}, {vals.max()}].")
-    out = np.full(p.shape, np.nan)
-    m = vals.size
-    order = np.argsort(vals, kind="stable")
-    adj = np.minimum(1.0, (m - np.arange(m)) * vals[order])
-    adj = np.maximum.accumulate(adj)
-    res = np.empty(m)
-    res[order] = adj
-    out[finite] = res
-    return out
+    return np.asarray(pg.multicomp(p, method="holm")[1], dtype=np.float64)
