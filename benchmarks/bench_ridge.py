@@ -125,7 +125,7 @@ def worker(method: str, n: int, p: int, d: int, himalaya_model: str, device: str
 
 
 def solver_params_for(solver: str, eigh_dtype: str, driver: str) -> dict:
-    """The eigh options that ``solver`` accepts (svd_loo takes none)."""
+    """The eigh options that ``solver`` accepts (cholesky_loo takes none)."""
     accepted = inspect.signature(RIDGE_SOLVERS[solver]).parameters
     return {k: v for k, v in (("eigh_dtype", eigh_dtype), ("driver", driver)) if k in accepted}
 

@@ -59,9 +59,6 @@ class NumpyOps:
     def eigh(self, A: np.ndarray, driver: str = "evr") -> tuple[np.ndarray, np.ndarray]:
         return linalg.eigh(A, lower=True, overwrite_a=True, check_finite=False, driver=driver)
 
-    def svd(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return linalg.svd(A, full_matrices=False, overwrite_a=True, check_finite=False)
-
     # -- pieces of the Cholesky solver (kernel stored in its lower triangle, Fortran order)
     def sym_matvec(self, K: np.ndarray, v: np.ndarray) -> np.ndarray:
         """``K @ v`` for symmetric K stored in its lower triangle (BLAS symv)."""
@@ -151,9 +148,6 @@ class TorchOps:
 
     def eigh(self, A, driver: str = "evr"):  # noqa: ARG002 - same signature as NumpyOps.eigh
         return self.torch.linalg.eigh(A)
-
-    def svd(self, A):
-        return self.torch.linalg.svd(A, full_matrices=False)
 
     # -- pieces of the Cholesky solver (kernel stored as a full symmetric matrix)
     def sym_matvec(self, K, v):

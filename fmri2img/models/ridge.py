@@ -38,7 +38,7 @@ class RidgeDecoder(BaseDecoder):
     solver : str
         Name in :data:`fmri2img.models.solvers.RIDGE_SOLVERS`: 'auto' (default: one Cholesky
         per alpha when n_voxels > n_trials and there are few alphas, else one
-        eigendecomposition), 'cholesky_loo', 'eigh_loo' or 'svd_loo' (float64 reference).
+        eigendecomposition), 'cholesky_loo' or 'eigh_loo'.
     solver_params : dict or None
         Extra keyword arguments of the solver (e.g. ``{"eigh_dtype": "float32"}``,
         ``{"max_cond_float32": 1e3}``).

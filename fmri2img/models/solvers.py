@@ -259,51 +259,6 @@ def _eigh_primal_form(ops, X, Yw, u2, sw, alphas, scores, *, mean, scale, alpha_
     return coef, best
 
 
-def solve_ridge_svd_loo(
-    X: np.ndarray, Y: np.ndarray, alphas: Any, *, mean: np.ndarray, scale: np.ndarray,
-    sample_weight: np.ndarray | None = None, alpha_per_target: bool = True, device: str = "cpu",
-    dtype: str = "float32", backend: str | None = None, block_size: int = DEFAULT_BLOCK_SIZE,
-) -> dict[str, np.ndarray]:
-    """Reference solver: exact LOO from a thin SVD of the rescaled design, all in float64.
-
-    ``Zw = U diag(s) W^T``; ``1 - H_ii = 1 - u_i^2 - sum_j U_ij^2 h_j`` and
-    ``r = yw - U diag(h) U^T yw`` with ``h = s^2 / (s^2 + alpha)``, and
-    ``coef = W diag(s / (s^2 + alpha)) U^T yw``. Holds the standardised design and its factors
-    in memory (several times the size of X): meant for small problems and as a cross-check
-    of :func:`solve_ridge_eigh_loo`. Parameters and returns as there (``dtype`` is ignored:
-    float64 throughout).
-    """
-    del dtype
-    alphas = _check_alphas(alphas)
-    ops = get_ops(backend or ("numpy" if device == "cpu" else "torch"), device)
-    n, p = X.shape
-    d = Y.shape[1]
-    Yw, sqrt_w, u2, _ = _prepare(ops, Y, sample_weight, "float64")
-    Zw = ops.asarray(np.empty((n, p)), "float64")
-    for sl, B in standardized_blocks(ops, X, mean, scale, "float64", block_size):
-        Zw[:, sl] = B * ops.asarray(sqrt_w[:, None], "float64")
-    U, s, Wt = ops.svd(Zw)
-    s = ops.to_numpy(s)
-    keep = np.flatnonzero(s > s.max() * max(n, p) * np.finfo(np.float64).eps)
-    U, Wt, s = U[:, keep], Wt[keep], s[keep]
-    UtY = ops.to_numpy(ops.mm(U.T, Yw))
-    Un = ops.to_numpy(U)
-    U2 = Un ** 2
-    Yn = ops.to_numpy(Yw)
-    scores = np.empty((alphas.size, d))
-    for k, alpha in enumerate(alphas):
-        h = (s ** 2) / (s ** 2 + alpha)                         # shrunk hat eigenvalues
-        # 1 - H_ii = 1 - u_i^2 - sum_j U_ij^2 h_j (unclipped: exact even if U holds a
-        # numerically-zero direction along u, whose h_j is then ~0).
-        denom = np.clip(1.0 - u2 - U2 @ h, np.finfo(np.float64).tiny, None)
-        E = (Yn - Un @ (UtY * h[:, None])) / denom[:, None]
-        scores[k] = (E * E).sum(0)
-    best = _select_alphas(scores, alphas, alpha_per_target)
-    coef = ops.to_numpy(Wt).T @ (UtY * (s[:, None] / (s[:, None] ** 2 + best[None, :])))
-    wsum = n if sample_weight is None else float(np.sum(sample_weight))
-    return {"coef": coef.astype(np.float32), "alpha": best, "cv_scores": scores / wsum}
-
-
 def _power_lambda_max(ops, K, n: int, dtype: str, iterations: int) -> float:
     """Largest eigenvalue of the symmetric PSD matrix K, estimated by power iteration.
 
@@ -491,7 +446,6 @@ def solve_ridge_auto(
 #: Solver name -> function (the estimator picks one by name and passes ``solver_params``).
 RIDGE_SOLVERS = {
     "eigh_loo": solve_ridge_eigh_loo,
-    "svd_loo": solve_ridge_svd_loo,
     "cholesky_loo": solve_ridge_cholesky_loo,
     "auto": solve_ridge_auto,
 }
