@@ -25,7 +25,7 @@ from fmri2img.reporting.tables import (
     read_results_table,
     summary_rows,
 )
-from fmri2img.stages.report import _log_to_mlflow, make_figures
+from fmri2img.stages.report import _log_to_mlflow, make_figures, save_figure
 
 runner = CliRunner()
 
@@ -281,8 +281,8 @@ def _pdf_fonts(data: bytes) -> set[bytes]:
 
 
 def test_formats_keep_embedded_truetype_fonts_svg_paths_and_300_dpi(made):
-    """Speed-ups must not cost the format guarantees: PDF fonts embedded as TrueType (Type 42,
-    journals reject Type 3), SVG text as glyph paths, PNG at PNG_DPI."""
+    """The format guarantees: PDF fonts embedded as TrueType subsets (Type 42, journals reject
+    Type 3), SVG text as glyph paths, PNG at PNG_DPI."""
     out, _ = made
     for name in FIGURE_NAMES:
         pdf = (out / f"{name}.pdf").read_bytes()
@@ -296,19 +296,9 @@ def test_formats_keep_embedded_truetype_fonts_svg_paths_and_300_dpi(made):
             assert img.info["dpi"] == pytest.approx((style.PNG_DPI, style.PNG_DPI), abs=0.01)  # pHYs: px per metre
 
 
-def test_text_outside_the_font_subset_falls_back_to_the_full_font(tmp_path):
-    with style.style_context():
-        fig = style.new_figure(style.SINGLE_COLUMN_IN, 1.5)
-        ax = fig.subplots()
-        ax.set_title("subj01 ŝ Ω")  # ŝ is not in the reduced font, Ω is
-    style.save_figure(fig, tmp_path / "fallback", formats=("pdf", "png"))
-    fonts = _pdf_fonts((tmp_path / "fallback.pdf").read_bytes())
-    assert any(b"Fmri2img" in f for f in fonts) and any(f.endswith(b"+DejaVuSans") for f in fonts), fonts
-
-
 def test_layout_keeps_decorations_inside_the_figure_and_apart(ablation, tmp_path):
-    """The one-pass layout (style.layout_panels) puts every panel with its tick labels,
-    axis labels and title inside the figure, below the legend, without overlaps."""
+    """matplotlib's constrained layout puts every panel with its tick labels, axis labels and
+    title inside the figure, below the legend, without overlaps."""
     from fmri2img.reporting import figures
 
     table = read_results_table(ablation / "results_table.csv")
@@ -317,7 +307,7 @@ def test_layout_keeps_decorations_inside_the_figure_and_apart(ablation, tmp_path
                        (figures.plot_clip_similarity_by_condition, rows), (figures.plot_retrieval_curves, rows),
                        (figures.plot_subject_breakdown, table)]:
         fig = plot(data)
-        style.save_figure(fig, tmp_path / plot.__name__, formats=("png",))
+        save_figure(fig, tmp_path / plot.__name__, formats=("png",))
         renderer = fig.canvas.get_renderer()
         boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
         page = fig.bbox

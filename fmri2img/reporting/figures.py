@@ -1,39 +1,25 @@
-"""Paper figures and captions from an ablation's ``results_table.csv``.
+"""Paper figures from an ablation's ``results_table.csv``.
 
-:func:`figure_specs` lists the figures of a table (the ``figures`` stage,
-:mod:`fmri2img.stages.report`, draws and writes them). Each ``plot_*`` function
-takes the tidy table (docs/contracts.md section 6) and returns a
-:class:`matplotlib.figure.Figure` (never shown, no pyplot). Conventions of every figure:
+Each ``plot_*`` function takes the tidy table (docs/contracts.md section 6) and returns a
+:class:`matplotlib.figure.Figure` (constrained layout, never shown, no pyplot); the ``figures``
+stage (:mod:`fmri2img.stages.report`) writes them. Conventions of every figure:
 
 * error bars are the table's 95% CIs (``ci_low``/``ci_high``, bootstrap over stimuli);
 * an asterisk marks cells with ``p_holm <`` :data:`~fmri2img.reporting.tables.ALPHA`; the
   test is named in ``captions.md``;
 * chance levels (``chance`` column) are drawn as dotted black marks/lines;
 * empty cells (not applicable) and configurations absent for a decoder are left out.
-
-Drawing time goes per artist and per format (each figure is drawn as PDF, SVG and PNG), so
-panels use few artists: one outline path per bar series, one path and one marker line per
-set of error bars, one marker line for all asterisks of a panel; see
-:func:`~fmri2img.reporting.style.save_figure` for the layout and format side.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.markers import MarkerStyle
-from matplotlib.patches import Patch, PathPatch
-from matplotlib.path import Path as MplPath
-from matplotlib.textpath import TextPath
-from matplotlib.transforms import offset_copy
+from matplotlib.patches import Patch
 
 from fmri2img.reporting import style
 from fmri2img.reporting.tables import (
@@ -65,22 +51,12 @@ RETRIEVAL_YMAX = 1.08
 #: Width of the group of bars at one x position (fraction of the spacing between groups).
 GROUP_WIDTH = 0.8
 
-#: Size of the significance asterisk, in points (one step above the tick labels, bold).
-STAR_SIZE_PT = style.FONT_SIZE_PT + 1
-#: Gap between the top of a bar/error bar and its asterisk, in points.
-STAR_GAP_PT = 0.5
-
-#: Bars: edge colour/width, error-bar width, chance and zero lines (points).
+#: Bars: edge colour/width, chance and zero lines (points); marker size of the retrieval curves.
 BAR_EDGE_COLOR = "#333333"
 BAR_EDGE_WIDTH = 0.3
-ERRORBAR_WIDTH = 0.6
 CHANCE_STYLE = {"color": "black", "linestyle": ":", "linewidth": 0.9}
 ZERO_LINE_WIDTH = 0.5
-#: Marker size of the retrieval curves, in points.
 CURVE_MARKER_SIZE = 2.5
-#: z-orders as :meth:`~matplotlib.axes.Axes.errorbar` sets them (error bars under the data
-#: lines) and text's (asterisks on top).
-ERRORBAR_ZORDER, LINE_ZORDER, STAR_ZORDER = 2.0, 2.1, 3.0
 
 #: Natural ranges of bounded metrics (accuracies in [0, 1], cosine in [-1, 1]).
 METRIC_BOUNDS = {"retrieval": (0.0, 1.0), "two_way": (0.0, 1.0), "cosine": (-1.0, 1.0),
@@ -113,10 +89,7 @@ def _empty(fig: Figure, message: str) -> Figure:
 
 def _headroom(ax, fraction: float = 0.12, metric: str | None = None) -> None:
     """Leave room above the tallest error bar for the asterisks; keep bounded metrics
-    (:data:`METRIC_BOUNDS`) within their range plus that room (wider CIs are cut at the axes).
-
-    The data limits are current (artists are only ever added, and adding updates them), so
-    no ``relim``: that re-walks every bar outline segment by segment in Python."""
+    (:data:`METRIC_BOUNDS`) within their range plus that room (wider CIs are cut at the axes)."""
     ax.autoscale_view()
     low, high = ax.get_ylim()
     low = min(low, 0.0)
@@ -127,111 +100,37 @@ def _headroom(ax, fraction: float = 0.12, metric: str | None = None) -> None:
     ax.set_ylim(low, high + fraction * (high - low))
 
 
-@functools.lru_cache(maxsize=None)
-def _star_marker() -> tuple[MarkerStyle, float]:
-    """The bold asterisk as a marker whose anchor is where the old ``annotate("*")`` put
-    the text's bottom centre (``STAR_GAP_PT`` above the bar), and the markersize that keeps
-    its path in points.
-
-    One marker line per panel replaces one text artist per asterisk: drawing hundreds of
-    text artists (layout, font lookup, clip test) per format was a large share of the time.
-    The outline is the glyph of the project font, so it looks the same as the text did."""
-    prop = FontProperties(family=list(style.font_family()), weight="bold", size=STAR_SIZE_PT)
-    # Where text puts "*" for ha="center", va="bottom": measured on a 72-dpi figure (1 px =
-    # 1 pt) with va="baseline", whose box starts one line descent below the baseline.
-    probe = Figure(dpi=72)
-    FigureCanvasAgg(probe)
-    box = probe.text(0, 0, "*", fontproperties=prop, va="baseline").get_window_extent(probe.canvas.get_renderer())
-    glyph = TextPath((-box.width / 2, STAR_GAP_PT - box.y0), "*", prop=prop)
-    path = MplPath(glyph.vertices, glyph.codes)
-    # MarkerStyle scales a custom path so that its largest |coordinate| is half the marker size
-    return MarkerStyle(path), 2 * float(np.max(np.abs(path.vertices)))
-
-
 def _stars(ax, x: np.ndarray, top: np.ndarray) -> None:
-    """Asterisks above ``(x, top)`` (data coordinates), one marker artist for the panel.
-
-    Like ``annotate``'s default clipping, only anchors inside the y range are marked; the
-    glyph itself may reach above the axes."""
-    x, top = np.asarray(x, dtype=float), np.asarray(top, dtype=float)
+    """An asterisk above each ``(x, top)`` (data coordinates) inside the y range."""
     low, high = ax.get_ylim()
-    keep = (top >= low) & (top <= high)
-    if not keep.any():
-        return
-    marker, size = _star_marker()
-    ax.plot(x[keep], top[keep], linestyle="none", marker=marker, markersize=size, markeredgewidth=0,
-            markerfacecolor="black", markeredgecolor="none", clip_on=False, zorder=STAR_ZORDER,
-            scalex=False, scaley=False)
-
-
-def _bar_path(left: np.ndarray, width: float, height: np.ndarray) -> MplPath:
-    """One compound path of the rectangles ``[left, left + width] x [0, height]``."""
-    n = len(left)
-    verts = np.empty((n, 5, 2))
-    verts[:, :, 0] = left[:, None] + np.array([0, width, width, 0, 0])
-    verts[:, :, 1] = np.array([0, 0, 1, 1, 0]) * height[:, None]
-    codes = np.tile(np.array([MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO, MplPath.CLOSEPOLY],
-                             dtype=MplPath.code_type), n)
-    return MplPath(verts.reshape(-1, 2), codes)
-
-
-def _segments(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x and y of the line segments ``(x0, y0)-(x1, y1)`` as one NaN-separated polyline.
-
-    One line artist of n segments is one path to write, where a collection of n segments is n
-    paths, each with its own graphics state (that loop was a good part of the PDF/SVG time)."""
-    gap = np.full(len(x0), np.nan)
-    return np.column_stack([x0, x1, gap]).ravel(), np.column_stack([y0, y1, gap]).ravel()
-
-
-def _errorbars(ax, x: np.ndarray, low: np.ndarray, high: np.ndarray, color: str) -> None:
-    """Vertical CI bars with caps in one colour, drawn as ``errorbar`` draws them
-    (:data:`ERRORBAR_WIDTH` lines with butt ends, caps ``2 * errorbar.capsize`` wide and
-    ``lines.markeredgewidth`` thick), as two artists: one path of all the bars, one
-    marker line of all the caps."""
-    if not len(x):
-        return
-    ax.plot(*_segments(x, low, x, high), color=color, linewidth=ERRORBAR_WIDTH, solid_capstyle="butt",
-            zorder=ERRORBAR_ZORDER)
-    cap = 2 * mpl.rcParams["errorbar.capsize"]
-    if cap > 0:
-        ax.plot(np.concatenate([x, x]), np.concatenate([low, high]), linestyle="none", marker="_",
-                markersize=cap, markeredgewidth=mpl.rcParams["lines.markeredgewidth"], color=color,
-                zorder=ERRORBAR_ZORDER)
+    for xi, yi in zip(x, top):
+        if low <= yi <= high:
+            ax.annotate("*", (xi, yi), xytext=(0, 0.5), textcoords="offset points", ha="center", va="bottom",
+                        fontweight="bold", annotation_clip=False)
 
 
 def _bars(ax, data: pd.DataFrame, x: str, x_order: Sequence[str], hue: str, hue_order: Sequence[str],
           colors: dict[str, tuple[str, str]]) -> bool:
     """Grouped bars of ``value`` with CI error bars, chance marks and asterisks. Returns
-    whether chance was drawn.
-
-    Few artists per panel (the time goes per artist and per format): one compound bar path
-    per hue value, and one artist each for all error bars, caps, chance marks, asterisks."""
+    whether chance was drawn."""
     width = GROUP_WIDTH / max(len(hue_order), 1)
     slot = {v: i for i, v in enumerate(x_order)}
-    shown = data[data[x].isin(slot) & np.isfinite(data["value"].to_numpy(dtype=float))]
     hue_index = {h: j for j, h in enumerate(hue_order)}
-    shown = shown[shown[hue].isin(hue_index)]
-    j = shown[hue].map(hue_index).to_numpy(dtype=int)
-    pos = shown[x].map(slot).to_numpy(dtype=float) + (j - (len(hue_order) - 1) / 2) * width
-    val = shown["value"].to_numpy(dtype=float)
-    low = shown["ci_low"].to_numpy(dtype=float)
-    high = shown["ci_high"].to_numpy(dtype=float)
-    chance = shown["chance"].to_numpy(dtype=float)
+    shown = data[data[x].isin(slot) & data[hue].isin(hue_index) & np.isfinite(data["value"].to_numpy(dtype=float))]
+    pos = (shown[x].map(slot).to_numpy(dtype=float)
+           + (shown[hue].map(hue_index).to_numpy(dtype=float) - (len(hue_order) - 1) / 2) * width)
+    val, low, high, chance = (shown[c].to_numpy(dtype=float) for c in ("value", "ci_low", "ci_high", "chance"))
     for h in hue_order:  # not applicable / absent: no bar
-        mine = j == hue_index[h]
+        mine = (shown[hue] == h).to_numpy()
         if mine.any():
             face, hatch = colors[h]
-            bars = PathPatch(_bar_path(pos[mine] - width / 2, width, val[mine]), facecolor=face,
-                             hatch=hatch or None, edgecolor=BAR_EDGE_COLOR, linewidth=BAR_EDGE_WIDTH)
-            bars.sticky_edges.y.append(0.0)  # as ax.bar: no margin below the bars' base
-            ax.add_patch(bars)
+            ax.bar(pos[mine], val[mine], width, color=face, hatch=hatch or None, edgecolor=BAR_EDGE_COLOR,
+                   linewidth=BAR_EDGE_WIDTH)
     has_ci = np.isfinite(low) & np.isfinite(high)
-    _errorbars(ax, pos[has_ci], low[has_ci], high[has_ci], "black")
+    ax.errorbar(pos[has_ci], val[has_ci], yerr=[val[has_ci] - low[has_ci], high[has_ci] - val[has_ci]],
+                fmt="none", ecolor="black", elinewidth=0.6)
     has_chance = np.isfinite(chance)
-    if has_chance.any():
-        level = chance[has_chance]
-        ax.plot(*_segments(pos[has_chance] - width / 2, level, pos[has_chance] + width / 2, level), **CHANCE_STYLE)
+    ax.hlines(chance[has_chance], pos[has_chance] - width / 2, pos[has_chance] + width / 2, **CHANCE_STYLE)
     ax.set_xticks(range(len(x_order)))
     ax.axhline(0, color="black", linewidth=ZERO_LINE_WIDTH)
     metrics = data["metric"].unique()
@@ -279,15 +178,7 @@ def _grid_title(decoder: str, test_set: str) -> str:
 
 
 def _panel_title(ax, text: str) -> None:
-    """Bold title at the top left of a panel, where ``set_title(loc="left")`` puts it
-    (baseline ``axes.titlepad`` points above the axes).
-
-    A plain text artist rather than the Axes title: at every draw matplotlib re-measures
-    the whole y axis of each titled Axes to place its title clear of an offset text we
-    never have, a tenth of the drawing time of a 9-panel figure."""
-    ax.text(0, 1, text, transform=offset_copy(ax.transAxes, fig=ax.get_figure(), y=mpl.rcParams["axes.titlepad"],
-                                              units="points"),
-            ha="left", va="baseline", fontsize=style.FONT_SIZE_PT, fontweight="bold")
+    ax.set_title(text, loc="left", fontweight="bold")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -419,14 +310,14 @@ def plot_retrieval_curves(rows: pd.DataFrame) -> Figure:
                     face = colors[cfg][0]
                     k, v, low, high = k_all[idx], v_all[idx], low_all[idx], high_all[idx]
                     ax.plot(k, v, color=face, marker="o", markersize=CURVE_MARKER_SIZE,
-                            linestyle="--" if _is_baseline(cfg) else "-", zorder=LINE_ZORDER)
+                            linestyle="--" if _is_baseline(cfg) else "-")
                     # no CI: a zero-length bar at the value, as errorbar draws a zero error
                     bars.append((k, np.where(np.isfinite(low), low, v), np.where(np.isfinite(high), high, v), face))
                     sig = significant(p_all[idx])
                     stars.append((k[sig], np.where(np.isfinite(high), np.fmax(v, high), v)[sig]))
                 ax.set_ylim(0, RETRIEVAL_YMAX)
-                for bar in bars:  # all under the curves (errorbar's z-orders)
-                    _errorbars(ax, *bar)
+                for k, low, high, face in bars:
+                    ax.vlines(k, low, high, color=face, linewidth=0.6)
                 if stars:
                     _stars(ax, *(np.concatenate(parts) for parts in zip(*stars)))
                 idx = np.concatenate(in_panel) if in_panel else np.empty(0, dtype=int)

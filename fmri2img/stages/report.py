@@ -4,18 +4,18 @@ ablation's MLflow run (named in the folder's ``mlflow_run.json``)."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from fmri2img.core.errors import SchemaError
-from fmri2img.core.files import ensure_dir, read_json, write_text
+from fmri2img.core.files import atomic_path, ensure_dir, read_json, write_text
 from fmri2img.core.tracking import log_artifacts_to_run
 from fmri2img.reporting.captions import caption, figure_specs
 from fmri2img.reporting.figures import COSINE_METRIC, DEFAULT_MAIN_METRIC
-from fmri2img.reporting.style import FORMATS, check_formats, save_figure
+from fmri2img.reporting.style import FORMAT_METADATA, FORMATS, PNG_DPI, check_formats, style_context
 from fmri2img.reporting.tables import RESULTS_TABLE, format_latex, format_markdown, read_results_table, summary_rows
 
 #: Optional file of an ablation folder naming its MLflow run: {"run_id", "tracking_uri"}.
@@ -42,23 +42,18 @@ def _log_to_mlflow(ablation_dir: Path, output_dir: Path, tracking_uri: str | Non
     return info["run_id"]
 
 
-@contextlib.contextmanager
-def _older_objects_frozen() -> Iterator[None]:
-    """Let the garbage collector skip, inside the block, the objects made before it.
-
-    Drawing makes many short-lived reference cycles, so full collections run, and each one
-    scanned every object of the process (pandas, matplotlib...): ~0.45 s of ~6 s of CPU per
-    ablation folder (measured with ``gc.callbacks``); frozen (:func:`gc.freeze`), ~0.1 s.
-    Garbage made inside the block is collected as usual. Skipped when objects are already
-    frozen (``gc.unfreeze`` would thaw the caller's too) or the collector is off."""
-    if gc.get_freeze_count() or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``stem.<fmt>`` for each format, atomically and deterministically (no dates,
+    a fixed SVG hash salt). Returns the written paths in the order of ``formats``."""
+    stem = Path(stem)
+    written = []
+    with style_context():
+        for fmt in check_formats(formats):
+            target = stem.with_name(f"{stem.name}.{fmt}")
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=FORMAT_METADATA[fmt])
+            written.append(target)
+    return written
 
 
 def make_figures(
@@ -98,10 +93,8 @@ def make_figures(
 
     written: list[Path] = []
     specs = figure_specs(table, main_metric)
-    with _older_objects_frozen():
-        for spec in specs:
-            fig = spec.plot()
-            written += save_figure(fig, output_dir / spec.name, formats)
+    for spec in specs:
+        written += save_figure(spec.plot(), output_dir / spec.name, formats)
     captions = "# Figure captions\n\n" + "\n".join(caption(s) for s in specs)  # = figure_captions()
     written.append(write_text(output_dir / CAPTIONS_FILE, captions))
 
