@@ -131,8 +131,7 @@ class Run:
         in as few batches as possible.
 
         One ``log_batch`` call per 900 values instead of one per epoch: on the SQLite store every
-        call is a transaction (about 30 ms here), which made per-epoch logging a visible share
-        of the demo's wall time. Non-numeric and non-finite values are skipped.
+        call is a transaction. Non-numeric and non-finite values are skipped.
         """
         self._log_metric_values((f"{prefix}{key}", value, int(record.get("epoch", i)))
                                 for i, record in enumerate(history) for key, value in record.items()

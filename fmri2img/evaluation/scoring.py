@@ -52,7 +52,7 @@ from fmri2img.evaluation.resampling import (
 from fmri2img.evaluation.stats import holm, paired_comparison
 
 #: Bootstrap resamples and permutations per statistic. 2,000 keeps a p-value resolution of
-#: 5e-4 and CI end points stable to ~0.005 while a whole ablation stays within the 2-minute demo budget.
+#: 5e-4 and CI end points stable to ~0.005 at a fraction of 10,000's cost.
 DEFAULT_N_BOOT = 2_000
 DEFAULT_N_PERM = 2_000
 
@@ -306,7 +306,7 @@ def _score_test_set(scores: _Scores, p: Predictions, embeddings, train_mean, *, 
                     baselines: bool, distractors, images) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of one test set into ``scores``; returns its per-trial and per-stimulus frames."""
     opts, test_set = scores.opts, p.test_set
-    # plain arrays of the index rows (pandas operations on the index were a good part of each cell's time)
+    # plain arrays of the index rows (pandas operations on the index are slow per cell)
     ids = p.rows["stimulus_id"].to_numpy()
     row_types = p.rows["stimulus_type"].to_numpy()
     types_here = _stimulus_types(ids, row_types)

@@ -110,9 +110,8 @@ class TorchDecoder:
             Rows whose statistics define the feature space: input standardisation, the
             two-stage PCA basis and the output statistics (default: all training rows). Mixed
             training passes its perception trials: the few imagery stimuli, repeated many times
-            and z-scored against another session's statistics, otherwise bend that space; on
-            the demo world they turned the two-stage decoder's imagery gain from mixed training
-            from about +10% to -40% (imagery weight 1, 0.5 and 0.01 alike).
+            and z-scored against another session's statistics, otherwise bend that space
+            (measured: docs/performance.md, "Training").
         val_sample_weight : array of shape (n_val,), optional
             Weights of the early-stopping rows ``X_val`` (mixed training weights its held-out
             imagery stimuli against the perception validation trials).

@@ -114,11 +114,9 @@ def early_stopping_criterion(loss_fn: "LossFn") -> "LossFn":
     Every evaluation metric (CLIP cosine, retrieval, two-way identification) ignores the
     prediction's norm, so early stopping monitors the same thing; the MSE term only regularises
     the norm. InfoNCE is moreover not comparable from epoch to epoch (its temperature is
-    learned, and on a validation set its value depends on which rows share a batch):
-    monitoring it stopped the demo's mixed two-stage models at epoch 2 (validation cosine 0.76
-    of a reachable 0.88). For the MLP the switch from cosine + MSE changed little on the demo
-    world (mixed training's imagery gain +27.0% -> +26.9%). A pure MSE loss
-    (``cosine_weight=0``, e.g. fitting an affine map) is monitored as is.
+    learned, and on a validation set its value depends on which rows share a batch; measured
+    consequences: docs/performance.md, "Training"). A pure MSE loss (``cosine_weight=0``, e.g.
+    fitting an affine map) is monitored as is.
     """
     if isinstance(loss_fn, nn.Module) and any(isinstance(m, InfoNCELoss) for m in loss_fn.modules()):
         return weighted_cosine_distance

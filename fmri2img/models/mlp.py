@@ -14,8 +14,7 @@ The zero-initialised head makes the untrained model predict the mean training em
 do not depend on the embedding model's scale.
 
 Defaults are sized for the demo (p ~ 2,000 voxels, n ~ 2,700 trials, d = 512): h = 256,
-about 0.9 M parameters, at most 30 epochs with early stopping (patience 5), batch 128;
-measured about 0.6 s of CPU time per epoch on one thread, so under 20 s per fit.
+about 0.9 M parameters, at most 30 epochs with early stopping (patience 5), batch 128.
 """
 
 from __future__ import annotations

@@ -410,7 +410,7 @@ def _cholesky_scores(ops, K, Yw, u2, beta, lam_max, alphas, scores, buffers, *, 
 
 def _factor_inverse(ops, K, alpha: float, fdtype: str, buffers: dict):
     """``L^-1`` of ``K + alpha I = L L^T`` in ``fdtype``, reusing one n x n buffer per dtype
-    (allocated on first use: copying into a touched buffer is ~10x faster than a fresh one)."""
+    (allocated on first use: copying into a touched buffer is much faster than into a fresh one)."""
     if fdtype not in buffers:
         buffers[fdtype] = ops.empty_square(K.shape[0], fdtype)
     A = ops.copy_into(buffers[fdtype], K)

@@ -25,10 +25,8 @@ cross-entropy over the mini-batch, learnable temperature initialised at 0.07), t
 lifts retrieval in MindEye (Scotti et al. 2023). Both terms ignore the target's norm.
 
 Defaults (p ~ 2,000, n ~ 2,700, d = 512 in the demo): k = 256, h = l = 256, about 0.5 M
-parameters, at most 30 epochs with early stopping (patience 5), batch 128. The demo's
-ablation config trains with batch 256 and lr 2e-3 (see projects/imagery/configs/ablation.yaml):
-7.7-10.5 s per fit (``train_seconds``, 12-15 best epochs, one thread, PCA included).
-Note the PCA only helps when the betas have low-rank structure (real fMRI); on isotropic
+parameters, at most 30 epochs with early stopping (patience 5), batch 128 (the demo's ablation
+config: batch 256, lr 2e-3, projects/imagery/configs/ablation.yaml). Note the PCA only helps when the betas have low-rank structure (real fMRI); on isotropic
 noise it discards signal.
 """
 
@@ -52,7 +50,7 @@ def fit_pca(X: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
     the covariance ``Xc.T @ Xc`` (p, p) and the Gram matrix ``Xc @ Xc.T`` (n, n).
 
     Only the top ``n_components`` eigenpairs are computed (``scipy.linalg.eigh`` with
-    ``subset_by_index``): about 5x faster than a full SVD at the demo size (2,700 x 2,000).
+    ``subset_by_index``; faster than a full SVD, docs/performance.md).
 
     Returns
     -------

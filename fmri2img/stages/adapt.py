@@ -69,22 +69,21 @@ class AdaptConfig:
     lr: float = 1e-3
     #: learning rates tried per fold: lr, lr/10, ... (``lr_steps`` values); the one whose kept
     #: state scores best on the validation stimuli wins (ties: the larger). AdamW's step is
-    #: absolute, so no one rate suits every model: at 1e-3 a ridge decoder (weights RMS ~3e-4
-    #: on the demo world) and the condition adapters never beat their initial state, at 1e-4
-    #: to 1e-5 they do. The search time counts in ``train_seconds`` (adapters and fine-tune alike).
+    #: absolute, so no one rate suits every model (docs/performance.md, "Adapters"). The search
+    #: time counts in ``train_seconds`` (adapters and fine-tune alike).
     lr_steps: int = 3
     batch_size: int = 32
     weight_decay: float = 1e-4
     patience: int = 10
     loss: Literal["cosine_mse", "contrastive"] = "cosine_mse"
-    #: early stopping on ~5 of the ~12 training stimuli: with 0.2 (2 stimuli) the selected epoch
-    #: was noise and adapters that hurt held-out stimuli were kept (calibrated on the synthetic world)
+    #: early stopping on ~5 of the ~12 training stimuli (fewer made the selected epoch noise;
+    #: calibrated on the synthetic world, docs/performance.md)
     val_stimulus_fraction: float = 0.4
     hidden_dim: int = 128
-    #: rank of the ``linear`` adapter's update, ``W = I + U V^T`` with ``U, V`` of shape
-    #: (dim, rank), still identity at initialisation; 0 = a full ``dim x dim`` matrix. Rank 8
-    #: (8.7k parameters at dim 512: the roadmap's "<1% overhead" of a ridge decoder) beat the
-    #: full matrix on held-out imagery stimuli of the synthetic world (~30 training trials).
+    #: rank of the ``linear`` adapter's update, ``W = I + U V^T`` with ``U, V`` of shape (dim, rank),
+    #: still identity at initialisation; 0 = a full ``dim x dim`` matrix. Rank 8 (8.7k parameters
+    #: at dim 512: the roadmap's "<1% overhead" of a ridge decoder) beat the full matrix on
+    #: held-out imagery stimuli of the synthetic world.
     rank: int = 8
     device: str = "cpu"
     seed: int = INIT_SEED

@@ -30,12 +30,10 @@ from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.stages.adapt import AdaptConfig
 from fmri2img.stages.train import TrainConfig
 
-#: Torch decoders' training in the demo matrix: batch 256 with the learning rate doubled
-#: (linear scaling rule, Goyal et al. 2017, "Accurate, Large Minibatch SGD"); on the demo world
-#: (subj01, 2,430 training trials) the same validation cosine as the decoders' own batch 128 /
-#: lr 1e-3 (MLP 0.9042 vs 0.9044, two-stage 0.8996 vs 0.8966) in 1.2-1.8x less time. The
-#: shipped ``ablation.yaml`` states the same values (a test keeps the two equal), so `ablate`
-#: without that file runs the same study.
+#: Torch decoders' training in the demo matrix: batch 256 with the learning rate doubled (linear
+#: scaling rule, Goyal et al. 2017, "Accurate, Large Minibatch SGD"; the same validation cosine in
+#: less time, docs/performance.md). The shipped ``ablation.yaml`` states the same values (a test
+#: keeps the two equal), so `ablate` without that file runs the same study.
 DEMO_DECODER_PARAMS = {
     "mlp": {"epochs": 30, "batch_size": 256, "lr": 0.002},
     "two_stage": {"epochs": 30, "batch_size": 256, "lr": 0.002},

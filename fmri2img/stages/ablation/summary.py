@@ -56,7 +56,7 @@ def markdown_table(table: pd.DataFrame, metrics=MARKDOWN_METRICS) -> str:
     sub = table[(table["stimulus_type"] == "all") & table["metric"].isin(metrics)]
     lines = ["| subject | decoder | configuration | test set | " + " | ".join(metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]
-    # one pass over the rows (a boolean filter per table cell was quadratic: ~2.5 s per subject)
+    # one pass over the rows, not a boolean filter per table cell (quadratic)
     first = sub.drop_duplicates([*key_columns, "metric"], keep="first")
     found = dict(zip(first[[*key_columns, "metric"]].itertuples(index=False, name=None),
                      first[["value", "ci_low", "ci_high", "chance"]].itertuples(index=False, name=None)))
