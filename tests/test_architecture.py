@@ -34,6 +34,9 @@ LAZY_IMPORTS = {
         "open_clip and torch (~4.4 s), only when a CLIP model has to encode something",
     ("fmri2img.evaluation.image_metrics", "lpips"): "optional dependency, may be absent",
     ("fmri2img.evaluation.image_metrics", "torch"): "only LPIPS uses it (~2.7 s for pure-numpy metrics otherwise)",
+    ("fmri2img.models.ridge", "torch"): "a CPU ridge fit and predict never need torch (~2 s of imports)",
+    ("fmri2img.models.ridge", "fmri2img.models.decoder"): "its torch module, for adapters and fine-tuning only",
+    ("fmri2img.models.backends", "torch"): "the torch backend (CUDA) only; every CPU fit uses numpy/scipy",
 }
 
 #: Size limits (the project's rules: "no function over ~80 lines, no module over ~500 lines").

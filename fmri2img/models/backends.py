@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import linalg
 from scipy.linalg import blas, lapack
 
@@ -113,6 +112,8 @@ class TorchOps:
     name = "torch"
 
     def __init__(self, device: str = "cpu") -> None:
+        import torch  # measured exception: the numpy backend (every CPU fit) never needs torch
+
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"Device {device!r} requested but torch.cuda.is_available() is False; use 'cpu'.")
         self.torch = torch

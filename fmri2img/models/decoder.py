@@ -85,6 +85,20 @@ class ResidualBlock(nn.Module):
         return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm(x))))))
 
 
+class RidgeModule(torch.nn.Module):
+    """``((x - mean) / scale) @ weight + bias``; x: (batch, n_voxels) -> (batch, n_dims)."""
+
+    def __init__(self, mean, scale, coef, intercept) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.array(mean, dtype=np.float32)))
+        self.register_buffer("scale", torch.as_tensor(np.array(scale, dtype=np.float32)))
+        self.weight = torch.nn.Parameter(torch.as_tensor(np.array(coef, dtype=np.float32)))
+        self.bias = torch.nn.Parameter(torch.as_tensor(np.array(intercept, dtype=np.float32)))
+
+    def forward(self, x):
+        return ((x - self.mean) / self.scale) @ self.weight + self.bias
+
+
 class TorchDecoder:
     """Mixin with the shared ``fit`` / ``predict`` / ``state_dict`` of the torch decoders.
 

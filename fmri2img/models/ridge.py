@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from fmri2img.core.errors import InputError
 from fmri2img.models.backends import weighted_column_stats
@@ -152,6 +151,8 @@ class RidgeDecoder(BaseDecoder):
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as a flat ``dict[str, torch.Tensor]`` (CPU tensors)."""
+        import torch  # measured exception: a CPU fit and predict never need torch (~2 s of imports)
+
         self._check_is_fitted()
         state = {
             "coef": self.coef_, "intercept": self.intercept_, "mean": self.mean_, "scale": self.scale_,
@@ -197,6 +198,8 @@ class RidgeDecoder(BaseDecoder):
         with :meth:`update_from_module`.
         """
         self._check_is_fitted()
+        from fmri2img.models.decoder import RidgeModule  # imports torch: see state_dict
+
         return RidgeModule(self.mean_, self.scale_, self.coef_, self.intercept_)
 
     def update_from_module(self, module) -> "RidgeDecoder":
@@ -207,20 +210,6 @@ class RidgeDecoder(BaseDecoder):
         self.load_state_dict(state, n_features=self.coef_.shape[0], n_targets=self.coef_.shape[1])
         self.alpha_, self.cv_scores_, self.solver_info_ = alpha, cv, info
         return self
-
-
-class RidgeModule(torch.nn.Module):
-    """``((x - mean) / scale) @ weight + bias``; x: (batch, n_voxels) -> (batch, n_dims)."""
-
-    def __init__(self, mean, scale, coef, intercept) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(np.array(mean, dtype=np.float32)))
-        self.register_buffer("scale", torch.as_tensor(np.array(scale, dtype=np.float32)))
-        self.weight = torch.nn.Parameter(torch.as_tensor(np.array(coef, dtype=np.float32)))
-        self.bias = torch.nn.Parameter(torch.as_tensor(np.array(intercept, dtype=np.float32)))
-
-    def forward(self, x):
-        return ((x - self.mean) / self.scale) @ self.weight + self.bias
 
 
 def _to_numpy(v: Any) -> np.ndarray:

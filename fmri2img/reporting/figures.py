@@ -106,7 +106,7 @@ def _stars(ax, x: np.ndarray, top: np.ndarray) -> None:
     for xi, yi in zip(x, top):
         if low <= yi <= high:
             ax.annotate("*", (xi, yi), xytext=(0, 0.5), textcoords="offset points", ha="center", va="bottom",
-                        fontweight="bold", annotation_clip=False)
+                        annotation_clip=False)
 
 
 def _bars(ax, data: pd.DataFrame, x: str, x_order: Sequence[str], hue: str, hue_order: Sequence[str],
@@ -178,7 +178,7 @@ def _grid_title(decoder: str, test_set: str) -> str:
 
 
 def _panel_title(ax, text: str) -> None:
-    ax.set_title(text, loc="left", fontweight="bold")
+    ax.set_title(text, loc="left")
 
 
 # ----------------------------------------------------------------------------- figures

@@ -48,6 +48,10 @@ def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = FORMATS)
     stem = Path(stem)
     written = []
     with style_context():
+        engine = fig.get_layout_engine()
+        if engine is not None:  # lay out once for every format, not once per savefig
+            engine.execute(fig)
+            fig.set_layout_engine(None)
         for fmt in check_formats(formats):
             target = stem.with_name(f"{stem.name}.{fmt}")
             with atomic_path(target) as tmp:
