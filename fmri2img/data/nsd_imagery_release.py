@@ -33,6 +33,10 @@ from fmri2img.data import nsd_imagery, nsd_imagery_verify
 from fmri2img.data.nsd_imagery_mat import read_design, read_pair_list
 from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 
+__all__ = ["BEHAVIOUR_REQUIRED", "DEFAULT_VARIANT", "INDEX_COLUMNS", "MAPPING_COLUMNS", "ImageryRelease", "RunSpec",
+           "beta_file", "build_mapping", "concept_word", "format_mapping", "index_frame", "index_frame_from_tables",
+           "read_behaviour", "read_release", "run_onsets", "run_specs"]
+
 DEFAULT_VARIANT = C.IMAGERY_GLM_VARIANTS[0]
 BETA_FORMATS = ("auto", "nifti", "hdf5")
 _BETA_EXT = {"nifti": "nii.gz", "hdf5": "hdf5"}
