@@ -88,3 +88,38 @@ def subject_number(subject: str) -> int:
     if subject not in FUNC1PT8_GRID:
         raise InputError(f"Unknown subject {subject!r}; choose one of {', '.join(ALL_SUBJECTS)}.")
     return int(subject[4:])
+
+
+# --- NSD-Imagery as published (read by fmri2img.data.nsd_imagery_release) ---------------------------
+# Sources:
+# * [NSDI-code] cvnlab/nsddatapaper (the release's own analysis code): main/nsdsetup.m (run order of
+#   nsdimageryexpfile, 150/300 volumes per run at TR 1.6 s), main/glm_nsdimagery2.m (GLMsingle on the
+#   12 design cells of `stimulus`, 3-s events, "att does have two adjacent 3-s trials"), main/export.m
+#   (betas_nsdimagery.{nii.gz,hdf5} = int16(GLMsingle modelmd * 300), written without reordering).
+# * [NSDI-manual] https://cvnlab.slite.page/p/oS386H_KfZF4-s (12 runs; six conditions x 8 = 48 trials).
+# * [NSDI-repro] public reproductions that read the release (docs/nsd_imagery_release.md lists them).
+
+#: The 12 runs in acquisition order; beta blocks follow this order [NSDI-code nsdsetup.m].
+IMAGERY_RUN_NAMES = ("visA", "attA", "imgA_1", "visB", "attB", "imgB_1",
+                     "visC", "attC", "imgC_1", "imgA_2", "imgB_2", "imgC_2")
+#: Run-name prefix -> task [NSDI-manual].
+IMAGERY_RUN_TASKS = {"vis": "vision", "img": "imagery", "att": "attention"}
+#: Stimulus trials per run (six conditions x 8) [NSDI-manual].
+IMAGERY_TRIALS_PER_RUN = 48
+IMAGERY_REPEATS_PER_RUN = 8
+#: Betas per trial: attention trials have a cue and a detection epoch, each its own beta [NSDI-code].
+IMAGERY_BETAS_PER_TRIAL = {"vision": 1, "imagery": 1, "attention": 2}
+IMAGERY_ATTENTION_EPOCHS = ("cue", "detection")
+#: GLM variants (folder suffixes); GLMdenoise_RR (GLMsingle "b3") is the default [NSDI-code export.m].
+IMAGERY_GLM_VARIANTS = ("fithrf_GLMdenoise_RR", "fithrf")
+#: Cue letters per set, in pair-list order [NSDI-repro]; the reader takes the release's pair lists.
+IMAGERY_CUES = {"A": ("H", "R", "V", "L", "P", "E"), "B": ("W", "K", "B", "C", "D", "T"),
+                "C": ("S", "Z", "M", "Y", "N", "F")}
+
+#: Release-relative paths of NSD-Imagery [NSDI-repro; NSDI-code export.m for the beta file names].
+IMAGERY_EXP_DIR = "nsddata/experiments/nsdimagery"
+IMAGERY_DESIGN = IMAGERY_EXP_DIR + "/designmatrixGLMsingle.mat"  # variable `stimulus`, 1 x 12 cell
+IMAGERY_PAIR_LIST = IMAGERY_EXP_DIR + "/{stim_set}_pair_list.mat"  # variable `pair_list`: id, target, cue
+IMAGERY_TARGET_IMAGE = IMAGERY_EXP_DIR + "/rawtargetimages/set{stim_set}/{name}"
+IMAGERY_BDATA = "nsddata/bdata/nsdimagery/nsdimagery_{subject}_{run}.tsv"
+IMAGERY_BETAS_IN = "nsddata_betas/ppdata/{subject}/func1pt8mm/nsdimagerybetas_{variant}/betas_nsdimagery.{ext}"
