@@ -117,6 +117,14 @@ def test_corrupt_weights_raise_one_line_with_exit_code_2(tmp_path):
         FE.battery_features(_images(), _images(), FE.FeatureWeights(alexnet=str(path)))
 
 
+def test_corrupt_clip_checkpoint_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "clip.pt"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(CorruptFileError) as err:
+        FE.load_network("clip", FE.FeatureWeights(clip=str(path), clip_model="ViT-B-32"))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path):
     from torchvision.models import efficientnet_b1
 

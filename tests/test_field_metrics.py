@@ -221,6 +221,21 @@ def test_300_way_retrieval_is_not_computed_for_12_stimuli():
 # --------------------------------------------------------------------------- battery
 
 
+@pytest.mark.parametrize("metric", list(F.FEATURE_METRICS))
+def test_each_battery_feature_metric_matches_the_hand_computed_example(metric):
+    """The eye(3) example of the two-way test, routed through the battery under every metric name."""
+    gt = _images(3, 16, seed=10)
+    truth = np.eye(3)
+    recon = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 1.0]])
+    out = F.score_battery(gt, gt, {metric: (recon, truth)}, size=16, n_boot=N_BOOT, n_perm=N_PERM)[metric]
+    if F.FEATURE_METRICS[metric][0] == "two_way":
+        np.testing.assert_allclose(out["per_item"], [1.0, 0.0, 0.5])
+        assert out["chance"] == 0.5 and out["higher_is_better"]
+    else:  # 1 - r: r = 1, -0.5 (e0 vs e1) and 0.5 ((0, 1, 1) vs e2)
+        np.testing.assert_allclose(out["per_item"], [0.0, 1.5, 0.5], atol=1e-12)
+        assert out["value"] == pytest.approx(2 / 3) and out["higher_is_better"] is False
+
+
 def test_battery_reports_missing_features_instead_of_dropping_them():
     gt = _images(4, 16, seed=9)
     feats = np.random.default_rng(1).standard_normal((4, 10))

@@ -124,6 +124,8 @@ class FeatureWeights:
             value = mapping.get(key)
             if value is not None and not isinstance(value, (str, Path)):
                 raise ConfigError(f"Invalid feature weights {key}={value!r}; expected a file path or null.")
+        if not isinstance(mapping.get("clip_model", FIELD_CLIP_MODEL), str):
+            raise ConfigError(f"Invalid clip_model={mapping['clip_model']!r}; expected an open_clip model name.")
         if not isinstance(mapping.get("random_init", False), bool):
             raise ConfigError(f"Invalid random_init={mapping['random_init']!r}; expected true or false.")
         return cls(**{k: (str(v) if isinstance(v, Path) else v) for k, v in mapping.items()})
