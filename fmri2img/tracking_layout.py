@@ -15,14 +15,13 @@ tag name and URL format used here is documented, with the MLflow source it was r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,8 @@ class CellLog:
     its values per step (epoch); ``figures`` and ``artifacts`` are files (``artifacts`` maps an artifact
     folder to its files); ``datasets`` are :class:`DatasetLog`; ``models`` maps a model name to
     ``(torch.nn.Module, input example array of shape (n_samples, n_features))``; ``start_time`` /
-    ``end_time`` are seconds since the epoch and should cover the cell's whole work.
+    ``end_time`` are seconds since the epoch and should cover the cell's whole work; ``description``
+    (markdown) is shown on the run's page.
     """
 
     name: str
@@ -104,6 +104,7 @@ class CellLog:
     start_time: float | None = None
     end_time: float | None = None
     status: str = "FINISHED"
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -310,51 +311,57 @@ def _read_table(path: Path):
     raise InputError(f"Cannot read {path} as a table; expected .parquet or .csv, or pass DatasetLog(frame=...).")
 
 
-@contextlib.contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow.<flavor>.log_model`` reads the global tracking URI; point it at ``uri`` meanwhile."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def log_torch_model(client, run_id: str, model, input_example, *, name: str = "model") -> str:
+def log_torch_model(client, run_id: str, model, input_example, *, name: str = "model",
+                    metrics: Mapping[str, float] | None = None) -> str:
     """Log a ``torch.nn.Module`` as an MLflow logged model of ``run_id`` with a signature inferred from
     ``input_example`` (array of shape (n_samples, n_features)); return its model id.
 
     Saved as ``pt2`` (``torch.export``, MLflow 3's default), so it loads back without this package:
-    ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``. The logged model is created first in the
-    run's own experiment: ``log_model(run_id=...)`` alone would put it in the default experiment when no
-    fluent run is active (``mlflow/tracking/fluent.py``, ``_create_logged_model``).
+    ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``. ``metrics`` (the run's final values) are
+    linked to the model, so the "Models" tab shows them. This is what ``mlflow.pytorch.log_model(...,
+    run_id=...)`` does (``mlflow/models/model.py``, ``Model.log``), through this client instead of the
+    global tracking URI; ``log_model`` without an active fluent run would also put the model in the
+    default experiment instead of the run's (``mlflow/tracking/fluent.py``, ``_create_logged_model``).
     """
     from importlib import metadata
 
     import mlflow.pytorch
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.entities import LoggedModelOutput, Metric
+    from mlflow.models import Model, infer_signature
 
     example = np.asarray(input_example, dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    run = client.get_run(run_id)
-    logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id)
-    with _global_tracking_uri(client.tracking_uri):
-        mlflow.pytorch.log_model(model, name=name, signature=infer_signature(example, output),
-                                 input_example=example, run_id=run_id, model_id=logged.model_id,
-                                 pip_requirements=[f"torch=={metadata.version('torch')}"])
+    logged = client.create_logged_model(client.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id)
+    try:
+        info = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id,
+                     model_id=logged.model_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(model, os.path.join(tmp, name), mlflow_model=info, input_example=example,
+                                      signature=infer_signature(example, output),
+                                      pip_requirements=[f"torch=={metadata.version('torch')}"])
+            client.log_model_artifacts(logged.model_id, os.path.join(tmp, name))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        now = _ms(None)
+        linked = [Metric(k, float(v), now, 0, model_id=logged.model_id, run_id=run_id)
+                  for k, v in (metrics or {}).items()]
+        for start in range(0, len(linked), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=linked[start:start + MAX_METRICS_PER_BATCH])
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
     return logged.model_id
 
-
 def start_study(client, experiment_id: str, name: str, *, params: Mapping[str, Any] = (),
-                tags: Mapping[str, str] = (), versions: Mapping[str, str] = (), start_time: float | None = None) -> str:
+                tags: Mapping[str, str] = (), versions: Mapping[str, str] = (), start_time: float | None = None,
+                description: str | None = None) -> str:
     """Open the study's parent run (status RUNNING); return its run id."""
     all_tags = {ROLE_TAG: ROLE_STUDY, RUN_NAME_TAG: name, **dict(tags)}
+    if description:
+        all_tags[NOTE_TAG] = description
     if versions:
         all_tags[VERSIONS_TAG] = _text(dict(versions))
     run = client.create_run(experiment_id, start_time=_ms(start_time), tags=all_tags, run_name=name)
@@ -370,6 +377,8 @@ def log_cell(client, experiment_id: str, parent_run_id: str, cell: CellLog) -> s
         tags[CACHE_KEY_TAG] = cell.cache_key
     if cell.versions:
         tags[VERSIONS_TAG] = _text(dict(cell.versions))
+    if cell.description:
+        tags[NOTE_TAG] = cell.description
     metrics = with_intervals(cell.metrics, cell.intervals)  # checked before anything is written
     run_id = client.create_run(experiment_id, start_time=_ms(cell.start_time), tags=tags, run_name=cell.name).info.run_id
     try:
@@ -381,7 +390,7 @@ def log_cell(client, experiment_id: str, parent_run_id: str, cell: CellLog) -> s
             log_files(client, run_id, files, folder)
         log_datasets(client, run_id, cell.datasets)
         for model_name, (model, example) in cell.models.items():
-            log_torch_model(client, run_id, model, example, name=model_name)
+            log_torch_model(client, run_id, model, example, name=model_name, metrics=metrics)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -408,7 +417,7 @@ def finish_study(client, run_id: str, *, report: str | os.PathLike | None = None
 @dataclass(frozen=True)
 class StudyLog:
     """The parent run: its name, params, tags, versions, report/figure files, hypotheses (JSON-able),
-    verdicts (hypothesis -> verdict), inputs and times (seconds since the epoch)."""
+    verdicts (hypothesis -> verdict), inputs, times (seconds since the epoch) and run description."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -421,6 +430,7 @@ class StudyLog:
     datasets: Sequence[DatasetLog] = ()
     start_time: float | None = None
     end_time: float | None = None
+    description: str | None = None
 
 
 def log_study(client, experiment: str, description: str, study: StudyLog, cells: Sequence[CellLog],
@@ -435,7 +445,7 @@ def log_study(client, experiment: str, description: str, study: StudyLog, cells:
     """
     experiment_id = setup_experiment(client, experiment, description)
     parent = start_study(client, experiment_id, study.name, params=study.params, tags=study.tags,
-                         versions=study.versions, start_time=study.start_time)
+                         versions=study.versions, start_time=study.start_time, description=study.description)
     cell_ids = []
     try:
         for cell in cells:
