@@ -73,6 +73,9 @@ VERDICT_TAG_PREFIX = "fmri2img.verdict."
 CI_LOW_SUFFIX = "_ci_low"
 CI_HIGH_SUFFIX = "_ci_high"
 
+#: Pixels of the runs table's name column in the compare view: fits "Group: configuration: <name>, decoder: <name>".
+RUN_NAME_WIDTH = 380
+
 #: Key of the study's compare view (stable, so the URL printed by ``fmri2img ui --compare`` is too).
 COMPARE_VIEW_KEY = "fmri2img-compare"
 
@@ -158,6 +161,7 @@ def compare_view_state(
     order_by: str | None = None,
     order_ascending: bool = False,
     aggregate: str = "average",
+    run_name_width: int = RUN_NAME_WIDTH,
 ) -> dict[str, Any]:
     """The runs page state of a compare view (search facets + UI state, the keys the UI persists).
 
@@ -168,6 +172,7 @@ def compare_view_state(
         raise InputError(f"Unknown aggregate {aggregate!r}; expected 'average', 'min' or 'max'.")
     keys = [{"mode": "tag", "groupByData": g[4:]} if g.startswith("tag:") else {"mode": "param", "groupByData": g}
             for g in group_by]
+    run_name = column_key("attributes", "Run Name")
     columns = ([column_key("attributes", "Duration")] + [column_key("metrics", m) for m in metrics]
                + [column_key("params", p) for p in params] + [column_key("tags", t) for t in tags])
     return {
@@ -179,6 +184,9 @@ def compare_view_state(
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
         "selectedColumns": columns,
+        # a width is applied only to columns named in columnOrder (UI bundle, runs table column state)
+        "columnOrder": [run_name],
+        "columnWidths": {run_name: run_name_width},
         "groupBy": {"aggregateFunction": aggregate, "groupByKeys": keys} if keys else None,
         "groupsExpanded": {},
         "runsHiddenMode": "SHOW_ALL",

@@ -23,6 +23,11 @@ CELL_SECONDS = 90.0
 T0 = 1_790_000_000.0  # a fixed start time (seconds since the epoch): same store, same numbers
 
 
+def cell_names() -> list[str]:
+    """Run names of the toy cells, in logging order."""
+    return [f"{c}/{d}/{s}" for c, d, s in itertools.product(CONFIGURATIONS, DECODERS, SUBJECTS)]
+
+
 def _figure(path: Path, values: np.ndarray, title: str) -> Path:
     import matplotlib
 
@@ -65,7 +70,7 @@ def build(root: Path, *, with_model: bool = True) -> tuple[layout.StudyLog, list
     for i, (config, decoder, subject) in enumerate(itertools.product(CONFIGURATIONS, DECODERS, SUBJECTS)):
         clip = 0.55 + 0.1 * (decoder == "mlp") + 0.05 * (config == "with_adapter") + 0.01 * rng.standard_normal()
         top1 = 0.2 + 0.1 * (decoder == "mlp") + 0.01 * rng.standard_normal()
-        name = f"{config}/{decoder}/{subject}"
+        name = cell_names()[i]
         figure = _figure(root / f"cell{i}.png", np.array([clip, top1]), name)
         model = None
         if with_model and i == 0:
@@ -90,7 +95,8 @@ def build(root: Path, *, with_model: bool = True) -> tuple[layout.StudyLog, list
         hypotheses={"H1": {"verdict": "supported"}}, verdicts={"H1": "supported"}, datasets=datasets,
         start_time=T0, end_time=T0 + len(cells) * CELL_SECONDS)
     view = layout.compare_view_state(group_by=["configuration", "decoder"], metrics=HEADLINE,
-                                     params=["subject"], search_filter=f"tags.`{layout.ROLE_TAG}` = 'cell'",
+                                     params=["subject"], tags=[layout.CACHE_KEY_TAG],
+                                     search_filter=f"tags.`{layout.ROLE_TAG}` = 'cell'",
                                      order_by="clip_similarity")
     return study, cells, view
 
