@@ -388,7 +388,8 @@ def log_cell(client, experiment_id: str, parent_run_id: str, cell: CellLog) -> s
     if cell.description:
         tags[NOTE_TAG] = cell.description
     metrics = with_intervals(cell.metrics, cell.intervals)  # checked before anything is written
-    run_id = client.create_run(experiment_id, start_time=_ms(cell.start_time), tags=tags, run_name=cell.name).info.run_id
+    run = client.create_run(experiment_id, start_time=_ms(cell.start_time), tags=tags, run_name=cell.name)
+    run_id = run.info.run_id
     try:
         if cell.params:
             client.log_batch(run_id, params=_params(cell.params))

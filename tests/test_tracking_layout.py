@@ -160,7 +160,8 @@ def test_bad_inputs_are_refused_before_anything_is_written(tracking_uri, tmp_pat
     exp = layout.setup_experiment(client, "t/bad", "d")
     parent = layout.start_study(client, exp, "p")
     with pytest.raises(MissingInputError, match="missing.png"):
-        layout.log_cell(client, exp, parent, layout.CellLog("c", {"a": 1}, {"m": 1.0}, figures=[tmp_path / "missing.png"]))
+        layout.log_cell(client, exp, parent,
+                        layout.CellLog("c", {"a": 1}, {"m": 1.0}, figures=[tmp_path / "missing.png"]))
     failed = [r for r in client.search_runs([exp]) if r.info.run_id != parent]
     assert [r.info.status for r in failed] == ["FAILED"]
     with pytest.raises(InputError, match="at most 20000"):
