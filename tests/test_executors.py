@@ -87,6 +87,7 @@ def test_slurm_resources_from_yaml_mapping():
     ({"cpus_per_task": 0}, "cpus_per_task=0"),
     ({"mem_gb": -1}, "mem_gb=-1"),
     ({"timeout_min": 0}, "timeout_min=0"),
+    ({"timeout_min": 1}, "timeout_min=1; expected at least 2 minutes"),
     ({"gpus_per_task": -1}, "gpus_per_task=-1"),
     ({"partition": " "}, "partition"),
     ({"additional_parameters": {"--qos": "high"}}, "'--qos'"),

@@ -68,7 +68,8 @@ def marked(item: tuple[int, str]) -> list[int]:
         return json.loads(done.read_text())
     with open(folder / f"runs-{index}", "a") as runs:
         runs.write(os.environ["SLURM_JOB_ID"] + "\n")
-    job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")  # a map of one task is a plain job, not an array
+    job_id = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
     (folder / f"started-{index}").write_text(f"{job_id} {os.getpid()}")
     while (folder / f"hold-{index}").exists():
         time.sleep(0.1)
@@ -206,6 +207,26 @@ def test_signalled_task_is_requeued_and_finishes(slurm_cluster, tmp_path):
     assert list(results) == [[0, 0], [1, 1]]
     assert len((folder / "runs-0").read_text().split()) == 2  # the same call ran twice: requeued once
     _wait_for(lambda: _array_states(name)[job_id] == "COMPLETED", f"sacct: {job_id} COMPLETED")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_task_at_its_time_limit_is_requeued_and_finishes(slurm_cluster, tmp_path):
+    """The real thing: Slurm itself signals the task SIGNAL_DELAY_S before its 2-minute limit."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "hold-0").touch()
+    name = _name()
+    executor = SlurmExecutor(tmp_path / "slurm", SlurmResources(timeout_min=2), job_name=name,
+                             poll_interval_s=POLL_S)
+    results = executor.map(marked, [(0, str(folder))])
+    job_id, _ = _started(folder, 0)
+    _wait_for(lambda: sacct_states(job_id).get(job_id) in ("REQUEUED", "PENDING"), "the requeue", timeout_s=150)
+    (folder / "hold-0").unlink()
+    assert list(results) == [[0, 0]]
+    assert len((folder / "runs-0").read_text().split()) == 2
+    log = (tmp_path / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert "this job is timed-out" in log and "Requeued job" in log
 
 
 def test_keyboard_interrupt_cancels_the_array(slurm_cluster, tmp_path):

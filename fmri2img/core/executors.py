@@ -52,6 +52,9 @@ STDERR_TAIL_LINES = 3
 #: "JOB STATE CODES"). PREEMPTED is absent: Slurm's PreemptMode=REQUEUE brings such a job back.
 TERMINAL_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
                              "OUT_OF_MEMORY", "TIMEOUT"})
+#: Seconds before its time limit that Slurm signals a task (submitit's ``signal_delay_s`` default,
+#: ``#SBATCH --signal=USR2@90``); submitit then requeues it. A shorter limit would requeue at once.
+SIGNAL_DELAY_S = 90
 #: How long a finished task's stderr may lag behind its result file before the error is reported
 #: (srun appends its own last line once the task's process has exited).
 STDERR_SETTLE_S = 30.0
@@ -177,7 +180,10 @@ class SlurmResources:
         if self.mem_gb is not None:
             check_positive("mem_gb", self.mem_gb)
         check_positive("gpus_per_task", self.gpus_per_task, allow_zero=True)
-        check_positive("timeout_min", self.timeout_min)
+        if self.timeout_min * 60 <= SIGNAL_DELAY_S:
+            raise ConfigError(f"Invalid timeout_min={self.timeout_min!r}; expected at least "
+                              f"{SIGNAL_DELAY_S // 60 + 1} minutes (Slurm warns a task {SIGNAL_DELAY_S} s before "
+                              "its time limit, and submitit requeues it then).")
         check_positive("array_parallelism", self.array_parallelism)
         check_positive("max_requeues", self.max_requeues, allow_zero=True)
         if self.partition is not None and not self.partition.strip():
