@@ -39,3 +39,17 @@ def tracking_uri(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The Slurm cluster to submit to (see tests/_slurm.py); skips the test when none answers,
+    fails it instead where FMRI2IMG_REQUIRE_SLURM=1 (CI starts one)."""
+    from _slurm import REQUIRE_ENV, find_cluster
+
+    cluster, reason = find_cluster()
+    if cluster is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    return cluster
