@@ -1,0 +1,205 @@
+"""Confidence intervals for group-level statistics of a subjects x stimuli design.
+
+Every group statistic of the research track is a mean, a difference of means or a ratio of
+means over a table ``Y`` of shape ``(n_subjects, n_stimuli)`` (one value per subject and
+stimulus: e.g. the cosine of a stimulus' decoded embedding above the mean-embedding
+baseline). Two estimands, each with its interval:
+
+* ``"population"``: the value expected for new subjects *and new stimuli* drawn like these.
+  Subjects and stimuli are crossed random effects (every subject saw every stimulus), so the
+  variance of the grand mean is ``s2_subject / n_s + s2_stimulus / n_i + s2_residual / (n_s n_i)``
+  (Clark 1973, "The language-as-fixed-effect fallacy"; Westfall, Kenny & Judd 2014). The
+  components come from the two-way ANOVA without replication (method of moments, negative
+  estimates truncated at 0) and the interval is Student's t with Satterthwaite's (1946)
+  degrees of freedom.
+* ``"stimuli"``: the value for *these* stimuli, expected over new subjects: Student's t over
+  the subjects' means (``n_s - 1`` degrees of freedom).
+
+A ratio of means ``R = mean(N) / mean(D)`` gets the same intervals through its linearisation
+``L = (N - R D) / mean(D)`` (the delta method): ``Var(R) ~ Var(mean(L))``.
+
+The choice of these methods over a mixed model fitted by REML and over the bootstrap is
+measured, not assumed: ``fmri2img calibrate`` reports their coverage on synthetic worlds with
+known truth (docs/trust.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+from fmri2img.errors import InputError
+
+#: The estimands of a group statistic (module docstring).
+ESTIMANDS = ("population", "stimuli")
+
+#: Nominal level of every reported interval.
+DEFAULT_LEVEL = 0.95
+
+METHODS = {
+    "population": "t, crossed subjects x stimuli random effects (two-way ANOVA, Satterthwaite df)",
+    "stimuli": "t over subject means (these stimuli)",
+    "population_one_subject": "t over stimuli (one subject: subject variance not estimable)",
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its confidence interval.
+
+    ``low``/``high`` are NaN when the interval is not estimable; ``note`` says why.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    se: float
+    df: float
+    level: float
+    estimand: str
+    method: str
+    n_subjects: int
+    n_stimuli: int
+    note: str | None = None
+
+    @property
+    def defined(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def excludes(self, value: float) -> bool:
+        """True when the interval lies entirely on one side of ``value``."""
+        return self.defined and (self.low > value or self.high < value)
+
+    def covers(self, value: float) -> bool:
+        return self.defined and self.low <= value <= self.high
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _table(Y, name: str) -> np.ndarray:
+    """``Y`` as a float (n_subjects, n_stimuli) array; 1-D input is one subject."""
+    arr = np.asarray(Y, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"{name}: expected a (subjects x stimuli) table, got shape {np.shape(Y)}.")
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: expected finite values for every subject and stimulus, got NaN or inf.")
+    return arr
+
+
+def mean_squares(Y) -> dict[str, float]:
+    """Mean squares of the two-way ANOVA without replication of ``Y`` (n_subjects, n_stimuli).
+
+    Returns ``{"subject", "stimulus", "residual"}`` mean squares and their degrees of freedom
+    (``df_subject`` ...). Needs at least 2 subjects and 2 stimuli.
+    """
+    Y = _table(Y, "Y")
+    ns, ni = Y.shape
+    if ns < 2 or ni < 2:
+        raise InputError(f"Two-way ANOVA needs at least 2 subjects and 2 stimuli, got {ns} x {ni}.")
+    grand = Y.mean()
+    rows, cols = Y.mean(axis=1), Y.mean(axis=0)
+    resid = Y - rows[:, None] - cols[None, :] + grand
+    df_s, df_i = ns - 1, ni - 1
+    df_e = df_s * df_i
+    return {"subject": ni * float(((rows - grand) ** 2).sum()) / df_s,
+            "stimulus": ns * float(((cols - grand) ** 2).sum()) / df_i,
+            "residual": float((resid ** 2).sum()) / df_e,
+            "df_subject": df_s, "df_stimulus": df_i, "df_residual": df_e}
+
+
+def crossed_variance_of_mean(Y) -> tuple[float, float]:
+    """Variance of the grand mean of ``Y`` under crossed subject and stimulus random effects,
+    and its Satterthwaite degrees of freedom.
+
+    With ANOVA components ``s2_s = (MS_s - MS_e) / n_i``, ``s2_i = (MS_i - MS_e) / n_s`` truncated at
+    0, the variance is a linear combination of mean squares: ``(MS_s + MS_i - MS_e) / (n_s n_i)``
+    when both are positive, ``MS_i / (n_s n_i)`` or ``MS_s / (n_s n_i)`` when one is truncated,
+    ``MS_e / (n_s n_i)`` when both are.
+    """
+    Y = _table(Y, "Y")
+    ns, ni = Y.shape
+    ms = mean_squares(Y)
+    keep_s, keep_i = ms["subject"] > ms["residual"], ms["stimulus"] > ms["residual"]
+    # coefficients of (MS_s, MS_i, MS_e) in n_s n_i Var(mean), by which components are kept
+    coef = {(True, True): (1.0, 1.0, -1.0), (True, False): (1.0, 0.0, 0.0),
+            (False, True): (0.0, 1.0, 0.0), (False, False): (0.0, 0.0, 1.0)}[(keep_s, keep_i)]
+    terms = [(ms[k], ms[f"df_{k}"], c) for k, c in zip(("subject", "stimulus", "residual"), coef)]
+    total = sum(c * m for m, _, c in terms)
+    var = total / (ns * ni)
+    denom = sum((c * m) ** 2 / d for m, d, c in terms if c != 0.0)
+    df = total ** 2 / denom if denom > 0 else float("inf")
+    return var, df
+
+
+def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bounds=None,
+              note: str | None = None) -> Interval:
+    """t interval around ``estimate`` from the influence table ``L`` (n_subjects, n_stimuli)."""
+    if estimand not in ESTIMANDS:
+        raise InputError(f"Unknown estimand {estimand!r}; choose one of {', '.join(map(repr, ESTIMANDS))}.")
+    if not 0.0 < level < 1.0:
+        raise InputError(f"Invalid level={level!r}; expected a value in (0, 1).")
+    ns, ni = L.shape
+    method = METHODS[estimand]
+    if estimand == "stimuli":
+        if ns < 2:
+            return _undefined(estimate, level, estimand, method, ns, ni, "needs at least 2 subjects")
+        means = L.mean(axis=1)
+        var, df = means.var(ddof=1) / ns, float(ns - 1)
+    elif ns == 1:
+        if ni < 2:
+            return _undefined(estimate, level, estimand, method, ns, ni, "needs at least 2 stimuli")
+        method = METHODS["population_one_subject"]
+        var, df = L[0].var(ddof=1) / ni, float(ni - 1)
+    else:
+        if ni < 2:
+            return _undefined(estimate, level, estimand, method, ns, ni, "needs at least 2 stimuli")
+        var, df = crossed_variance_of_mean(L)
+    se = math.sqrt(max(var, 0.0))
+    half = float(stats.t.ppf(0.5 + level / 2.0, df)) * se
+    low, high = estimate - half, estimate + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(float(estimate), float(low), float(high), se, float(df), level, estimand, method, ns, ni, note)
+
+
+def _undefined(estimate, level, estimand, method, ns, ni, note) -> Interval:
+    nan = float("nan")
+    return Interval(float(estimate), nan, nan, nan, nan, level, estimand, method, ns, ni, note)
+
+
+def mean_interval(Y, estimand: str = "population", level: float = DEFAULT_LEVEL,
+                  bounds: tuple[float, float] | None = None) -> Interval:
+    """Grand mean of ``Y`` (n_subjects, n_stimuli) with its interval for ``estimand``.
+
+    ``bounds`` (e.g. ``(0, 1)`` for retrieval accuracies) clips the interval to the metric's
+    range: the clipped interval covers whenever the unclipped one does.
+    """
+    Y = _table(Y, "Y")
+    grand = float(Y.mean())
+    return _interval(grand, Y - grand, estimand, level, bounds)
+
+
+def ratio_interval(N, D, estimand: str = "population", level: float = DEFAULT_LEVEL,
+                   shift: float = 0.0) -> Interval:
+    """``mean(N) / mean(D) + shift`` with its delta-method interval for ``estimand``.
+
+    ``N``, ``D``: tables of shape (n_subjects, n_stimuli) on the same subjects and stimuli
+    (``shift=-1`` gives a relative change ``mean(N) / mean(D) - 1``). Undefined (NaN interval,
+    with a note) when ``mean(D) <= 0``: a ratio to a base that is not above zero has no meaning.
+    """
+    N, D = _table(N, "numerator"), _table(D, "denominator")
+    if N.shape != D.shape:
+        raise InputError(f"Numerator and denominator tables differ in shape: {N.shape} vs {D.shape}.")
+    d = float(D.mean())
+    if not d > 0.0:
+        return _undefined(float("nan"), level, estimand, METHODS[estimand], *N.shape,
+                          f"base mean {d:.4g} is not above 0")
+    ratio = float(N.mean()) / d
+    L = (N - ratio * D) / d
+    return _interval(ratio + shift, L, estimand, level)

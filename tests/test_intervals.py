@@ -1,0 +1,113 @@
+"""Group-level intervals: mean squares against statsmodels, coverage by simulation, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmri2img.errors import InputError
+from fmri2img.evaluation import intervals as I
+
+
+def _crossed(rng, ns, ni, mu, sd_s, sd_i, sd_e):
+    """One draw of a crossed design: subject + stimulus + residual effects."""
+    return (mu + rng.normal(0, sd_s, (ns, 1)) + rng.normal(0, sd_i, (1, ni))
+            + rng.normal(0, sd_e, (ns, ni)))
+
+
+def test_mean_squares_match_statsmodels_anova():
+    smf = pytest.importorskip("statsmodels.formula.api")
+    from statsmodels.stats.anova import anova_lm
+
+    rng = np.random.default_rng(3)
+    Y = _crossed(rng, 5, 9, 0.2, 0.05, 0.1, 0.03)
+    long = pd.DataFrame([(f"s{s}", f"i{i}", Y[s, i]) for s in range(5) for i in range(9)],
+                        columns=["subject", "stimulus", "y"])
+    table = anova_lm(smf.ols("y ~ C(subject) + C(stimulus)", data=long).fit())
+    ms = I.mean_squares(Y)
+    assert ms["subject"] == pytest.approx(table.loc["C(subject)", "mean_sq"], rel=1e-10)
+    assert ms["stimulus"] == pytest.approx(table.loc["C(stimulus)", "mean_sq"], rel=1e-10)
+    assert ms["residual"] == pytest.approx(table.loc["Residual", "mean_sq"], rel=1e-10)
+    assert ms["df_residual"] == table.loc["Residual", "df"]
+
+
+def test_crossed_variance_equals_components_formula():
+    rng = np.random.default_rng(4)
+    Y = _crossed(rng, 4, 12, 0.0, 0.2, 0.3, 0.1)
+    ms = I.mean_squares(Y)
+    s2_s, s2_i = (ms["subject"] - ms["residual"]) / 12, (ms["stimulus"] - ms["residual"]) / 4
+    assert s2_s > 0 and s2_i > 0
+    var, df = I.crossed_variance_of_mean(Y)
+    assert var == pytest.approx(s2_s / 4 + s2_i / 12 + ms["residual"] / 48)
+    assert 3 <= df <= 47
+
+
+def test_truncated_component_drops_out():
+    # no stimulus effect at all: identical columns up to the subject shift -> MS_stimulus = 0
+    Y = np.repeat(np.array([[0.0], [1.0], [3.0]]), 6, axis=1) + np.linspace(0, 1e-9, 6)
+    var, df = I.crossed_variance_of_mean(Y)
+    ms = I.mean_squares(Y)
+    assert var == pytest.approx(ms["subject"] / 18)
+    assert df == pytest.approx(2)
+
+
+@pytest.mark.parametrize("ns,ni,sd_s,sd_i,sd_e", [(4, 12, 0.01, 0.02, 0.02), (4, 12, 0.02, 0.005, 0.03),
+                                                  (8, 12, 0.01, 0.04, 0.01), (6, 30, 0.03, 0.01, 0.05)])
+def test_population_and_stimuli_intervals_hold_their_level(ns, ni, sd_s, sd_i, sd_e):
+    """Coverage by simulation for a mean and a ratio; both estimands; several variance mixes.
+
+    1,000 designs per case: a calibrated 95% interval covers 95 +- 1.4% (1 sd); the bounds
+    below are 92-99%, so a method that ignores stimulus variance (~80% here) fails."""
+    rng = np.random.default_rng(ns * 1000 + ni)
+    hits = {"mean_pop": 0, "ratio_pop": 0, "mean_stim": 0, "ratio_stim": 0}
+    n = 1000
+    for _ in range(n):
+        b_d, b_n = rng.normal(0, sd_i, ni), rng.normal(0, sd_i, ni)
+        D = 0.1 + b_d + rng.normal(0, sd_s, (ns, 1)) + rng.normal(0, sd_e, (ns, ni))
+        N = 0.03 + 0.3 * b_d + b_n + rng.normal(0, sd_s, (ns, 1)) + rng.normal(0, sd_e, (ns, ni))
+        hits["mean_pop"] += I.mean_interval(D, "population").covers(0.1)
+        hits["ratio_pop"] += I.ratio_interval(N, D, "population").covers(0.3)
+        these_d, these_n = 0.1 + b_d.mean(), 0.03 + (0.3 * b_d + b_n).mean()
+        hits["mean_stim"] += I.mean_interval(D, "stimuli").covers(these_d)
+        hits["ratio_stim"] += I.ratio_interval(N, D, "stimuli").covers(these_n / these_d)
+    for name, count in hits.items():
+        assert 0.92 <= count / n <= 0.99, (name, count / n)
+
+
+def test_ignoring_stimulus_variance_undercovers():
+    """The reason for the crossed interval: a t interval over subjects alone does not cover the
+    population value when stimuli vary (the 'language-as-fixed-effect fallacy')."""
+    rng = np.random.default_rng(11)
+    covered = sum(I.mean_interval(_crossed(rng, 4, 12, 0.1, 0.01, 0.04, 0.02), "stimuli").covers(0.1)
+                  for _ in range(500))
+    assert covered / 500 < 0.85  # 76% with these variances (95% nominal)
+
+
+def test_ratio_shift_and_undefined_base():
+    N = np.array([[0.02, 0.04], [0.03, 0.05]])
+    D = np.array([[0.1, 0.1], [0.1, 0.1]])
+    rel = I.ratio_interval(N, D, "stimuli", shift=-1.0)
+    assert rel.estimate == pytest.approx(0.35 - 1.0)
+    bad = I.ratio_interval(N, -D)
+    assert not bad.defined and "not above 0" in bad.note
+    assert not bad.excludes(0.0) and not bad.covers(0.0)
+
+
+def test_bounds_clip_interval():
+    Y = np.array([[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]])
+    clipped = I.mean_interval(Y, bounds=(0.0, 1.0))
+    raw = I.mean_interval(Y)
+    assert raw.high > 1.0 and clipped.high == 1.0 and clipped.low == raw.low
+
+
+def test_one_subject_and_too_small_inputs():
+    one = I.mean_interval(np.array([0.1, 0.2, 0.3, 0.2]))
+    assert one.n_subjects == 1 and "one subject" in one.method and one.defined
+    assert not I.mean_interval(np.array([0.1, 0.2]), "stimuli").defined
+    with pytest.raises(InputError, match="finite"):
+        I.mean_interval(np.array([[0.1, np.nan], [0.2, 0.3]]))
+    with pytest.raises(InputError, match="estimand"):
+        I.mean_interval(np.ones((2, 2)), "subjects")
+    with pytest.raises(InputError, match="differ in shape"):
+        I.ratio_interval(np.ones((2, 3)), np.ones((2, 2)))
