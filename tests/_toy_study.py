@@ -1,4 +1,4 @@
-"""A small study logged with :mod:`fmri2img.tracking_layout`: real files (PNG figures, a Parquet trial
+"""A small study logged with :mod:`fmri2img.core.tracking_layout`: real files (PNG figures, a Parquet trial
 index, a JSON split manifest, a Markdown report), a real torch model, a real SQLite MLflow store."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmri2img import tracking_layout as layout
+from fmri2img.core import tracking_layout as layout
 
 EXPERIMENT = "toy/study"
 CONFIGURATIONS = ("perception_only", "with_adapter")

@@ -37,6 +37,12 @@ LAZY_IMPORTS = {
     ("fmri2img.models.ridge", "torch"): "a CPU ridge fit and predict never need torch (~2 s of imports)",
     ("fmri2img.models.ridge", "fmri2img.models.decoder"): "its torch module, for adapters and fine-tuning only",
     ("fmri2img.models.backends", "torch"): "the torch backend (CUDA) only; every CPU fit uses numpy/scipy",
+    ("fmri2img.cli.ui", "fmri2img.core.tracking_layout"): "MLflow (~2 s), as for fmri2img.core.tracking",
+    ("fmri2img.cli.ui", "fmri2img.core.ui_server"): "MLflow (~2 s), as for fmri2img.core.tracking",
+    ("fmri2img.core.tracking_layout", "torch"): "torch (~2 s), only when a decoder is logged as an MLflow model",
+    ("fmri2img.core.tracking_layout", "mlflow.pytorch"): "imports torch: see the line above",
+    ("fmri2img.models.reconstruct", "diffusers*"): "optional extra 'reconstruct' (the unclip backend), may be absent",
+    ("fmri2img.models.reconstruct", "transformers*"): "optional extra 'reconstruct' (the unclip backend), may be absent",
 }
 
 #: Size limits (the project's rules: "no function over ~80 lines, no module over ~500 lines").

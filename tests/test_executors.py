@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from fmri2img.config import from_dict
+from fmri2img.core.config import from_dict
+from fmri2img.core.errors import ConfigError, Fmri2imgError
 from fmri2img.core.executors import (
     LocalExecutor,
     SlurmExecutor,
@@ -18,7 +19,6 @@ from fmri2img.core.executors import (
     TaskExecutor,
     TaskFailedError,
 )
-from fmri2img.errors import ConfigError, Fmri2imgError
 
 
 def square_and_pid(x: int) -> tuple[int, int]:

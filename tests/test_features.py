@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fmri2img.core.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError
 from fmri2img.embeddings import features as FE
-from fmri2img.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError
 from fmri2img.evaluation import field_metrics as F
 
 torch = pytest.importorskip("torch")

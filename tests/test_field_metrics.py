@@ -9,9 +9,9 @@ import scipy.spatial.distance
 from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 from fmri2img.evaluation import field_metrics as F
-from fmri2img.evaluation import stats as S
+from fmri2img.evaluation import resampling as S
 
 N_BOOT = 300
 N_PERM = 300

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 from fmri2img.evaluation import intervals as I
 
 

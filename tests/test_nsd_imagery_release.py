@@ -8,14 +8,21 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse
-
 from _imagery_release import (
-    TARGETS, build_release, truncate, write_behaviour, write_brick, write_design, write_pair_list, write_png,
+    TARGETS,
+    build_release,
+    truncate,
+    write_behaviour,
+    write_brick,
+    write_design,
+    write_pair_list,
+    write_png,
 )
+
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants as C
 from fmri2img.data import nsd_imagery_release as R
 from fmri2img.data import nsd_imagery_verify as V
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 
 KEY = ["beta_volume", "run_name", "task", "epoch", "stim_set", "cue", "trial", "onset_tr", "design_column"]
 

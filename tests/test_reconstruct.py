@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
+from fmri2img.core.errors import ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.embeddings import features as FE
-from fmri2img.errors import ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.evaluation import field_metrics as F
 from fmri2img.models import reconstruct as R
 
@@ -28,7 +28,7 @@ TINY_DIM = 32
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from fmri2img.data.synthetic import WorldShape, write_world
+    from fmri2img.sim.world import WorldShape, write_world
 
     root = tmp_path_factory.mktemp("world") / "data"
     write_world(root, subjects=("subj01",), scale=WorldShape(**TINY), seed=5, progress=False)
@@ -112,8 +112,13 @@ def _tiny_unclip(folder: Path) -> Path:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(0)
     tokenizer = _tiny_tokenizer(folder)

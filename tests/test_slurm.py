@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from _slurm import run, sacct_states, squeue_ids
 
+from fmri2img.core.errors import ConfigError, Fmri2imgError
 from fmri2img.core.executors import LocalExecutor, SlurmExecutor, SlurmResources, TaskFailedError
-from fmri2img.errors import ConfigError, Fmri2imgError
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

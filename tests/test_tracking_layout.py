@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
+import _toy_study as toy
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import _toy_study as toy
-from fmri2img import tracking_layout as layout
-from fmri2img.errors import InputError, MissingInputError
-from fmri2img.io import sha256_file
+from fmri2img.core import tracking_layout as layout
+from fmri2img.core.errors import InputError, MissingInputError
+from fmri2img.core.files import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import _toy_study as toy
 import pytest
 
-import _toy_study as toy
-from fmri2img import tracking_layout as layout
-from fmri2img import ui_server
+from fmri2img.core import tracking_layout as layout
+from fmri2img.core import ui_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -199,10 +199,9 @@ def test_compare_view_groups_cells_by_configuration_and_decoder(study, server, b
 
 
 def test_cell_page_shows_its_figure(study, server, browser):
+    from PIL import Image
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from PIL import Image
 
     run_id = study["cell_run_ids"][0]
     figure = study["root"] / "files" / "cell0.png"

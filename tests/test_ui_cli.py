@@ -15,10 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from fmri2img import tracking_layout as layout
-from fmri2img import ui_server
 from fmri2img.cli.main import app
-from fmri2img.errors import InputError, MissingInputError
+from fmri2img.core import tracking_layout as layout
+from fmri2img.core import ui_server
+from fmri2img.core.errors import InputError, MissingInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds a real MLflow server may take to answer /health on the 2-core CI machine.

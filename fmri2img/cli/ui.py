@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import webbrowser
+
 import typer
 
 from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.core.errors import InputError
 
 
 @handle_errors
@@ -21,9 +24,8 @@ def command(
     print_only: bool = typer.Option(False, "--print", help="Print the store, URLs and command; start nothing."),
 ) -> None:
     """Open the MLflow UI on the tracking store (binds 127.0.0.1 unless --host says otherwise)."""
-    from fmri2img import tracking_layout as layout
-    from fmri2img import ui_server
-    from fmri2img.errors import InputError
+    from fmri2img.core import tracking_layout as layout
+    from fmri2img.core import ui_server
 
     store = ui_server.resolve_store(tracking_uri, create=create)
     base = f"http://{host}:{port}"
@@ -45,7 +47,6 @@ def command(
         if ui_server.wait_until_up(f"{base}/health", proc, timeout=120):
             echo(f"MLflow UI on {base} (Ctrl-C to stop)")
             if open_browser:
-                import webbrowser
 
                 webbrowser.open(url)
 

@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 
 import submitit
 
-from fmri2img.config import check_positive
-from fmri2img.errors import ConfigError, Fmri2imgError
+from fmri2img.core.config import check_positive
+from fmri2img.core.errors import ConfigError, Fmri2imgError
 
 T = TypeVar("T")
 R = TypeVar("R")

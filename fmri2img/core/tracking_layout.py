@@ -23,12 +23,19 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fmri2img.errors import InputError, MissingInputError
-from fmri2img.io import dumps_json, sha256_file
+import mlflow.data
+import numpy as np
+import pandas as pd
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
+from mlflow.models import Model, infer_signature
+
+from fmri2img.core.errors import InputError, MissingInputError
+from fmri2img.core.files import dumps_json, sha256_file
 
 #: Experiment tag that tells the UI which kind of experiment this is (MLflow 3 ``ExperimentKind``;
 #: ``custom_model_development`` is shown as "Machine learning"). Source: the UI bundle
@@ -243,7 +250,6 @@ def _text(value: Any) -> str:
 
 def _params(params: Mapping[str, Any]) -> list:
     """MLflow params from a flat mapping; ``None`` (a param that does not apply to this run) is left out."""
-    from mlflow.entities import Param
 
     return [Param(k, _text(v)) for k, v in dict(params).items() if v is not None]
 
@@ -251,7 +257,6 @@ def _params(params: Mapping[str, Any]) -> list:
 def log_metrics(client, run_id: str, metrics: Mapping[str, float], *, curves: Mapping[str, Sequence[float]] = (),
                 timestamp: float | None = None) -> None:
     """Log final ``metrics`` (step 0) and ``curves`` (one value per step) in as few batches as possible."""
-    from mlflow.entities import Metric
 
     when = _ms(timestamp)
     batch = [Metric(k, float(v), when, 0) for k, v in metrics.items()]
@@ -281,7 +286,6 @@ def log_json(client, run_id: str, obj: Any, artifact_file: str) -> None:
 def groups_frame(groups: Mapping[str, Sequence[str]]):
     """A split manifest's groups (``{"nsd/train": ids, ...}``) as a long table with columns
     ``group`` and ``item`` (one row per id), to log as a dataset."""
-    import pandas as pd
 
     rows = [(name, str(item)) for name, items in groups.items() for item in items]
     return pd.DataFrame(rows, columns=["group", "item"])
@@ -289,9 +293,6 @@ def groups_frame(groups: Mapping[str, Sequence[str]]):
 
 def log_datasets(client, run_id: str, datasets: Sequence[DatasetLog]) -> None:
     """Log each dataset as an MLflow dataset input (name, SHA-256 digest, source, schema, row count)."""
-    import mlflow.data
-    import pandas as pd
-    from mlflow.entities import Dataset, DatasetInput, InputTag
 
     inputs = []
     for spec in datasets:
@@ -308,7 +309,6 @@ def log_datasets(client, run_id: str, datasets: Sequence[DatasetLog]) -> None:
 
 
 def _read_table(path: Path):
-    import pandas as pd
 
     if not path.is_file():
         raise MissingInputError(f"Dataset file not found: {path}.")
@@ -331,13 +331,9 @@ def log_torch_model(client, run_id: str, model, input_example, *, name: str = "m
     global tracking URI; ``log_model`` without an active fluent run would also put the model in the
     default experiment instead of the run's (``mlflow/tracking/fluent.py``, ``_create_logged_model``).
     """
-    from importlib import metadata
 
     import mlflow.pytorch
-    import numpy as np
     import torch
-    from mlflow.entities import LoggedModelOutput, Metric
-    from mlflow.models import Model, infer_signature
 
     example = np.asarray(input_example, dtype=np.float32)
     with torch.no_grad():

@@ -8,6 +8,7 @@ waits, kills what is left after a timeout and returns only when no process of th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fmri2img import tracking_layout as layout
-from fmri2img.errors import InputError, MissingInputError, TrackingError
+from mlflow.tracking import MlflowClient
+
+from fmri2img.core import tracking_layout as layout
+from fmri2img.core.errors import InputError, MissingInputError, TrackingError
 
 #: MLflow 3's default store (MLflow tracking docs, "Backend stores"); relative to the working directory.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -102,9 +105,7 @@ def experiment_id(store: Store, name: str) -> str | None:
     """The id of experiment ``name`` in ``store``, or ``None`` (also for a store that does not exist yet)."""
     if store.path is not None and not store.path.is_file():
         return None
-    import logging
 
-    from mlflow.tracking import MlflowClient
 
     for logger in ("mlflow", "alembic"):
         logging.getLogger(logger).setLevel(logging.WARNING)
@@ -117,7 +118,6 @@ def experiment_id(store: Store, name: str) -> str | None:
 
 def has_view(store: Store, experiment: str, key: str = layout.COMPARE_VIEW_KEY) -> bool:
     """Whether ``experiment`` holds the saved view ``key``."""
-    from mlflow.tracking import MlflowClient
 
     return (layout.SHARED_VIEW_TAG_PREFIX + key) in MlflowClient(tracking_uri=store.uri).get_experiment(experiment).tags
 

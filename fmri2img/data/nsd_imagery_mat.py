@@ -16,8 +16,8 @@ import pandas as pd
 import scipy.io
 import scipy.sparse
 
-from fmri2img.data import nsd_constants as C
-from fmri2img.errors import CorruptFileError, InputError, MissingInputError
+from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError
+from fmri2img.data import nsd_constants
 
 
 def _cells_v73(path: Path, name: str) -> list:
@@ -87,8 +87,8 @@ def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...
 def read_design(path: str | os.PathLike) -> list[np.ndarray]:
     """The ``stimulus`` cells of ``designmatrixGLMsingle.mat``: one (n_TRs, n_conditions) array per run."""
     cells, shape = load_cells(path, "stimulus")
-    if len(cells) != C.IMAGERY_RUNS or min(shape, default=0) != 1:
-        raise InputError(f"{path}: `stimulus` is a {'x'.join(map(str, shape))} cell; expected 1x{C.IMAGERY_RUNS} "
+    if len(cells) != nsd_constants.IMAGERY_RUNS or min(shape, default=0) != 1:
+        raise InputError(f"{path}: `stimulus` is a {'x'.join(map(str, shape))} cell; expected 1x{nsd_constants.IMAGERY_RUNS} "
                          "(one TR x condition matrix per run).")
     design = []
     for k, cell in enumerate(cells, start=1):
@@ -119,9 +119,9 @@ def read_pair_list(path: str | os.PathLike, stim_set: str) -> pd.DataFrame:
         (a letter), in pair-list order.
     """
     cells, shape = load_cells(path, "pair_list")
-    if len(shape) != 2 or shape[1] < 3 or shape[0] != C.IMAGERY_STIMULI_PER_SET:
+    if len(shape) != 2 or shape[1] < 3 or shape[0] != nsd_constants.IMAGERY_STIMULI_PER_SET:
         raise InputError(f"{path}: `pair_list` is a {'x'.join(map(str, shape))} cell; expected "
-                         f"{C.IMAGERY_STIMULI_PER_SET}x3 (id, target, cue) for set {stim_set}.")
+                         f"{nsd_constants.IMAGERY_STIMULI_PER_SET}x3 (id, target, cue) for set {stim_set}.")
     n = shape[0]
     grid = [[cells[col * n + row] for col in range(3)] for row in range(n)]  # column-major -> rows
     table = pd.DataFrame([[_text(a), _text(b), _text(c)] for a, b, c in grid], columns=["id", "target", "cue"])

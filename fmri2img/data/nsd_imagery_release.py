@@ -28,16 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmri2img.data import nsd_constants as C
-from fmri2img.data import nsd_imagery, nsd_imagery_verify
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.data import nsd_constants, nsd_imagery, nsd_imagery_verify
 from fmri2img.data.nsd_imagery_mat import read_design, read_pair_list
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 
 __all__ = ["BEHAVIOUR_REQUIRED", "DEFAULT_VARIANT", "INDEX_COLUMNS", "MAPPING_COLUMNS", "ImageryRelease", "RunSpec",
            "beta_file", "build_mapping", "concept_word", "format_mapping", "index_frame", "index_frame_from_tables",
            "read_behaviour", "read_release", "run_onsets", "run_specs"]
 
-DEFAULT_VARIANT = C.IMAGERY_GLM_VARIANTS[0]
+DEFAULT_VARIANT = nsd_constants.IMAGERY_GLM_VARIANTS[0]
 BETA_FORMATS = ("auto", "nifti", "hdf5")
 _BETA_EXT = {"nifti": "nii.gz", "hdf5": "hdf5"}
 #: Behavioural columns the mapping needs; every other column of the TSV is carried through unchanged.
@@ -68,9 +67,9 @@ class RunSpec:
 def run_specs() -> tuple[RunSpec, ...]:
     """The 12 runs in beta order, from :data:`~fmri2img.data.nsd_constants.IMAGERY_RUN_NAMES`."""
     specs = []
-    for number, name in enumerate(C.IMAGERY_RUN_NAMES, start=1):
-        task = C.IMAGERY_RUN_TASKS[name[:3]]
-        n_betas = C.IMAGERY_TRIALS_PER_RUN * C.IMAGERY_BETAS_PER_TRIAL[task]
+    for number, name in enumerate(nsd_constants.IMAGERY_RUN_NAMES, start=1):
+        task = nsd_constants.IMAGERY_RUN_TASKS[name[:3]]
+        n_betas = nsd_constants.IMAGERY_TRIALS_PER_RUN * nsd_constants.IMAGERY_BETAS_PER_TRIAL[task]
         specs.append(RunSpec(number, name, task, name[3], n_betas))
     return tuple(specs)
 
@@ -102,13 +101,13 @@ class ImageryRelease:
 def beta_file(data_root: str | os.PathLike, subject: str, variant: str = DEFAULT_VARIANT,
               beta_format: str = "auto") -> str:
     """Release-relative path of the subject's ``betas_nsdimagery`` file (``auto``: HDF5 if present)."""
-    if variant not in C.IMAGERY_GLM_VARIANTS:
+    if variant not in nsd_constants.IMAGERY_GLM_VARIANTS:
         raise InputError(f"Unknown NSD-Imagery GLM variant {variant!r}; choose one of "
-                         f"{', '.join(C.IMAGERY_GLM_VARIANTS)}.")
+                         f"{', '.join(nsd_constants.IMAGERY_GLM_VARIANTS)}.")
     if beta_format not in BETA_FORMATS:
         raise InputError(f"Unknown beta format {beta_format!r}; choose one of {', '.join(BETA_FORMATS)}.")
     kinds = ("hdf5", "nifti") if beta_format == "auto" else (beta_format,)
-    rels = [C.IMAGERY_BETAS_IN.format(subject=subject, variant=variant, ext=_BETA_EXT[k]) for k in kinds]
+    rels = [nsd_constants.IMAGERY_BETAS_IN.format(subject=subject, variant=variant, ext=_BETA_EXT[k]) for k in kinds]
     for rel in rels:
         if (Path(data_root) / rel).is_file():
             return rel
@@ -143,8 +142,8 @@ def read_behaviour(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path} has no column {missing[0]!r}; expected the NSD-Imagery behaviour columns "
                          f"{', '.join(BEHAVIOUR_REQUIRED)}.")
-    if len(table) != C.IMAGERY_TRIALS_PER_RUN:
-        raise InputError(f"{path} has {len(table)} trial rows; expected {C.IMAGERY_TRIALS_PER_RUN} per run.")
+    if len(table) != nsd_constants.IMAGERY_TRIALS_PER_RUN:
+        raise InputError(f"{path} has {len(table)} trial rows; expected {nsd_constants.IMAGERY_TRIALS_PER_RUN} per run.")
     for column in ("CONDITION", "CUE"):
         table[column] = table[column].str.strip()
     if "TRIAL" in table.columns:
@@ -176,10 +175,10 @@ def run_onsets(cell: np.ndarray, spec: RunSpec, design_name: str) -> np.ndarray:
     """
     onsets = np.argwhere(np.asarray(cell) != 0)  # row-major: sorted by TR, then column
     if len(onsets) != spec.n_betas:
-        per_trial = C.IMAGERY_BETAS_PER_TRIAL[spec.task]
+        per_trial = nsd_constants.IMAGERY_BETAS_PER_TRIAL[spec.task]
         raise InputError(
             f"{design_name}: design cell {spec.number} ({spec.name}) has {len(onsets)} onsets; expected "
-            f"{spec.n_betas} ({C.IMAGERY_TRIALS_PER_RUN} trials x {per_trial} beta{'s' if per_trial > 1 else ''})."
+            f"{spec.n_betas} ({nsd_constants.IMAGERY_TRIALS_PER_RUN} trials x {per_trial} beta{'s' if per_trial > 1 else ''})."
         )
     trs, counts = np.unique(onsets[:, 0], return_counts=True)
     if (counts > 1).any():
@@ -199,8 +198,8 @@ def _trial_rows(spec: RunSpec, onsets: np.ndarray, design_name: str) -> tuple[np
             f"{design_name}: design cell {spec.number} ({spec.name}) uses column {col} for both epochs; expected "
             "onsets alternating cue epoch / detection epoch in disjoint column sets (2 betas per trial)."
         )
-    epochs = np.tile(np.array(C.IMAGERY_ATTENTION_EPOCHS, dtype=object), C.IMAGERY_TRIALS_PER_RUN)
-    return np.repeat(np.arange(C.IMAGERY_TRIALS_PER_RUN), 2), epochs
+    epochs = np.tile(np.array(nsd_constants.IMAGERY_ATTENTION_EPOCHS, dtype=object), nsd_constants.IMAGERY_TRIALS_PER_RUN)
+    return np.repeat(np.arange(nsd_constants.IMAGERY_TRIALS_PER_RUN), 2), epochs
 
 
 def _check_conditions(rows: pd.DataFrame, spec: RunSpec, cues: tuple[str, ...], path: str) -> None:
@@ -210,10 +209,10 @@ def _check_conditions(rows: pd.DataFrame, spec: RunSpec, cues: tuple[str, ...], 
         raise InputError(f"{path}: CONDITION {unknown.iloc[0]!r} in row {unknown.index[0] + 1} is no cue of set "
                          f"{spec.stim_set}; expected one of {' '.join(cues)} ({spec.stim_set}_pair_list.mat).")
     counts = rows["CONDITION"].value_counts()
-    bad = [c for c in cues if counts.get(c, 0) != C.IMAGERY_REPEATS_PER_RUN]
+    bad = [c for c in cues if counts.get(c, 0) != nsd_constants.IMAGERY_REPEATS_PER_RUN]
     if bad:
         raise InputError(f"{path}: CONDITION {bad[0]!r} occurs {counts.get(bad[0], 0)} times; expected "
-                         f"{C.IMAGERY_REPEATS_PER_RUN} (six conditions x 8 = 48 trials).")
+                         f"{nsd_constants.IMAGERY_REPEATS_PER_RUN} (six conditions x 8 = 48 trials).")
 
 
 def _check_column_function(frame: pd.DataFrame, design_name: str, bdata: dict[str, str]) -> None:
@@ -303,7 +302,7 @@ def _stimuli(root: Path, pairs: dict[str, pd.DataFrame], stimuli_hdf5: str, prog
                 text_source[cue] = "pair_list" if word else "cue_letter"
                 rows.append((stim_set, cue, word or cue, None, word or cue))
                 continue
-            rel = C.IMAGERY_TARGET_IMAGE.format(stim_set=stim_set, name=label)
+            rel = nsd_constants.IMAGERY_TARGET_IMAGE.format(stim_set=stim_set, name=label)
             if not Path(label).suffix and (root / f"{rel}.png").is_file():
                 label, rel = f"{label}.png", f"{rel}.png"  # a pair list may name the target without extension
             _require(root, rel, f"the set {stim_set} target image of cue {cue} ({stim_set}_pair_list.mat)")
@@ -333,7 +332,7 @@ def _reorder(frame: pd.DataFrame, within_run_order: str) -> pd.DataFrame:
 
 def read_release(data_root: str | os.PathLike, subject: str, variant: str = DEFAULT_VARIANT,
                  beta_format: str = "auto", within_run_order: str = "chronological",
-                 stimuli_hdf5: str = C.STIMULI_HDF5, progress: bool = True) -> ImageryRelease:
+                 stimuli_hdf5: str = nsd_constants.STIMULI_HDF5, progress: bool = True) -> ImageryRelease:
     """Read and verify a subject's NSD-Imagery release; map each of the 720 beta volumes.
 
     Parameters
@@ -357,31 +356,31 @@ def read_release(data_root: str | os.PathLike, subject: str, variant: str = DEFA
     ImageryRelease
     """
     root = Path(data_root)
-    C.subject_number(subject)
+    nsd_constants.subject_number(subject)
     beta_rel = beta_file(root, subject, variant, beta_format)
-    bdata = {s.name: C.IMAGERY_BDATA.format(subject=subject, run=s.name) for s in run_specs()}
-    pair_rels = {s: C.IMAGERY_PAIR_LIST.format(stim_set=s) for s in C.IMAGERY_SETS}
-    _require(root, C.IMAGERY_DESIGN, "the NSD-Imagery design matrix (variable `stimulus`)")
+    bdata = {s.name: nsd_constants.IMAGERY_BDATA.format(subject=subject, run=s.name) for s in run_specs()}
+    pair_rels = {s: nsd_constants.IMAGERY_PAIR_LIST.format(stim_set=s) for s in nsd_constants.IMAGERY_SETS}
+    _require(root, nsd_constants.IMAGERY_DESIGN, "the NSD-Imagery design matrix (variable `stimulus`)")
     for stim_set, rel in pair_rels.items():
         _require(root, rel, f"the set {stim_set} cue/target pair list")
     for name, rel in bdata.items():
         _require(root, rel, f"the behaviour of run {name}")
-    info = nsd_imagery_verify.check_beta_file(root / beta_rel, C.IMAGERY_BETAS, progress=progress)
-    design = read_design(root / C.IMAGERY_DESIGN)
+    info = nsd_imagery_verify.check_beta_file(root / beta_rel, nsd_constants.IMAGERY_BETAS, progress=progress)
+    design = read_design(root / nsd_constants.IMAGERY_DESIGN)
     pairs = {s: read_pair_list(root / rel, s) for s, rel in pair_rels.items()}
     behaviour = {name: read_behaviour(root / rel) for name, rel in bdata.items()}
     cues = {s: tuple(p["cue"]) for s, p in pairs.items()}
-    frame = _reorder(build_mapping(design, behaviour, cues, C.IMAGERY_DESIGN, bdata), within_run_order)
+    frame = _reorder(build_mapping(design, behaviour, cues, nsd_constants.IMAGERY_DESIGN, bdata), within_run_order)
     stim, stim_meta = _stimuli(root, pairs, stimuli_hdf5, progress)
     table = _assemble(frame, stim, behaviour)
     metadata = {
         "subject": subject, "variant": variant, "beta_file": beta_rel, "beta_format": info.kind,
-        "grid": list(info.grid), "n_volumes": info.n_volumes, "run_order": list(C.IMAGERY_RUN_NAMES),
+        "grid": list(info.grid), "n_volumes": info.n_volumes, "run_order": list(nsd_constants.IMAGERY_RUN_NAMES),
         "within_run_order": within_run_order, **stim_meta,
         "notes": [f"set C cue {c}: no word in C_pair_list.mat, the letter stands in"
                   for c, s in sorted(stim_meta["text_source"].items()) if s == "cue_letter"],
     }
-    sources = (beta_rel, C.IMAGERY_DESIGN, *pair_rels.values(), *bdata.values(),
+    sources = (beta_rel, nsd_constants.IMAGERY_DESIGN, *pair_rels.values(), *bdata.values(),
                *sorted(stim["stimulus_file"].dropna()), stimuli_hdf5)
     return ImageryRelease(table=table, metadata=metadata, sources=tuple(sources))
 
@@ -429,8 +428,8 @@ def index_frame(release: ImageryRelease) -> pd.DataFrame:
     return _finish_index_frame(frame)
 
 
-def index_frame_from_tables(data_root: str | os.PathLike, trials: str = C.IMAGERY_TRIALS,
-                            stimuli: str = C.IMAGERY_STIMULI_TABLE) -> pd.DataFrame:
+def index_frame_from_tables(data_root: str | os.PathLike, trials: str = nsd_constants.IMAGERY_TRIALS,
+                            stimuli: str = nsd_constants.IMAGERY_STIMULI_TABLE) -> pd.DataFrame:
     """The hand-written override (``--imagery-trials``) in the same columns as :func:`index_frame`.
 
     Reads the trial and stimulus tables of docs/contracts.md with :mod:`fmri2img.data.nsd_imagery`;
@@ -440,12 +439,12 @@ def index_frame_from_tables(data_root: str | os.PathLike, trials: str = C.IMAGER
     joined = nsd_imagery.join_trials(nsd_imagery.read_trials(root / trials), nsd_imagery.read_stimuli(root / stimuli),
                                      trials)
     frame = joined[["beta_index", "run", "trial", "task", "stim_set", "stim_name", "cue", "text", "nsd_id"]].copy()
-    frame["image"] = [f"{C.IMAGERY_STIMULI_DIR}/{i.strip()}" if i.strip() else "" for i in joined["image"]]
+    frame["image"] = [f"{nsd_constants.IMAGERY_STIMULI_DIR}/{i.strip()}" if i.strip() else "" for i in joined["image"]]
     return _finish_index_frame(frame)
 
 
 def _finish_index_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    frame["stimulus_type"] = frame["stim_set"].map(C.IMAGERY_SETS)
+    frame["stimulus_type"] = frame["stim_set"].map(nsd_constants.IMAGERY_SETS)
     frame["stimulus_id"] = [nsd_imagery.stimulus_id(s, n, None if pd.isna(i) else int(i))
                             for s, n, i in zip(frame["stim_set"], frame["stim_name"], frame["nsd_id"])]
     frame["condition"] = frame["task"].map(nsd_imagery.TASK_CONDITION)

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd
-from fmri2img.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 
 #: Side of the square both images are resized to before correlating them (pixels).
 COMPARE_SIZE = 64
@@ -53,7 +54,6 @@ _GZIP_CHUNK = 1 << 22
 
 
 def _nifti_data_bytes(path: Path) -> int:
-    import nibabel as nib
 
     header = nib.load(path).header
     return int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize

@@ -222,3 +222,32 @@ class StimulusReader:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise CorruptFileError(f"Cannot decode image {path}: {exc}.") from None
+
+
+def check_images(images: Any, name: str) -> np.ndarray:
+    """Validate a batch of square RGB images: uint8, or float in [0, 1].
+
+    Parameters
+    ----------
+    images : array of shape (n, H, H, 3)
+    name : str
+        Used in the error message.
+
+    Returns
+    -------
+    images : the same array (not copied)
+
+    Raises
+    ------
+    InputError
+        Wrong shape (not 4-D, not square, not 3 channels, no image), dtype, or values.
+    """
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2] or 0 in arr.shape:
+        raise InputError(f"Expected {name} as square RGB images of shape (n, H, H, 3), got shape {arr.shape}.")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InputError(f"Expected {name} as uint8 or float images in [0, 1], got dtype {arr.dtype}.")
+        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+            raise InputError(f"Expected float {name} in [0, 1], got values in [{arr.min()}, {arr.max()}].")
+    return arr

@@ -9,8 +9,8 @@ computed from these features are in :mod:`fmri2img.evaluation.field_metrics`.
 Nothing is downloaded: each network is built with ``weights=None`` and loaded from the file named in
 :class:`FeatureWeights`. A network whose file is not configured or absent is *reported*, not dropped
 (:func:`battery_features` returns the reason in place of its features); a file that exists but
-cannot be read raises :class:`~fmri2img.errors.CorruptFileError`, one that does not fit the
-architecture :class:`~fmri2img.errors.MismatchError`.
+cannot be read raises :class:`~fmri2img.core.errors.CorruptFileError`, one that does not fit the
+architecture :class:`~fmri2img.core.errors.MismatchError`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision import models
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.transforms import InterpolationMode
+from tqdm import tqdm
 
-from fmri2img.constants import INIT_SEED
-from fmri2img.embeddings.clip import DEFAULT_BATCH_SIZE, check_device, load_clip
-from fmri2img.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError
+from fmri2img.core.constants import DEFAULT_EMBED_BATCH_SIZE, INIT_SEED
+from fmri2img.core.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError
+from fmri2img.data.stimuli import check_images
+from fmri2img.embeddings.clip import check_device, load_clip
 
 #: ImageNet normalisation of the torchvision networks (MindEyeV2 final_evaluations.ipynb; the weights'
 #: own ``transforms()``).
@@ -101,7 +109,7 @@ class FeatureWeights:
     clip_model : str
         open_clip architecture of ``clip`` (the field: ``ViT-L-14``).
     random_init : bool
-        Tests only: every network with random weights (seed :data:`~fmri2img.constants.INIT_SEED`),
+        Tests only: every network with random weights (seed :data:`~fmri2img.core.constants.INIT_SEED`),
         files ignored. Numbers made so say ``random(seed=...)`` in :attr:`FeatureNetwork.weights`.
     """
 
@@ -152,7 +160,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _read_state_dict(path: str, network: str) -> dict[str, Any]:
     """Tensors of a weights file (``torch.load(weights_only=True)``); CorruptFileError if unreadable."""
-    import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -172,7 +179,6 @@ def _build_torchvision(network: str, random_init: bool) -> Any:
     """The torchvision architecture of ``network`` with ``weights=None`` (Inception as its pretrained
     weights expect it: ``transform_input=True``, as ``inception_v3(weights=...)`` sets; its own
     truncated-normal initialisation only for random weights)."""
-    from torchvision import models
 
     if network == "alexnet":
         return models.alexnet(weights=None)
@@ -226,7 +232,7 @@ class FeatureNetwork:
     device: str
     weights: str
 
-    def extract(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE,
+    def extract(self, images: Any, batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
                 progress: bool = False) -> dict[str, np.ndarray]:
         """Features of a batch of images.
 
@@ -240,12 +246,7 @@ class FeatureNetwork:
         -------
         dict metric -> float32 array of shape (n, d_metric), the node's output flattened.
         """
-        import torch
-        import torchvision.transforms.v2.functional as TF
-        from torchvision.transforms import InterpolationMode
-        from tqdm import tqdm
 
-        from fmri2img.evaluation.field_metrics import check_images
 
         arr = check_images(images, "images")
         chunks: dict[str, list[np.ndarray]] = {}
@@ -281,7 +282,6 @@ def load_network(network: str, weights: FeatureWeights, device: str = "cpu") -> 
     CorruptFileError, MismatchError
         The file cannot be read / does not fit the architecture.
     """
-    import torch
 
     if network not in FIELD_NETWORKS:
         raise ConfigError(f"Unknown feature network {network!r}; choose one of {', '.join(FIELD_NETWORKS)}.")
@@ -293,7 +293,6 @@ def load_network(network: str, weights: FeatureWeights, device: str = "cpu") -> 
     label = f"random(seed={INIT_SEED})" if weights.random_init else str(getattr(weights, network))
     if network == "clip":
         return _load_clip_network(weights, device, label)
-    from torchvision.models.feature_extraction import create_feature_extractor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
@@ -312,7 +311,6 @@ def load_network(network: str, weights: FeatureWeights, device: str = "cpu") -> 
 
 def _load_clip_network(weights: FeatureWeights, device: str, label: str) -> FeatureNetwork:
     """CLIP's image tower through :func:`fmri2img.embeddings.clip.load_clip` (same checks and errors)."""
-    import open_clip
 
     encoder = load_clip(model=weights.clip_model, checkpoint=None if weights.random_init else weights.clip,
                         random_init=weights.random_init, device=device)
@@ -333,7 +331,7 @@ def _load_clip_network(weights: FeatureWeights, device: str, label: str) -> Feat
 
 
 def battery_features(recons: Any, truths: Any, weights: FeatureWeights, *, device: str = "cpu",
-                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> dict[str, Any]:
+                     batch_size: int = DEFAULT_EMBED_BATCH_SIZE, progress: bool = False) -> dict[str, Any]:
     """Features of reconstructions and ground truths for every feature metric of the battery.
 
     Networks are loaded one at a time (memory), each applied to both image sets.
@@ -352,7 +350,6 @@ def battery_features(recons: Any, truths: Any, weights: FeatureWeights, *, devic
         str: why the metric is not computed (``"weights for alexnet not found at PATH"``). The input
         of :func:`fmri2img.evaluation.field_metrics.score_battery`.
     """
-    from fmri2img.evaluation.field_metrics import check_images
 
     check_images(recons, "reconstructions")
     check_images(truths, "ground-truth images")

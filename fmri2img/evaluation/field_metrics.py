@@ -10,7 +10,7 @@ Every metric returns the same record (a dict):
     The field's number (mean over stimuli; for n-way retrieval the mean over random draws), or
     None when the metric was not computed.
 ``ci_low``, ``ci_high``
-    95 % percentile bootstrap interval over stimuli (:mod:`fmri2img.evaluation.stats`); None for
+    95 % percentile bootstrap interval over stimuli (:mod:`fmri2img.evaluation.resampling`); None for
     fewer than 2 stimuli.
 ``chance``
     Two-way: 0.5. N-way top-1: 1 / N. PixCorr, SSIM and the correlation distances have no fixed
@@ -19,7 +19,7 @@ Every metric returns the same record (a dict):
     when there are at most :data:`CHANCE_PAIRS`, else that many seeded random pairs).
 ``n``, ``p_value``, ``higher_is_better``, ``per_item``, ``note``
     Stimuli scored; permutation p against chance (two-way only, as
-    :func:`fmri2img.evaluation.stats.permutation_test_two_way`), else None; the direction of the
+    :func:`fmri2img.evaluation.resampling.permutation_test_two_way`), else None; the direction of the
     metric; the per-stimulus scores, float64 (n,) (the bootstrap's input); and ``"not computed:
     ..."`` when the value is missing (weights absent, too few stimuli), else None.
 """
@@ -30,10 +30,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from skimage.color import rgb2gray
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
 
-from fmri2img.errors import InputError
-from fmri2img.evaluation import metrics as M
-from fmri2img.evaluation import stats as S
+from fmri2img.core.errors import InputError
+from fmri2img.data.stimuli import check_images
+from fmri2img.evaluation import metrics, resampling
 
 #: Side to which reconstruction and ground truth are resized for PixCorr and SSIM: NSD's stimulus size
 #: (MedARC-AI/MindEyeV2 src/final_evaluations.ipynb, ``transforms.Resize(425, BILINEAR)``; Brain-Diffuser
@@ -81,7 +85,7 @@ def _record(per_item: np.ndarray, value: float, chance: float | None, higher_is_
     """The metric record (module docstring) with the bootstrap CI of the mean of ``per_item``."""
     finite = per_item[np.isfinite(per_item)]
     if ci is None and finite.size >= 2:
-        ci = tuple(S.bootstrap_ci(finite, n_boot=n_boot, seed=seed))
+        ci = tuple(resampling.bootstrap_ci(finite, n_boot=n_boot, seed=seed))
     return {"value": float(value), "ci_low": None if ci is None else float(ci[0]),
             "ci_high": None if ci is None else float(ci[1]), "chance": chance, "n": int(finite.size),
             "p_value": p_value, "higher_is_better": higher_is_better, "per_item": per_item, "note": note}
@@ -95,34 +99,6 @@ def not_computed(reason: str, higher_is_better: bool = True, chance: float | Non
 
 # --------------------------------------------------------------------------- images
 
-
-def check_images(images: Any, name: str) -> np.ndarray:
-    """Validate a batch of square RGB images: uint8, or float in [0, 1].
-
-    Parameters
-    ----------
-    images : array of shape (n, H, H, 3)
-    name : str
-        Used in the error message.
-
-    Returns
-    -------
-    images : the same array (not copied)
-
-    Raises
-    ------
-    InputError
-        Wrong shape (not 4-D, not square, not 3 channels, no image), dtype, or values.
-    """
-    arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[1] != arr.shape[2] or 0 in arr.shape:
-        raise InputError(f"Expected {name} as square RGB images of shape (n, H, H, 3), got shape {arr.shape}.")
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise InputError(f"Expected {name} as uint8 or float images in [0, 1], got dtype {arr.dtype}.")
-        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-            raise InputError(f"Expected float {name} in [0, 1], got values in [{arr.min()}, {arr.max()}].")
-    return arr
 
 
 def _check_image_pair(recons: Any, truths: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +125,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     -------
     float32 array of shape (size, size, 3), values in [0, 1]
     """
-    from PIL import Image
 
     x = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c])).resize((size, size), Image.BILINEAR))
@@ -163,8 +138,6 @@ PIXEL_METRICS = ("pixcorr", "ssim")
 
 def _pixel_pair(rec: np.ndarray, gt: np.ndarray, size: int, which: tuple[str, ...]) -> list[float]:
     """PixCorr and/or SSIM (``which``) of one reconstruction against one ground truth, resized to ``size``."""
-    from skimage.color import rgb2gray
-    from skimage.metrics import structural_similarity
 
     a, b = resize_image(rec, size), resize_image(gt, size)
     out = []
@@ -192,8 +165,8 @@ def _chance_pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.nda
     return i, (i + rng.integers(1, n, size=max_pairs)) % n
 
 
-def pixel_metrics(recons: Any, truths: Any, *, size: int = FIELD_IMAGE_SIZE, n_boot: int = S.DEFAULT_N_BOOT,
-                  seed: int = S.DEFAULT_SEED, chance_pairs: int = CHANCE_PAIRS, which: tuple[str, ...] = PIXEL_METRICS,
+def pixel_metrics(recons: Any, truths: Any, *, size: int = FIELD_IMAGE_SIZE, n_boot: int = resampling.DEFAULT_N_BOOT,
+                  seed: int = resampling.DEFAULT_SEED, chance_pairs: int = CHANCE_PAIRS, which: tuple[str, ...] = PIXEL_METRICS,
                   progress: bool = False) -> dict[str, dict[str, Any]]:
     """PixCorr and SSIM of each reconstruction against its ground truth (the field's low-level metrics).
 
@@ -221,7 +194,6 @@ def pixel_metrics(recons: Any, truths: Any, *, size: int = FIELD_IMAGE_SIZE, n_b
     dict metric name (of ``which``) -> metric record (module docstring). A constant image has no
     PixCorr (NaN per item, left out of the mean, said in ``note``).
     """
-    from tqdm import tqdm
 
     rec, gt = _check_image_pair(recons, truths)
     if not which or set(which) - set(PIXEL_METRICS):
@@ -268,8 +240,8 @@ def _check_feature_pair(first: Any, second: Any, what: str = "reconstruction and
     return a, b
 
 
-def two_way(recon_features: Any, truth_features: Any, *, n_boot: int = S.DEFAULT_N_BOOT,
-            n_perm: int = S.DEFAULT_N_PERM, seed: int = S.DEFAULT_SEED) -> dict[str, Any]:
+def two_way(recon_features: Any, truth_features: Any, *, n_boot: int = resampling.DEFAULT_N_BOOT,
+            n_perm: int = resampling.DEFAULT_N_PERM, seed: int = resampling.DEFAULT_SEED) -> dict[str, Any]:
     """Two-way identification on network features, as the field computes it.
 
     For reconstruction i and every other stimulus j, a comparison is won when
@@ -289,18 +261,18 @@ def two_way(recon_features: Any, truth_features: Any, *, n_boot: int = S.DEFAULT
     -------
     dict
         Metric record, ``chance`` 0.5, ``p_value`` from
-        :func:`fmri2img.evaluation.stats.permutation_test_two_way`.
+        :func:`fmri2img.evaluation.resampling.permutation_test_two_way`.
     """
     a, b = _check_feature_pair(recon_features, truth_features)
     if len(a) < 2:
-        return not_computed(f"two-way identification needs at least 2 stimuli, got {len(a)}", chance=M.TWO_WAY_CHANCE)
-    result = M.two_way_identification(a, b)
-    p = S.permutation_test_two_way(a, b, n_perm=n_perm, seed=seed)
-    return _record(result.per_item, result.mean, M.TWO_WAY_CHANCE, True, n_boot, seed, p_value=p)
+        return not_computed(f"two-way identification needs at least 2 stimuli, got {len(a)}", chance=metrics.TWO_WAY_CHANCE)
+    result = metrics.two_way_identification(a, b)
+    p = resampling.permutation_test_two_way(a, b, n_perm=n_perm, seed=seed)
+    return _record(result.per_item, result.mean, metrics.TWO_WAY_CHANCE, True, n_boot, seed, p_value=p)
 
 
-def correlation_distance(recon_features: Any, truth_features: Any, *, n_boot: int = S.DEFAULT_N_BOOT,
-                         seed: int = S.DEFAULT_SEED) -> dict[str, Any]:
+def correlation_distance(recon_features: Any, truth_features: Any, *, n_boot: int = resampling.DEFAULT_N_BOOT,
+                         seed: int = resampling.DEFAULT_SEED) -> dict[str, Any]:
     """Correlation distance of each reconstruction's features to its ground truth's (lower is better).
 
     ``scipy.spatial.distance.correlation(truth_i, recon_i) = 1 - pearson(truth_i, recon_i)``, mean
@@ -317,7 +289,7 @@ def correlation_distance(recon_features: Any, truth_features: Any, *, n_boot: in
         to the *other* stimuli's ground truths (all i != j; None when n = 1).
     """
     a, b = _check_feature_pair(recon_features, truth_features)
-    dist = 1.0 - M.correlation_matrix(a, b)  # (n, n): recon i vs truth j
+    dist = 1.0 - metrics.correlation_matrix(a, b)  # (n, n): recon i vs truth j
     n = len(a)
     chance = float(dist[~np.eye(n, dtype=bool)].mean()) if n > 1 else None
     per_item = np.diag(dist).copy()
@@ -328,7 +300,7 @@ def correlation_distance(recon_features: Any, truth_features: Any, *, n_boot: in
 
 
 def n_way_retrieval(pred: Any, true: Any, *, n_way: int = N_WAY, n_draws: int = N_WAY_DRAWS,
-                    seed: int = S.DEFAULT_SEED, n_boot: int = S.DEFAULT_N_BOOT) -> dict[str, dict[str, Any]]:
+                    seed: int = resampling.DEFAULT_SEED, n_boot: int = resampling.DEFAULT_N_BOOT) -> dict[str, dict[str, Any]]:
     """MindEye2's n-way top-1 retrieval, both directions, averaged over random draws.
 
     Each draw picks ``n_way`` stimuli without replacement (``default_rng(seed).choice``, one
@@ -350,7 +322,7 @@ def n_way_retrieval(pred: Any, true: Any, *, n_way: int = N_WAY, n_draws: int = 
     dict ``"retrieval_image_300"``, ``"retrieval_brain_300"`` (the number is ``n_way``) -> record
         ``value`` = hits / trials over all draws (the mean over draws), ``chance`` 1 / n_way,
         ``per_item`` each stimulus' hit rate over the draws that held it (NaN if none); CI: paired
-        bootstrap over stimuli of hits / trials (:func:`fmri2img.evaluation.stats.bootstrap_ratio_ci`,
+        bootstrap over stimuli of hits / trials (:func:`fmri2img.evaluation.resampling.bootstrap_ratio_ci`,
         whose ratio is the value). Not computed when n < n_way.
     """
     pred, true = _check_feature_pair(pred, true, "predicted and image embeddings")
@@ -366,12 +338,12 @@ def n_way_retrieval(pred: Any, true: Any, *, n_way: int = N_WAY, n_draws: int = 
     for _ in range(int(n_draws)):
         idx = rng.choice(n, size=n_way, replace=False)
         trials[idx] += 1
-        hits[0, idx] += M.retrieval_ranks(pred[idx], true[idx], own) == 1
-        hits[1, idx] += M.retrieval_ranks(true[idx], pred[idx], own) == 1
+        hits[0, idx] += metrics.retrieval_ranks(pred[idx], true[idx], own) == 1
+        hits[1, idx] += metrics.retrieval_ranks(true[idx], pred[idx], own) == 1
     drawn = trials > 0
     out = {}
     for row, name in enumerate(names):
-        ratio = S.bootstrap_ratio_ci(hits[row, drawn], trials[drawn], n_boot=n_boot, seed=seed)
+        ratio = resampling.bootstrap_ratio_ci(hits[row, drawn], trials[drawn], n_boot=n_boot, seed=seed)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_item = np.where(drawn, hits[row] / np.maximum(trials, 1), np.nan)
         rec = _record(per_item, ratio.ratio, 1.0 / n_way, True, n_boot, seed, ci=(ratio.ci_low, ratio.ci_high))
@@ -384,7 +356,7 @@ def n_way_retrieval(pred: Any, true: Any, *, n_way: int = N_WAY, n_draws: int = 
 
 
 def score_battery(recons: Any, truths: Any, features: Mapping[str, Any], *, size: int = FIELD_IMAGE_SIZE,
-                  n_boot: int = S.DEFAULT_N_BOOT, n_perm: int = S.DEFAULT_N_PERM, seed: int = S.DEFAULT_SEED,
+                  n_boot: int = resampling.DEFAULT_N_BOOT, n_perm: int = resampling.DEFAULT_N_PERM, seed: int = resampling.DEFAULT_SEED,
                   chance_pairs: int = CHANCE_PAIRS, progress: bool = False) -> dict[str, dict[str, Any]]:
     """The whole image battery for one set of (reconstruction, ground truth) pairs.
 
@@ -416,7 +388,7 @@ def score_battery(recons: Any, truths: Any, features: Mapping[str, Any], *, size
         higher = kind == "two_way"
         if entry is None or isinstance(entry, str):
             reason = entry.removeprefix("not computed: ") if entry else "no features were given for this metric"
-            out[name] = not_computed(reason, higher, M.TWO_WAY_CHANCE if higher else None)
+            out[name] = not_computed(reason, higher, metrics.TWO_WAY_CHANCE if higher else None)
             continue
         recon_f, truth_f = entry
         if len(recon_f) != n:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 from fmri2img.evaluation.intervals import ESTIMANDS, Interval, mean_interval, ratio_interval
 
 #: Stimulus types scored together as "all" (conceptual stimuli have no image: reported apart).

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from fmri2img.errors import InputError
+from fmri2img.core.errors import InputError
 
 #: The estimands of a group statistic (module docstring).
 ESTIMANDS = ("population", "stimuli")

@@ -24,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from fmri2img.errors import ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.errors import ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.embeddings.clip import check_device
+from fmri2img.sim.model import GeneratorParams, render_images  # the world's own renderer
 
 #: Seed of the synthetic world's renderer when none is given (``fmri2img.data.synthetic.DEFAULT_SEED``).
 SYNTHETIC_DEFAULT_SEED = 0
@@ -108,8 +112,6 @@ class SyntheticRenderer:
         -------
         uint8 array of shape (n, image_size, image_size, 3)
         """
-        from fmri2img.data.synthetic import GeneratorParams, render_images  # the world's own renderer
-
         latents = _check_embeddings(pred_embeddings)
         if self.dim is not None and latents.shape[1] != self.dim:
             raise MismatchError(f"Embeddings have {latents.shape[1]} dimensions but the synthetic world's renderer "
@@ -217,7 +219,6 @@ class UnclipGenerator:
         self.progress = progress
 
     def _check_params(self) -> None:
-        from fmri2img.embeddings.clip import check_device
 
         check_device(self.device)
         if self.dtype not in _DTYPES:
@@ -231,7 +232,6 @@ class UnclipGenerator:
     def load(self) -> UnclipGenerator:
         """Load the pipeline onto ``device`` (done by :meth:`generate` if needed); sets ``pipeline_``
         and ``embedding_dim_``. Returns self."""
-        import torch
 
         self._check_params()
         self.embedding_dim_ = unclip_embedding_dim(self.pipeline_dir)
@@ -270,8 +270,6 @@ class UnclipGenerator:
         -------
         uint8 array of shape (n, H, H, 3)
         """
-        import torch
-        from tqdm import tqdm
 
         emb = _check_embeddings(pred_embeddings)
         self._check_params()
