@@ -24,11 +24,14 @@ from fmri2img.core.constants import DEFAULT_MANIFEST_DIR, SPLIT_SEED
 from fmri2img.core.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError
 from fmri2img.core.files import check_writable, read_json, resolve_under, sha256_file, write_json
 from fmri2img.core.vocab import DATASETS
-from fmri2img.data import betas, nsd, nsd_constants, nsd_imagery, splits
+from fmri2img.data import betas, nsd, nsd_constants, nsd_imagery_release, nsd_imagery_verify, splits
 from fmri2img.data.schema import SCHEMA, make_metadata, read_index, write_index
 
 log = logging.getLogger(__name__)
 
+#: Columns of schema version 2 that only NSD-Imagery rows fill (null on NSD rows) and their pandas dtypes.
+NSD_NULL_COLUMNS = {"run_trial": "Int16", "epoch": "string", "cue": "string", "button": "Float64", "rt": "Float64",
+                    "is_correct": "Float64"}
 
 
 def default_index_path(cache_root: str | os.PathLike, subject: str) -> Path:
@@ -160,6 +163,7 @@ def _nsd_rows(root: Path, subject: str, plan: dict[str, Any]) -> tuple[pd.DataFr
         "image_ref": [f"{nsd_constants.STIMULI_HDF5}#{i}" for i in trials["nsd_id"]],
         "text": None,
         "is_shared1000": trials["is_shared1000"].astype(bool),
+        **{c: pd.array([None] * len(trials), dtype=t) for c, t in NSD_NULL_COLUMNS.items()},
     })
     return frame, design
 
@@ -167,48 +171,68 @@ def _nsd_rows(root: Path, subject: str, plan: dict[str, Any]) -> tuple[pd.DataFr
 # --- NSD-Imagery ----------------------------------------------------------------------
 
 
-def _imagery_plan(root: Path, subject: str) -> dict[str, Any]:
-    plan = {
-        "betas": nsd_constants.IMAGERY_BETAS_FILE.format(subject=subject),
-        "trials": nsd_constants.IMAGERY_TRIALS.format(subject=subject),
-        "stimuli": nsd_constants.IMAGERY_STIMULI_TABLE,
-    }
-    for rel in plan.values():
-        nsd.require(root, rel)
+def _imagery_plan(root: Path, subject: str, variant: str, beta_format: str,
+                  trials: str | os.PathLike | None) -> dict[str, Any]:
+    """What to read for NSD-Imagery: the release as published, or (``trials``) the hand-written tables."""
+    plan: dict[str, Any] = {"subject": subject, "variant": variant, "beta_format": beta_format, "trials": None}
+    if trials is None:
+        nsd_imagery_release.beta_file(root, subject, variant, beta_format)  # the cheapest missing-file check
+        return plan
+    path = Path(trials) if Path(trials).is_absolute() else root / trials
+    try:
+        plan["trials"] = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise InputError(f"--imagery-trials {trials} lies outside the data root {root}; expected a table under it "
+                         "(its SHA-256 is recorded release-relative).") from None
+    nsd.require(root, plan["trials"])
+    nsd.require(root, nsd_constants.IMAGERY_STIMULI_TABLE)
+    plan["betas"] = nsd_imagery_release.beta_file(root, subject, variant, beta_format)
     return plan
 
 
-def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: int | None) -> tuple[pd.DataFrame, list[str]]:
-    trials = nsd_imagery.read_trials(root / plan["trials"])
-    stimuli = nsd_imagery.read_stimuli(root / plan["stimuli"])
+def _imagery_release(root: Path, plan: dict[str, Any], progress: bool) -> tuple[pd.DataFrame, list[str], dict]:
+    """The index frame of :mod:`~fmri2img.data.nsd_imagery_release` (or of the tables), sources and metadata."""
+    if plan["trials"] is None:
+        release = nsd_imagery_release.read_release(root, plan["subject"], plan["variant"], plan["beta_format"],
+                                                   progress=progress)
+        plan["release"] = release
+        return nsd_imagery_release.index_frame(release), list(release.sources), release.metadata
+    frame = nsd_imagery_release.index_frame_from_tables(root, plan["trials"])
     info = nsd.inspect_betas(root / plan["betas"])
-    if info.n_volumes != len(trials):
-        raise MismatchError(
-            f"{plan['betas']} has {info.n_volumes} volumes but {plan['trials']} lists {len(trials)} trials; "
-            "expected one row per volume."
-        )
-    used = stimuli[stimuli["stim_name"].isin(set(trials["stim_name"]))]
-    pngs, refs = [], {}
-    for row in used.itertuples(index=False):
-        if row.stim_set in ("A", "B"):
-            rel = f"{nsd_constants.IMAGERY_STIMULI_DIR}/{row.image.strip()}" if row.image.strip() else ""
-            if not rel or not (root / rel).is_file():
-                raise InputError(
-                    f"Stimulus {row.stimulus_id} (set {row.stim_set}) has no image: "
-                    f"{root / rel if rel else 'the image column is empty'}; expected a PNG under {nsd_constants.IMAGERY_STIMULI_DIR}."
-                )
-            source_path(root, rel)
-            pngs.append(rel)
-            refs[row.stim_name] = rel
-            if row.stim_set == "B" and n_images is not None:
-                if int(row.nsd_id) >= n_images:
-                    raise InputError(
-                        f"Stimulus {row.stimulus_id} has no image: {nsd_constants.STIMULI_HDF5} imgBrick holds {n_images} images."
-                    )
-                refs[row.stim_name] = f"{nsd_constants.STIMULI_HDF5}#{int(row.nsd_id)}"  # one image per stimulus id
-        elif not row.text.strip():
-            raise InputError(f"Stimulus {row.stimulus_id} (set C) has no text; expected the word(s) in stimuli.tsv.")
-    joined = nsd_imagery.join_trials(trials, stimuli, plan["trials"])
+    if info.n_volumes != len(frame):
+        raise MismatchError(f"{plan['betas']} has {info.n_volumes} volumes but {plan['trials']} lists {len(frame)} "
+                            "trials; expected one row per volume.")
+    sources = [plan["betas"], plan["trials"], nsd_constants.IMAGERY_STIMULI_TABLE]
+    return frame, sources, {"subject": plan["subject"], "variant": plan["variant"], "beta_file": plan["betas"],
+                            "trials_override": plan["trials"]}
+
+
+def _image_refs(root: Path, joined: pd.DataFrame, n_images: int | None) -> dict[str, str]:
+    """Stimulus id -> image reference: ``nsd_stimuli.hdf5#<id>`` for set B NSD images, else the PNG."""
+    refs = {}
+    for row in joined.drop_duplicates("stimulus_id").itertuples(index=False):
+        if row.stim_set == "C":
+            if not row.text.strip():
+                raise InputError(f"Stimulus {row.stimulus_id} (set C) has no text; expected its word.")
+            continue
+        if not row.image or not (root / row.image).is_file():
+            raise InputError(f"Stimulus {row.stimulus_id} (set {row.stim_set}) has no image: "
+                             f"{root / row.image if row.image else 'the image column is empty'}; expected a PNG.")
+        source_path(root, row.image)
+        refs[row.stimulus_id] = row.image
+        if row.stim_set == "B" and pd.notna(row.nsd_id) and n_images is not None:
+            if int(row.nsd_id) >= n_images:
+                raise InputError(f"Stimulus {row.stimulus_id} has no image: {nsd_constants.STIMULI_HDF5} imgBrick "
+                                 f"holds {n_images} images.")
+            refs[row.stimulus_id] = f"{nsd_constants.STIMULI_HDF5}#{int(row.nsd_id)}"  # one image per stimulus id
+    return refs
+
+
+def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: int | None,
+                  progress: bool) -> tuple[pd.DataFrame, list[str], dict]:
+    """Index rows of the 720 NSD-Imagery betas, the source files (beta file first) and the reader's metadata."""
+    joined, sources, meta = _imagery_release(root, plan, progress)
+    refs = _image_refs(root, joined, n_images)
     nsd_ids = joined["nsd_id"]
     frame = pd.DataFrame({
         "dataset": "nsdimagery",
@@ -216,27 +240,44 @@ def _imagery_rows(root: Path, plan: dict[str, Any], shared: set[int], n_images: 
         "session": pd.array([None] * len(joined), dtype="Int32"),
         "run": pd.array(joined["run"], dtype="Int32"),
         "trial": joined["beta_index"].astype(np.int32),
-        "beta_file": plan["betas"],
+        "beta_file": meta["beta_file"],
         "beta_volume": (joined["beta_index"] - 1).astype(np.int32),
         "stimulus_id": joined["stimulus_id"],
         "nsd_id": pd.array(nsd_ids, dtype="Int32"),
         "stimulus_type": joined["stimulus_type"],
         "stimulus_name": joined["stim_name"],
-        "image_ref": [refs.get(n) for n in joined["stim_name"]],
+        "image_ref": [refs.get(i) for i in joined["stimulus_id"]],
         "text": [t if s == "C" and t.strip() else None for s, t in zip(joined["stim_set"], joined["text"])],
         "is_shared1000": [bool(pd.notna(i) and int(i) in shared) for i in nsd_ids],
+        "run_trial": pd.array(joined["trial"], dtype="Int16"),
+        "epoch": pd.array(joined["epoch"], dtype="string"),
+        "cue": pd.array(joined["cue"], dtype="string"),
+        **{c: pd.array(joined[c], dtype="Float64") for c in ("button", "rt", "is_correct")},
         "_stim_set": joined["stim_set"],
     })
-    return frame, sorted(set(pngs))
+    pngs = sorted({i for i in joined["image"] if i})
+    return frame, sorted({*sources, *pngs}), meta
+
+
+def check_imagery_order(plan: dict[str, Any] | None, cache_path: Path) -> None:
+    """After caching: the vision betas must not favour another within-run order than the reader assumed
+    (:func:`~fmri2img.data.nsd_imagery_verify.check_within_run_order`; raises :class:`MismatchError`)."""
+    release = (plan or {}).get("release")
+    if release is None:
+        return
+    rel = release.metadata["beta_file"]
+    X = np.nan_to_num(np.load(cache_path / betas.npy_name(rel), mmap_mode="r"))
+    nsd_imagery_verify.check_within_run_order(X, release.table, release.metadata["within_run_order"], rel)
 
 
 # --- the index -------------------------------------------------------------------------
 
 
-def _read_tables(root: Path, subject: str, nsd_plan, img_plan) -> tuple[pd.DataFrame, Any, list[str]]:
+def _read_tables(root: Path, subject: str, nsd_plan, img_plan, progress: bool = True
+                 ) -> tuple[pd.DataFrame, Any, list[str], dict]:
     """Index rows of the NSD and NSD-Imagery trials (checked, no beta data read), the design,
-    and the PNG files of the imagery stimuli."""
-    frames, design, n_images = [], None, None
+    the NSD-Imagery source files and the NSD-Imagery reader's metadata."""
+    frames, design, n_images, imagery_meta = [], None, None, {}
     if nsd_plan is not None:
         nsd_frame, design = _nsd_rows(root, subject, nsd_plan)
         frames.append(nsd_frame)
@@ -245,13 +286,13 @@ def _read_tables(root: Path, subject: str, nsd_plan, img_plan) -> tuple[pd.DataF
     if (root / nsd_constants.STIMULI_HDF5).is_file():
         n_images = nsd.count_stimulus_images(root / nsd_constants.STIMULI_HDF5)
     shared = set(design.shared_nsd_ids().tolist()) if design is not None else set()
-    pngs: list[str] = []
+    img_sources: list[str] = []
     if img_plan is not None:
-        img_frame, pngs = _imagery_rows(root, img_plan, shared, n_images)
+        img_frame, img_sources, imagery_meta = _imagery_rows(root, img_plan, shared, n_images, progress)
         frames.append(img_frame)
     frame = pd.concat(frames, ignore_index=True)
     frame.insert(0, "subject", subject)
-    return frame, design, pngs
+    return frame, design, img_sources, imagery_meta
 
 
 def _split(frame: pd.DataFrame, subject: str, design, folds: int, *, with_nsd: bool,
@@ -296,6 +337,8 @@ def build_index(
     progress: bool = True,
     folds: int = splits.DEFAULT_FOLDS,
     beta_format: str = "auto",
+    imagery_betas: str = nsd_imagery_release.DEFAULT_VARIANT,
+    imagery_trials: str | os.PathLike | None = None,
 ) -> Path:
     """Build the trial index and beta cache of ``subject``; return the index path.
 
@@ -318,7 +361,12 @@ def build_index(
     folds : int
         NSD-Imagery stimulus folds K (stimulus-disjoint, balanced over sets A/B/C).
     beta_format : {'auto', 'nifti', 'hdf5'}
-        Which NSD session beta files to read (``auto``: HDF5 where present, else NIfTI).
+        Which beta files to read, NSD sessions and NSD-Imagery (``auto``: HDF5 where present, else NIfTI).
+    imagery_betas : {'fithrf_GLMdenoise_RR', 'fithrf'}
+        GLM variant of the NSD-Imagery betas (folder ``nsdimagerybetas_<variant>``).
+    imagery_trials : path, optional
+        Hand-written NSD-Imagery trial table (with ``stimuli.tsv``; docs/nsd_data.md, section 4) instead
+        of the release's design matrix, behaviour files and pair lists (the default).
     """
     nsd_constants.subject_number(subject)
     if dataset not in DATASETS:
@@ -338,21 +386,19 @@ def build_index(
     mask_rel = nsd_constants.NSDGENERAL.format(subject=subject)
     nsd.require(root, mask_rel)
     nsd_plan = _nsd_plan(root, subject, beta_format) if with_nsd else None
-    img_plan = _imagery_plan(root, subject) if with_imagery else None
+    img_plan = _imagery_plan(root, subject, imagery_betas, beta_format, imagery_trials) if with_imagery else None
 
     # 2. read and check the tables (no beta data yet); 3. stimulus-disjoint splits
-    frame, design, pngs = _read_tables(root, subject, nsd_plan, img_plan)
+    frame, design, img_sources, imagery_meta = _read_tables(root, subject, nsd_plan, img_plan, progress)
     frame, manifest = _split(frame, subject, design, folds, with_nsd=nsd_plan is not None,
                              with_imagery=img_plan is not None)
 
     # 4. hash every source once (streamed; unchanged files are looked up in the memo)
     beta_files = list(dict.fromkeys(frame["beta_file"]))
-    relatives = [mask_rel, *beta_files, *pngs]
+    relatives = [mask_rel, *beta_files, *img_sources]
     if nsd_plan is not None:
         relatives += [nsd_plan["expdesign"], nsd_plan["stim_info"], nsd_plan["stimuli"]]
         relatives += [nsd_plan["responses"]] if nsd_plan["responses"] else []
-    if img_plan is not None:
-        relatives += [img_plan["trials"], img_plan["stimuli"]]
     sources = hash_sources(root, relatives, _memo_path(cache_root, subject))
     _report_changes(output, sources)
     # 5. beta cache (the heavy part), then manifest, index and sidecar
@@ -360,8 +406,9 @@ def build_index(
     if cache.n_valid < cache.n_voxels:
         log.warning("%s: %d of %d nsdgeneral voxels are NaN or all-zero in some beta file and are dropped.",
                     subject, cache.n_voxels - cache.n_valid, cache.n_voxels)
+    check_imagery_order(img_plan, cache.path)
     manifest_sha = splits.write_manifest(manifest, splits.manifest_path(manifest_dir, subject))
-    metadata = make_metadata(sources, manifest_sha, str(root.resolve()))
+    metadata = make_metadata(sources, manifest_sha, str(root.resolve()), imagery_meta)
     return write_index(frame, output, metadata)
 
 

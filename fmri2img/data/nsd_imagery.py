@@ -1,9 +1,8 @@
-"""Readers of NSD-Imagery: the trial table, the stimulus table and the single-trial betas.
+"""Hand-written NSD-Imagery tables: the override ``fmri2img index --imagery-trials FILE``.
 
-The betas (``betas_nsdimagery.nii.gz``, one volume per trial) are read with
-:func:`fmri2img.data.nsd.read_masked_betas`. Trials are described by this project's trial table
-(docs/contracts.md, section 1; docs/nsd_data.md explains how to write it for the real release,
-whose trials are described in MATLAB design matrices instead).
+The default reader is :mod:`fmri2img.data.nsd_imagery_release` (the release as published). These
+readers serve layouts that differ from it: a trial table (one row per beta volume) and a stimulus
+table ``stimuli.tsv``, both documented in docs/nsd_data.md, section 4.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def read_stimuli(path: str | os.PathLike) -> pd.DataFrame:
     -------
     DataFrame
         Columns of :data:`STIMULUS_COLUMNS` plus ``stimulus_id``, ``stimulus_type``; ``nsd_id`` is a
-        nullable ``Int64`` (0-based 73k id, set B only).
+        nullable ``Int64`` (0-based 73k id; set B only, empty for a target that is no NSD image).
     """
     path = Path(path)
     table = _read_tsv(path, STIMULUS_COLUMNS, "stimulus table")
@@ -94,9 +93,10 @@ def read_stimuli(path: str | os.PathLike) -> pd.DataFrame:
     nsd_ids = []
     for set_name, name, value in zip(table["stim_set"], table["stim_name"], table["nsd_id"]):
         value = value.strip()
-        if set_name == "B":
+        if set_name == "B" and value:  # empty: a set B target that is no NSD image (the release's cue T)
             if not value.isdigit():
-                raise InputError(f"{path}: set B stimulus {name!r} has nsd_id {value!r}; expected a 0-based 73k id.")
+                raise InputError(f"{path}: set B stimulus {name!r} has nsd_id {value!r}; expected a 0-based 73k id "
+                                 "or empty.")
             nsd_ids.append(int(value))
         else:
             nsd_ids.append(None)

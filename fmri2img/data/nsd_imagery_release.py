@@ -49,8 +49,8 @@ MAPPING_COLUMNS = ("beta_volume", "run", "run_name", "trial", "task", "epoch", "
                    "stimulus", "stimulus_file", "nsd_id", "design_column", "onset_tr",
                    "button", "rt", "is_correct", "change_mind")
 #: Columns of :func:`index_frame` and :func:`index_frame_from_tables` (what ``fmri2img index`` consumes).
-INDEX_COLUMNS = ("beta_index", "run", "trial", "task", "stim_set", "stim_name", "cue", "image", "text",
-                 "nsd_id", "stimulus_id", "stimulus_type", "condition")
+INDEX_COLUMNS = ("beta_index", "run", "trial", "task", "epoch", "stim_set", "stim_name", "cue", "image", "text",
+                 "nsd_id", "stimulus_id", "stimulus_type", "condition", "button", "rt", "is_correct")
 
 
 @dataclass(frozen=True)
@@ -414,16 +414,19 @@ def format_mapping(table: pd.DataFrame, columns: tuple[str, ...] | None = None, 
 def index_frame(release: ImageryRelease) -> pd.DataFrame:
     """The release in the columns ``fmri2img index`` consumes (:data:`INDEX_COLUMNS`).
 
-    ``beta_index`` is 1-based (volume ``beta_index - 1``); ``image`` is release-relative (sets A, B);
-    ``text`` is the set C word (or letter); ``condition`` maps vision to perception.
+    ``beta_index`` is 1-based (volume ``beta_index - 1``); ``trial`` is the behavioural trial of its run;
+    ``stim_name`` is the target file's stem (sets A, B) or the word (set C); ``image`` is release-relative
+    (sets A, B); ``text`` is the set C word (or letter); ``condition`` maps vision to perception.
     """
     t = release.table
     frame = pd.DataFrame({
         "beta_index": t["beta_volume"].astype(np.int64) + 1, "run": t["run"].astype(np.int64),
-        "trial": t["trial"].astype(np.int64), "task": t["task"], "stim_set": t["stim_set"],
-        "stim_name": t["stimulus"], "cue": t["cue"], "image": t["stimulus_file"].fillna(""),
+        "trial": t["trial"].astype(np.int64), "task": t["task"], "epoch": t["epoch"], "stim_set": t["stim_set"],
+        "stim_name": [s if st == "C" else re.sub(r"\.(png|jpg)$", "", s, flags=re.IGNORECASE)
+                      for s, st in zip(t["stimulus"], t["stim_set"])],
+        "cue": t["cue"], "image": t["stimulus_file"].fillna(""),
         "text": [s if st == "C" else "" for s, st in zip(t["stimulus"], t["stim_set"])],
-        "nsd_id": t["nsd_id"].astype("Int64"),
+        "nsd_id": t["nsd_id"].astype("Int64"), "button": t["button"], "rt": t["rt"], "is_correct": t["is_correct"],
     })
     return _finish_index_frame(frame)
 
@@ -444,6 +447,9 @@ def index_frame_from_tables(data_root: str | os.PathLike, trials: str = nsd_cons
 
 
 def _finish_index_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in ("epoch", "button", "rt", "is_correct"):  # not in the hand-written tables
+        if column not in frame.columns:
+            frame[column] = pd.array([None] * len(frame), dtype="string" if column == "epoch" else "Float64")
     frame["stimulus_type"] = frame["stim_set"].map(nsd_constants.IMAGERY_SETS)
     frame["stimulus_id"] = [nsd_imagery.stimulus_id(s, n, None if pd.isna(i) else int(i))
                             for s, n, i in zip(frame["stim_set"], frame["stim_name"], frame["nsd_id"])]

@@ -21,7 +21,8 @@ from fmri2img import __version__
 from fmri2img.core.errors import ChecksumError, CorruptFileError, MissingInputError, SchemaError
 from fmri2img.core.files import atomic_path, sha256_file, write_text
 
-SCHEMA_VERSION = 1
+#: 2 (issue 19): NSD-Imagery rows carry ``run_trial``, ``epoch``, ``cue``, ``button``, ``rt``, ``is_correct``.
+SCHEMA_VERSION = 2
 
 #: Column name -> (arrow type, nullable). Order is the on-disk column order.
 COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
@@ -43,6 +44,13 @@ COLUMNS: dict[str, tuple[pa.DataType, bool]] = {
     "split": (pa.string(), False),
     "fold": (pa.int8(), True),
     "is_shared1000": (pa.bool_(), False),
+    # NSD-Imagery behaviour and trial structure (null on NSD rows), from nsdimagery_subjXX_<run>.tsv
+    "run_trial": (pa.int16(), True),
+    "epoch": (pa.string(), True),
+    "cue": (pa.string(), True),
+    "button": (pa.float64(), True),
+    "rt": (pa.float64(), True),
+    "is_correct": (pa.float64(), True),
 }
 
 SCHEMA = pa.schema([pa.field(name, tp, nullable=nullable) for name, (tp, nullable) in COLUMNS.items()])
@@ -53,6 +61,7 @@ DOMAINS: dict[str, tuple[str, ...]] = {
     "condition": ("perception", "imagery", "attention"),
     "stimulus_type": ("natural", "simple", "complex", "conceptual"),
     "split": ("train", "val", "test"),
+    "epoch": ("cue", "detection"),
 }
 
 #: Parquet key-value metadata keys.
@@ -62,6 +71,8 @@ META_SOURCES = "fmri2img.sources"
 META_SPLIT_MANIFEST = "fmri2img.split_manifest_sha256"
 META_DATA_ROOT = "fmri2img.data_root"
 META_KEYS = (META_SCHEMA_VERSION, META_VERSION, META_SOURCES, META_SPLIT_MANIFEST, META_DATA_ROOT)
+#: Optional key: what the NSD-Imagery reader settled (GLM variant, set B id convention, set C text source).
+META_IMAGERY = "fmri2img.imagery"
 
 #: Pandas dtypes used by :func:`read_index` for the integer columns (nullable, exact width).
 _PANDAS_INTS = {pa.int32(): pd.Int32Dtype(), pa.int16(): pd.Int16Dtype(), pa.int8(): pd.Int8Dtype()}
@@ -73,7 +84,7 @@ def _sidecar(path: Path) -> Path:
 
 def validate_table(table: pa.Table, where: str = "index") -> None:
     """Raise :class:`SchemaError` unless ``table`` has exactly the columns, types and values of
-    schema version 1 (nulls only in nullable columns, categorical values in :data:`DOMAINS`)."""
+    the schema version (nulls only in nullable columns, categorical values in :data:`DOMAINS`)."""
     names = table.schema.names
     if names != SCHEMA.names:
         missing = [c for c in SCHEMA.names if c not in names]
@@ -103,7 +114,7 @@ def to_table(frame: pd.DataFrame, metadata: dict[str, str], where: str = "index"
     """
     missing = [c for c in SCHEMA.names if c not in frame.columns]
     if missing:
-        raise SchemaError(f"{where}: missing column {missing[0]!r}; expected the columns of schema version 1.")
+        raise SchemaError(f"{where}: missing column {missing[0]!r}; expected the columns of schema version {SCHEMA_VERSION}.")
     try:
         table = pa.Table.from_pandas(frame[SCHEMA.names], schema=SCHEMA, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
@@ -113,9 +124,12 @@ def to_table(frame: pd.DataFrame, metadata: dict[str, str], where: str = "index"
     return table
 
 
-def make_metadata(sources: dict[str, str], split_manifest_sha256: str, data_root: str | os.PathLike) -> dict[str, str]:
+def make_metadata(sources: dict[str, str], split_manifest_sha256: str, data_root: str | os.PathLike,
+                  imagery: dict | None = None) -> dict[str, str]:
     """The Parquet key-value metadata of an index (no timestamps: same inputs, same bytes)."""
+    extra = {META_IMAGERY: json.dumps(imagery, sort_keys=True)} if imagery else {}
     return {
+        **extra,
         META_SCHEMA_VERSION: str(SCHEMA_VERSION),
         META_VERSION: __version__,
         META_SOURCES: json.dumps(dict(sorted(sources.items())), sort_keys=True),
@@ -129,7 +143,7 @@ def write_index(frame: pd.DataFrame, path: str | os.PathLike, metadata: dict[str
 
     Parameters
     ----------
-    frame : DataFrame of shape (n_trials, 18)
+    frame : DataFrame of shape (n_trials, 24)
         One row per trial with the columns of :data:`SCHEMA` (rows in their final order).
     metadata : dict
         Key-value metadata; see :func:`make_metadata`.
@@ -148,7 +162,7 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
 
     Returns
     -------
-    DataFrame of shape (n_trials, 18)
+    DataFrame of shape (n_trials, 24)
         Integer columns use pandas nullable dtypes (``Int32``, ``Int16``, ``Int8``). ``df.attrs``
         holds ``schema_version``, ``version``, ``sources`` (dict), ``split_manifest_sha256``,
         ``data_root``, ``path`` and ``sha256`` (of the file).
@@ -199,6 +213,7 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
         sources=sources,
         split_manifest_sha256=meta[META_SPLIT_MANIFEST],
         data_root=meta[META_DATA_ROOT],
+        imagery=json.loads(meta[META_IMAGERY]) if META_IMAGERY in meta else {},
         path=str(path),
         sha256=digest,
     )
