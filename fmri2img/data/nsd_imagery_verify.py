@@ -36,6 +36,9 @@ COMPARE_SIZE = 64
 #: resampled: ~0.95-1.0; unrelated natural images: |r| < 0.5) and beats the runner-up by MATCH_MARGIN.
 MATCH_MIN_R = 0.8
 MATCH_MARGIN = 0.1
+#: ... or is a near copy: its distance ``1 - r`` at least this many times smaller than the runner-up's
+#: (similar-looking neighbours, as in the synthetic world, where two ids reached r = 1.00 and 0.92).
+MATCH_DISTANCE_RATIO = 10.0
 #: Ids tried on each side of the number in the file name.
 NEIGHBOURS = 2
 #: Offsets (id in imgBrick minus number in the name) of the two possible conventions.
@@ -162,7 +165,8 @@ def _match(name: str, png: Path, brick: h5py.Dataset) -> tuple[dict[int, float],
     if not ranked or corr[ranked[0]] < MATCH_MIN_R:
         return corr, None
     if len(ranked) > 1 and corr[ranked[0]] - corr[ranked[1]] < MATCH_MARGIN:
-        return corr, None
+        if 1.0 - corr[ranked[1]] < MATCH_DISTANCE_RATIO * (1.0 - corr[ranked[0]]):
+            return corr, None
     return corr, ranked[0]
 
 
@@ -171,7 +175,7 @@ def verify_set_b_ids(targets: dict[str, Path], stimuli_hdf5: str | os.PathLike, 
 
     Each ``sharedSSSS_nsdNNNNN.png`` is correlated (after resizing both to :data:`COMPARE_SIZE`) with
     ``imgBrick[i]`` for ``i`` in ``NNNNN - 2 .. NNNNN + 2``. The best match must reach :data:`MATCH_MIN_R`
-    by :data:`MATCH_MARGIN`, lie at offset 0 (0-based names) or -1 (1-based names), and all files must
+    by :data:`MATCH_MARGIN` (or be a near copy, :data:`MATCH_DISTANCE_RATIO`), lie at offset 0 (0-based names) or -1 (1-based names), and all files must
     agree on the offset. A name with number 0 that matches nothing is a non-NSD image (id ``None``).
 
     Parameters

@@ -100,7 +100,7 @@ def validate_table(table: pa.Table, where: str = "index") -> None:
         if not field.nullable and column.null_count:
             raise SchemaError(f"{where}: column {field.name!r} has {column.null_count} nulls; expected none.")
     for name, allowed in DOMAINS.items():
-        values = set(table.column(name).unique().to_pylist())
+        values = set(table.column(name).drop_null().unique().to_pylist())
         bad = sorted(values - set(allowed))
         if bad:
             raise SchemaError(f"{where}: column {name!r} has value {bad[0]!r}; allowed: {', '.join(allowed)}.")

@@ -29,6 +29,7 @@ from fmri2img.core.errors import InputError, OutputError
 from fmri2img.core.files import ensure_dir, save_npy, write_json
 from fmri2img.core.vocab import WRITE_BETA_FORMATS
 from fmri2img.data import nsd_constants
+from fmri2img.sim import imagery_release
 from fmri2img.sim.formats import (
     VolumeWriter,
     hdf5_chunks,
@@ -46,7 +47,6 @@ from fmri2img.sim.model import (
     GeneratorParams,
     imagery_content,
     imagery_stimuli,
-    imagery_trials,
     make_design,
     make_encoding,
     make_latents,
@@ -145,6 +145,8 @@ class _Stimuli:
     imagined: np.ndarray
     offsets: dict[str, np.ndarray]
     residuals: np.ndarray
+    cells: list[np.ndarray] = field(default_factory=list)  # NSD-Imagery design, one cell per run
+    events: pd.DataFrame | None = None  # one row per imagery beta volume (imagery_release.make_design)
 
 
 def check_request(
@@ -231,7 +233,7 @@ def write_world(
     sessions : int, optional
         Write only the first ``sessions`` NSD sessions (the design stays complete).
     beta_format : {'nifti', 'hdf5', 'both'}
-        Which twin of the NSD session betas to write. NSD-Imagery betas are always NIfTI.
+        Which twin of the NSD session and NSD-Imagery betas to write.
     null : bool
         Imagery identical in distribution to perception (for calibrating statistics).
     seed : int
@@ -296,32 +298,26 @@ def _make_stimuli(design: Design, shape: WorldShape, subjects: Sequence[str], pa
         latents[ids], _ = make_latents(len(ids), params, seed, f"unique-{subject}")
     lat_a, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-A")
     lat_c, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-C")
-    stimuli = imagery_stimuli(design)
+    stimuli = imagery_release.release_names(imagery_stimuli(design), design.shared)
     stim_latents = np.concatenate([lat_a, latents[design.imagery_b], lat_c])  # table order (18, d)
     sets = [s["stim_set"] for s in stimuli]
     imagined, offsets, resid = imagery_content(stim_latents, sets, params, seed)
-    return _Stimuli(latents, lat_a, lat_c, stimuli, sets, stim_latents, imagined, offsets, resid)
+    cells, events = imagery_release.make_design(rng_for(seed, "imagery-design"))
+    return _Stimuli(latents, lat_a, lat_c, stimuli, sets, stim_latents, imagined, offsets, resid, cells, events)
 
 
 def _write_release_files(root: Path, design: Design, shape: WorldShape, subjects: Sequence[str],
                          n_written: dict[str, int], stim: _Stimuli, params: GeneratorParams, seed: int) -> None:
-    """Files shared by the subjects: imgBrick, NSD-Imagery stimuli, nsd_expdesign.mat, stim info."""
+    """Files shared by the subjects: imgBrick, NSD-Imagery targets, design and pair lists, nsd_expdesign.mat,
+    stim info."""
     images = render_images(stim.latents, shape.image_size, params, seed)
     write_hdf5(root / nsd_constants.STIMULI_HDF5, "imgBrick", images, chunks=(1, *images.shape[1:]))
-    imagery_dir = root / nsd_constants.IMAGERY_STIMULI_DIR
     img_a = render_images(stim.lat_a, shape.image_size, params, seed)
     for entry, pic in zip(stim.imagery[:6], img_a):
-        write_png(imagery_dir / entry["image"], pic)
-    for entry in stim.imagery[6:12]:
-        write_png(imagery_dir / entry["image"], images[entry["nsd_id"]])
-    write_table(imagery_dir / "stimuli.tsv", pd.DataFrame({
-        "stim_set": stim.sets,
-        "stim_name": [s["stim_name"] for s in stim.imagery],
-        "cue": [s["cue"] for s in stim.imagery],
-        "image": [s["image"] for s in stim.imagery],
-        "text": [s["text"] for s in stim.imagery],
-        "nsd_id": pd.array([s["nsd_id"] for s in stim.imagery], dtype="Int64"),
-    }), sep="\t")
+        write_png(root / entry["image"], pic)
+    for entry in stim.imagery[6:12]:  # sharedSSSS_nsdNNNNN.png shows imgBrick[NNNNN - 1]
+        write_png(root / entry["image"], images[entry["nsd_id"]])
+    imagery_release.write_shared(root, stim.cells, stim.imagery)
     write_mat(root / nsd_constants.EXPDESIGN, {
         # MATLAB doubles, 1-based, shaped as in the real file
         "masterordering": (design.masterordering + 1).astype(np.float64)[None, :],
@@ -351,28 +347,22 @@ def _write_sessions(root: Path, subject: str, design: Design, stim: _Stimuli, G:
 
 
 def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, grid, roi, brain,
-                   params: GeneratorParams, seed: int) -> None:
-    """The subject's NSD-Imagery betas and trial table."""
-    trials = imagery_trials(seed, subject)
-    stim_idx = np.array([t[3] for t in trials])
-    tasks = np.array([t[2] for t in trials])
+                   params: GeneratorParams, seed: int, beta_format: str) -> None:
+    """The subject's 720 NSD-Imagery betas (release block order, two per attention trial) and behaviour."""
+    stim_idx, tasks = stim.events["stim_index"].to_numpy(), stim.events["task"].to_numpy()
     content = np.where((tasks == "imagery")[:, None], stim.imagined[stim_idx], stim.stim_latents[stim_idx])
     content = np.where((tasks == "attention")[:, None], params.attention_gain * content, content)
     noise = np.array([params.effect(stim.sets[s]).noise_sd if task == "imagery" else params.noise_sd
                       for task, s in zip(tasks, stim_idx)], dtype=np.float32)[:, None]
     signal = params.amplitude * (content.astype(np.float32) @ G.T)
-    writer = VolumeWriter(grid, len(trials), roi, brain)
+    writer = VolumeWriter(grid, len(stim_idx), roi, brain)
     vol = session_betas(writer, signal, noise, params, rng_for(seed, "imagery-betas", subject))
-    write_nifti(root / nsd_constants.IMAGERY_BETAS_FILE.format(subject=subject), vol)
-    write_table(root / nsd_constants.IMAGERY_TRIALS.format(subject=subject), pd.DataFrame({
-        "beta_index": np.arange(1, len(trials) + 1),
-        "run": [t[0] for t in trials],
-        "trial": [t[1] for t in trials],
-        "task": tasks,
-        "stim_set": [stim.sets[s] for s in stim_idx],
-        "stim_name": [stim.imagery[s]["stim_name"] for s in stim_idx],
-        "cue": [stim.imagery[s]["cue"] for s in stim_idx],
-    }), sep="\t")
+    if beta_format in ("nifti", "both"):
+        write_nifti(root / imagery_release.betas_path(subject, "nii.gz"), vol)
+    if beta_format in ("hdf5", "both"):
+        cvol = vol.T  # (T, Z, Y, X), as the real file
+        write_hdf5(root / imagery_release.betas_path(subject, "hdf5"), "betas", cvol, chunks=hdf5_chunks(cvol.shape))
+    imagery_release.write_behaviour(root, stim.events, subject, rng_for(seed, "imagery-behaviour", subject))
 
 
 def _write_subject(root: Path, subject: str, design: Design, shape: WorldShape, stim: _Stimuli, n_sessions: int,
@@ -395,7 +385,7 @@ def _write_subject(root: Path, subject: str, design: Design, shape: WorldShape, 
     _write_sessions(root, subject, design, stim, G, VolumeWriter(grid, nsd_constants.TRIALS_PER_SESSION, roi, brain),
                     n_sessions, beta_format, params, seed, bar)
     bar.set_postfix_str(f"{subject} imagery")  # the session volume is freed before the imagery one
-    _write_imagery(root, subject, stim, G, grid, roi, brain, params, seed)
+    _write_imagery(root, subject, stim, G, grid, roi, brain, params, seed, beta_format)
     bar.update(1)
     return planted
 
@@ -474,7 +464,7 @@ def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, n
             "stimulus_ids.json": "row order of latents.npy",
             "G_subjXX.npy": "float32 (n_mask_voxels, dim), rows = nsdgeneral==1 voxels in C order",
             "imagery_offsets.npy": "float32 (3, dim): c_A, c_B, c_C",
-            "imagery_residuals.npy": "float32 (18, dim): r_s, rows in stimuli.tsv order",
+            "imagery_residuals.npy": "float32 (18, dim): r_s, rows in imagery_stimuli order (A, B, C; pair-list order)",
         },
         "planted_effects": {
             "mean_pairwise_cosine_of_latents": mean_cos,
