@@ -16,12 +16,14 @@ import pandas as pd
 import scipy.io
 from PIL import Image
 
+from _imagery_release import build_release
+
 from fmri2img.data import nsd_constants
 
 GRID = (6, 7, 5)
 N_SHARED = 20
 N_PER_SUBJECT = 120
-IMAGERY_TASKS = (("vision", 1), ("imagery", 2), ("attention", 1))  # task, trials per stimulus
+IMAGERY_TASKS = (("vision", 8), ("imagery", 16), ("attention", 16))  # hand tables: task, trials per stimulus (720)
 
 
 @dataclass
@@ -140,33 +142,34 @@ def make_release(
             path = root / nsd_constants.RESPONSES.format(subject=subject)
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, sep="\t", index=False)
-        if imagery:
-            stimuli = stimuli_table()
-            rows = []
-            for name, cue, set_name in zip(stimuli["stim_name"], stimuli["cue"], stimuli["stim_set"]):
-                for task, n in IMAGERY_TASKS:
-                    rows += [(task, set_name, name, cue)] * n
-            order = rng.permutation(len(rows))
-            trials = pd.DataFrame([rows[i] for i in order], columns=["task", "stim_set", "stim_name", "cue"])
-            trials.insert(0, "beta_index", np.arange(1, len(trials) + 1))
-            trials.insert(1, "run", (np.arange(len(trials)) * nsd_constants.IMAGERY_RUNS) // len(trials) + 1)
-            trials.insert(2, "trial", trials.groupby("run").cumcount() + 1)
-            path = root / nsd_constants.IMAGERY_TRIALS.format(subject=subject)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            trials.to_csv(path, sep="\t", index=False)
-            rel.imagery_trials[subject] = trials
-            data = rng.integers(-600, 600, size=(*grid, len(trials)), dtype=np.int16)
-            rel.imagery[subject] = data
-            _nifti(root / nsd_constants.IMAGERY_BETAS_FILE.format(subject=subject), data)
-    if imagery:
-        folder = root / nsd_constants.IMAGERY_STIMULI_DIR
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        stimuli = stimuli_table()
-        stimuli.to_csv(root / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", index=False)
-        for image in stimuli["image"]:
-            if image:
-                Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).save(folder / image)
+        if imagery:  # the release as published (tests/_imagery_release.py); rewrites nsd_stimuli.hdf5 (73k ids)
+            fx = build_release(root, subject, grid=grid, seed=seed)
+            rel.imagery[subject] = fx.betas
+            rel.imagery_trials[subject] = fx.truth
     return rel
+
+
+def write_hand_tables(root: str | Path, subject: str = "subj01", seed: int = 0) -> pd.DataFrame:
+    """The hand-written override tables of docs/nsd_data.md, section 4 (``--imagery-trials``): a trial table
+    ``nsdimagery_trials_<subject>.tsv`` (720 rows), ``stimuli.tsv`` and its PNGs; returns the trial table."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    stimuli = stimuli_table()
+    rows = [(task, set_name, name, cue) for name, cue, set_name in
+            zip(stimuli["stim_name"], stimuli["cue"], stimuli["stim_set"]) for task, n in IMAGERY_TASKS for _ in range(n)]
+    trials = pd.DataFrame([rows[i] for i in rng.permutation(len(rows))], columns=["task", "stim_set", "stim_name", "cue"])
+    trials.insert(0, "beta_index", np.arange(1, len(trials) + 1))
+    trials.insert(1, "run", (np.arange(len(trials)) * nsd_constants.IMAGERY_RUNS) // len(trials) + 1)
+    trials.insert(2, "trial", trials.groupby("run").cumcount() + 1)
+    path = root / nsd_constants.IMAGERY_TRIALS.format(subject=subject)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trials.to_csv(path, sep="\t", index=False)
+    folder = root / nsd_constants.IMAGERY_STIMULI_DIR
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    stimuli.to_csv(root / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", index=False)
+    for image in stimuli["image"]:
+        if image:
+            Image.fromarray(rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)).save(folder / image)
+    return trials
 
 
 def masked(data: np.ndarray, mask: np.ndarray) -> np.ndarray:

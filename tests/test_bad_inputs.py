@@ -27,9 +27,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import scipy.io
 import torch
+from PIL import Image
 from _world import TINY, build_tiny
 from typer.testing import CliRunner
 
@@ -45,7 +48,13 @@ IMAGERY_BETAS_REL = (f"nsddata_betas/ppdata/{SUBJ}/func1pt8mm/nsdimagerybetas_fi
                      "betas_nsdimagery.nii.gz")
 MASK_REL = f"nsddata/ppdata/{SUBJ}/func1pt8mm/roi/nsdgeneral.nii.gz"
 STIMULI_H5_REL = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
-PNG_REL = "nsddata_stimuli/stimuli/nsdimagery/images/cross.png"
+PNG_REL = "nsddata/experiments/nsdimagery/rawtargetimages/setA/bar_000.0deg_450L_43W.png"
+DESIGN_REL = "nsddata/experiments/nsdimagery/designmatrixGLMsingle.mat"
+SETB_DIR = "nsddata/experiments/nsdimagery/rawtargetimages/setB"
+
+
+def _bdata(run: str) -> str:
+    return f"nsddata/bdata/nsdimagery/nsdimagery_{SUBJ}_{run}.tsv"
 
 #: A port nothing listens on (discard): connection refused at once.
 DEAD_TRACKING_URI = "http://127.0.0.1:9"
@@ -281,7 +290,82 @@ def c_betas_wrong_scale(world, tmp):
 def c_stimulus_without_image(world, tmp):
     data = _copy_data(world, tmp)
     (data / PNG_REL).unlink()
-    return _index_case(data, tmp, "img-A-cross", "cross.png", "has no image")
+    return _index_case(data, tmp, "File not found", "bar_000.0deg_450L_43W.png", "set A target image of cue H")
+
+
+# --- NSD-Imagery as published (issue 19) ---
+
+
+def c_imagery_missing_run_file(world, tmp):
+    data = _copy_data(world, tmp)
+    (data / _bdata("imgB_2")).unlink()
+    return _index_case(data, tmp, "nsdimagery_subj01_imgB_2.tsv", "behaviour of run imgB_2")
+
+
+def c_imagery_run_with_47_rows(world, tmp):
+    data = _copy_data(world, tmp)
+    path = data / _bdata("visB")
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    return _index_case(data, tmp, "nsdimagery_subj01_visB.tsv", "47 trial rows", "expected 48")
+
+
+def c_imagery_unknown_cue_letter(world, tmp):
+    data = _copy_data(world, tmp)
+    path = data / _bdata("imgC_1")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    table.loc[3, "CONDITION"] = "Q"
+    table.to_csv(path, sep="\t", index=False)
+    return _index_case(data, tmp, "nsdimagery_subj01_imgC_1.tsv", "CONDITION 'Q'", "expected one of S Z M Y N F")
+
+
+def c_imagery_order_mismatch(world, tmp):
+    data = _copy_data(world, tmp)  # two trials of different cues swapped: onset order != behavioural order
+    path = data / _bdata("visA")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    other = int(np.flatnonzero(table["CONDITION"] != table.loc[0, "CONDITION"])[0])
+    table.loc[[0, other], "CONDITION"] = table.loc[[other, 0], "CONDITION"].to_numpy()
+    table.to_csv(path, sep="\t", index=False)
+    return _index_case(data, tmp, "designmatrixGLMsingle.mat", "maps to CONDITION", "expected one")
+
+
+def c_imagery_design_onset_count(world, tmp):
+    data = _copy_data(world, tmp)
+    cells = scipy.io.loadmat(data / DESIGN_REL)["stimulus"]
+    cell = cells[0, 3]
+    row, col = np.argwhere(cell != 0)[-1]
+    cell[row, col] = 0.0
+    scipy.io.savemat(data / DESIGN_REL, {"stimulus": cells})
+    return _index_case(data, tmp, "designmatrixGLMsingle.mat", "cell 4 (visB) has 47 onsets", "expected 48")
+
+
+def c_imagery_truncated_betas(world, tmp):
+    data = _copy_data(world, tmp)
+    path = data / IMAGERY_BETAS_REL
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return _index_case(data, tmp, "betas_nsdimagery.nii.gz")
+
+
+def c_imagery_betas_wrong_count(world, tmp):
+    data = _copy_data(world, tmp)
+    path = data / IMAGERY_BETAS_REL
+    _rewrite_nifti(path, np.asarray(nib.load(path).dataobj)[..., :719])
+    return _index_case(data, tmp, "betas_nsdimagery.nii.gz", "719", "720")
+
+
+def c_imagery_set_b_wrong_image(world, tmp):
+    data = _copy_data(world, tmp)
+    png = sorted((data / SETB_DIR).glob("*.png"))[0]
+    pixels = np.asarray(Image.open(png))
+    Image.fromarray(np.ascontiguousarray(pixels[:, ::-1].transpose(1, 0, 2))).save(png)  # another picture
+    return _index_case(data, tmp, png.name, "imgBrick", "expected r >=")
+
+
+def c_imagery_trials_override_missing(world, tmp):
+    case = _index_case(world["data"], tmp, "nsdimagery_trials_subj01.tsv", "not found")
+    case.args += ["--imagery-trials", str(world["data"] / "nsddata/experiments/nsdimagery/nsdimagery_trials_subj01.tsv")]
+    return case
 
 
 def c_unknown_subject(world, tmp):

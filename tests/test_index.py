@@ -8,9 +8,11 @@ import logging
 import h5py
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from _nsd_fixtures import N_SHARED, make_release
+from _imagery_release import TARGETS
+from _nsd_fixtures import make_release, write_hand_tables
 from typer.testing import CliRunner
 
 from fmri2img.core.errors import (
@@ -55,15 +57,23 @@ def test_rows_and_schema(built):
     assert row["image_ref"] == f"{nsd_constants.STIMULI_HDF5}#{row['nsd_id']}" and row["stimulus_id"] == f"nsd-{row['nsd_id']:05d}"
     assert row["run"] == 100 * nsd_constants.RUNS_PER_SESSION // nsd_constants.TRIALS_PER_SESSION + 1  # from responses.tsv
     a = img_rows[img_rows.stimulus_type == "simple"].iloc[0]
-    assert a["image_ref"].startswith(nsd_constants.IMAGERY_STIMULI_DIR) and a["stimulus_id"].startswith("img-A-")
+    assert a["image_ref"].startswith(f"{nsd_constants.IMAGERY_EXP_DIR}/rawtargetimages/setA/")
+    assert a["stimulus_id"] == f"img-A-{a['stimulus_name']}" and a["image_ref"].endswith(f"{a['stimulus_name']}.png")
     c = img_rows[img_rows.stimulus_type == "conceptual"].iloc[0]
     assert c["image_ref"] is None or c["image_ref"] != c["image_ref"]  # null
-    assert c["text"].startswith("word number")
-    b = img_rows[img_rows.stimulus_type == "complex"]
-    assert b["is_shared1000"].all() and (b["nsd_id"] < N_SHARED).all()
-    # repeat counts 0.. within (dataset, condition, stimulus)
-    vision = img_rows[img_rows.condition == "imagery"]
-    assert sorted(vision.groupby("stimulus_id")["repeat"].max().unique()) == [1]
+    assert c["text"] in TARGETS["C"] and c["stimulus_id"] == f"img-C-{c['text']}"
+    b = img_rows[img_rows.stimulus_type == "complex"].drop_duplicates("stimulus_id").set_index("stimulus_name")
+    # 1-based names settled by content; shared0000_nsd00000.png (cue T) is no NSD image
+    assert b["nsd_id"].dropna().astype(int).to_dict() == {
+        "shared0385_nsd28752": 28751, "shared0413_nsd30857": 30856, "shared0741_nsd53882": 53881,
+        "shared0842_nsd61178": 61177, "shared0907_nsd65873": 65872}
+    assert b.loc["shared0000_nsd00000", "stimulus_id"] == "img-B-shared0000_nsd00000"
+    assert b.loc["shared0385_nsd28752", "image_ref"] == f"{nsd_constants.STIMULI_HDF5}#28751"
+    # repeat counts 0.. within (dataset, condition, stimulus): 2 imagery runs x 8 per cue
+    imagery = img_rows[img_rows.condition == "imagery"]
+    assert sorted(imagery.groupby("stimulus_id")["repeat"].max().unique()) == [15]
+    assert df.attrs["imagery"]["nsd_id_convention"] == "1-based"
+    assert nsd_rows[["run_trial", "epoch", "cue", "button", "rt", "is_correct"]].isna().all().all()
     meta = pq.read_schema(path).metadata
     assert set(schema.META_KEYS) <= {k.decode() for k in meta}
     assert df.attrs["split_manifest_sha256"] == splits.manifest_sha256(
@@ -72,6 +82,38 @@ def test_rows_and_schema(built):
         assert source_path(rel.root, rel_path).is_file()
     with pytest.raises(InputError, match="escapes"):
         source_path(rel.root, "../outside.txt")
+
+
+def test_imagery_rows_map_each_beta_volume(built):
+    """Every one of the 720 beta volumes carries the task, epoch, cue and trial the fixture wrote."""
+    rel, tmp, path = built
+    img = read_index(path).query("dataset == 'nsdimagery'").sort_values("beta_volume").reset_index(drop=True)
+    truth = rel.imagery_trials["subj01"].sort_values("beta_volume").reset_index(drop=True)
+    condition = truth["task"].map({"vision": "perception", "imagery": "imagery", "attention": "attention"})
+    assert img["beta_volume"].tolist() == list(range(nsd_constants.IMAGERY_BETAS))
+    assert (img["condition"] == condition).all() and (img["cue"] == truth["cue"]).all()
+    assert (img["run_trial"].astype(int) == truth["trial"]).all() and (img["run"].astype(int) == truth["run"]).all()
+    assert img["epoch"].fillna("").tolist() == truth["epoch"].fillna("").tolist()
+    # volume 48 is attA's first trial, cue epoch; 49 its detection epoch (two betas per attention trial)
+    assert img.loc[48, ["condition", "epoch"]].tolist() == ["attention", "cue"]
+    assert img.loc[49, ["condition", "epoch", "run_trial"]].tolist() == ["attention", "detection", 1]
+    bdata = rel.root / nsd_constants.IMAGERY_BDATA.format(subject="subj01", run="attA")
+    assert img.loc[49, "rt"] == pd.read_csv(bdata, sep="\t")["RT"].iloc[0]
+    assert img.assign(epoch=img["epoch"].fillna("-")).groupby(["condition", "epoch"]).size().to_dict() == {
+        ("attention", "cue"): 144, ("attention", "detection"): 144, ("imagery", "-"): 288, ("perception", "-"): 144}
+
+
+def test_imagery_trials_override(tmp_path):
+    """``--imagery-trials``: hand-written tables instead of the release's files, same betas."""
+    rel = make_release(tmp_path / "data", n_sessions=1)
+    hand = write_hand_tables(rel.root)
+    table = rel.root / nsd_constants.IMAGERY_TRIALS.format(subject="subj01")
+    df = read_index(_index(rel, tmp_path, dataset="imagery", imagery_trials=table))
+    assert len(df) == len(hand) and set(df["stimulus_id"]) >= {"img-A-shape0", "img-C-word3", "nsd-00010"}
+    assert df.attrs["imagery"]["trials_override"] == table.relative_to(rel.root).as_posix()
+    assert df["epoch"].isna().all()
+    with pytest.raises(InputError, match="outside the data root"):
+        _index(rel, tmp_path, dataset="imagery", imagery_trials=tmp_path / "elsewhere.tsv")
 
 
 def test_index_is_byte_identical_on_rebuild(built, tmp_path):
@@ -191,7 +233,7 @@ def _corrupt(kind, rel):
         path = root / nsd_constants.BETAS_NII.format(subject="subj01", session=1)
         path.write_bytes(path.read_bytes()[:-2000])
     elif kind == "no_png":
-        (root / nsd_constants.IMAGERY_STIMULI_DIR / "images" / "shape3.png").unlink()
+        (root / nsd_constants.IMAGERY_TARGET_IMAGE.format(stim_set="A", name="bar_135.0deg_450L_43W.png")).unlink()
     elif kind == "imgbrick":
         with h5py.File(root / nsd_constants.STIMULI_HDF5, "w") as fh:
             fh.create_dataset("imgBrick", data=np.zeros((30, 2, 2, 3), np.uint8))
@@ -207,7 +249,7 @@ def _corrupt(kind, rel):
     ("grid", MismatchError, "has grid"),
     ("mask4d", InputError, "Expected a 3D mask"),
     ("truncated", CorruptFileError, "betas_session01.nii.gz"),
-    ("no_png", InputError, "img-A-shape3 .* has no image"),
+    ("no_png", MissingInputError, "bar_135.0deg_450L_43W.png; expected the set A target image of cue L"),
     ("imgbrick", InputError, "has no image: .*imgBrick holds 30"),
     ("dtype", InputError, "int32 betas; expected int16"),
 ])
@@ -249,6 +291,15 @@ def test_cli_index_and_errors(built, tmp_path, tracking_uri, monkeypatch):
     assert len(lines) == 1 and "Data root not found" in lines[0]
     result = runner.invoke(app, ["index", "--subject", "subj01", "--subject", "subj02", "--output", str(out)])
     assert result.exit_code == 2 and "one --subject" in result.output
+    result = runner.invoke(app, ["index", "--subject", "subj01", "--data-root", str(rel.root), "--dry-run",
+                                 "--no-progress", "--imagery-betas", "fithrf_GLMdenoise_RR"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "720 beta volumes" in lines[0] and "1-based" in lines[0] and len(lines) == 2 + nsd_constants.IMAGERY_BETAS
+    assert lines[2 + 49].split()[:6] == ["49", "2", "attA", "1", "attention", "detection"]
+    result = runner.invoke(app, ["index", "--subject", "subj01", "--data-root", str(rel.root), "--dry-run",
+                                 "--imagery-betas", "fithrf"])
+    assert result.exit_code == 2 and "nsdimagerybetas_fithrf/" in result.output
 
     from mlflow.tracking import MlflowClient
 

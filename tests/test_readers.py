@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from _nsd_fixtures import make_release, masked
+from _nsd_fixtures import make_release, masked, write_hand_tables
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd, nsd_constants, nsd_imagery
@@ -144,15 +144,17 @@ def test_grid_mismatch(release):
         nsd.check_grid(info, np.ones((2, 2, 2), dtype=bool), "betas_session01.hdf5")
 
 
-def test_imagery_tables(release, tmp_path):
-    trials = nsd_imagery.read_trials(release.root / nsd_constants.IMAGERY_TRIALS.format(subject="subj01"))
-    stimuli = nsd_imagery.read_stimuli(release.root / nsd_constants.IMAGERY_STIMULI_TABLE)
+def test_imagery_tables(tmp_path):
+    """The hand-written override tables (``index --imagery-trials``)."""
+    hand = write_hand_tables(tmp_path / "hand")
+    trials = nsd_imagery.read_trials(tmp_path / "hand" / nsd_constants.IMAGERY_TRIALS.format(subject="subj01"))
+    stimuli = nsd_imagery.read_stimuli(tmp_path / "hand" / nsd_constants.IMAGERY_STIMULI_TABLE)
     assert trials["beta_index"].tolist() == list(range(1, len(trials) + 1))
     assert set(stimuli.loc[stimuli.stim_set == "B", "stimulus_id"]) == {f"nsd-{2 * k:05d}" for k in range(6)}
     assert "img-A-shape0" in set(stimuli["stimulus_id"]) and "img-C-word3" in set(stimuli["stimulus_id"])
     joined = nsd_imagery.join_trials(trials, stimuli)
     assert set(joined["condition"]) == {"perception", "imagery", "attention"}
-    bad = release.imagery_trials["subj01"].copy()
+    bad = hand.copy()
     bad.loc[0, "task"] = "dreaming"
     bad.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match="task 'dreaming'"):
@@ -166,5 +168,9 @@ def test_imagery_tables(release, tmp_path):
         nsd_imagery.join_trials(unknown, stimuli)
     pd.DataFrame({"stim_set": ["B"], "stim_name": ["x"], "cue": ["x"], "image": ["i.png"], "text": [""],
                   "nsd_id": [""]}).to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    no_nsd = nsd_imagery.read_stimuli(tmp_path / "s.tsv")  # a set B target that is no NSD image (cue T)
+    assert no_nsd["nsd_id"].isna().all() and no_nsd["stimulus_id"].tolist() == ["img-B-x"]
+    pd.DataFrame({"stim_set": ["B"], "stim_name": ["x"], "cue": ["x"], "image": ["i.png"], "text": [""],
+                  "nsd_id": ["x12"]}).to_csv(tmp_path / "s.tsv", sep="\t", index=False)
     with pytest.raises(InputError, match="set B stimulus 'x'"):
         nsd_imagery.read_stimuli(tmp_path / "s.tsv")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from fmri2img.cli import synth as synth_cli
 from fmri2img.core.constants import DEFAULT_WORLD_SEED
 from fmri2img.core.errors import InputError, OutputError
-from fmri2img.data import nsd_constants
+from fmri2img.data import nsd_constants, nsd_imagery_release
 from fmri2img.sim import model as sim_model
 from fmri2img.sim import world
 
@@ -34,6 +34,15 @@ SUBJECTS = ("subj01", "subj05")
 def _sha_tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+IMAGERY_BETAS = nsd_constants.IMAGERY_BETAS_IN.replace("{variant}", nsd_constants.IMAGERY_GLM_VARIANTS[0]).replace(
+    "{ext}", "nii.gz")
+
+
+def _imagery_table(root: Path, subject: str) -> pd.DataFrame:
+    """The release mapping of the world's 720 imagery betas (the reader is tested on its own fixture)."""
+    return nsd_imagery_release.read_release(root, subject, progress=False).table
 
 
 def _load(root: Path, template: str, **kw) -> np.ndarray:
@@ -135,29 +144,38 @@ def test_stimuli_and_imagery_files(tiny):
     latents, row = _truth(tiny)
     n_images = len(pd.read_csv(tiny / nsd_constants.STIM_INFO))
     assert brick.dtype == np.uint8 and brick.shape == (n_images, 16, 16, 3)
-    stim = pd.read_csv(tiny / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
-    assert list(stim.columns) == ["stim_set", "stim_name", "cue", "image", "text", "nsd_id"]
-    assert stim["stim_set"].value_counts().to_dict() == {"A": 6, "B": 6, "C": 6}
     shared = set(sio.loadmat(tiny / nsd_constants.EXPDESIGN)["sharedix"].ravel().astype(int) - 1)
-    folder = tiny / nsd_constants.IMAGERY_STIMULI_DIR
-    for r in stim.itertuples():
-        if r.stim_set == "C":
-            assert r.image == "" and r.text and f"img-C-{r.stim_name}" in row
-            continue
-        pic = np.asarray(Image.open(folder / r.image))
-        assert pic.shape == (16, 16, 3) and pic.dtype == np.uint8
-        if r.stim_set == "B":
-            assert int(r.nsd_id) in shared and np.array_equal(pic, brick[int(r.nsd_id)])
-        else:
-            assert f"img-A-{r.stim_name}" in row
+    cells = sio.loadmat(tiny / nsd_constants.IMAGERY_DESIGN)["stimulus"]
+    assert cells.shape == (1, nsd_constants.IMAGERY_RUNS)
+    for name, cell in zip(nsd_constants.IMAGERY_RUN_NAMES, cells[0]):
+        attention = name.startswith("att")
+        assert cell.shape[0] == (480 if attention else 240) and np.count_nonzero(cell) == (96 if attention else 48)
+    for stim_set in "ABC":
+        pairs = sio.loadmat(tiny / nsd_constants.IMAGERY_PAIR_LIST.format(stim_set=stim_set))["pair_list"]
+        assert pairs.shape == (6, 3)
+        assert [str(np.ravel(c)[0]) for c in pairs[:, 2]] == list(nsd_constants.IMAGERY_CUES[stim_set])
+        for target in (str(np.ravel(c)[0]) for c in pairs[:, 1]):
+            if stim_set == "C":
+                assert f"img-C-{target}" in row
+                continue
+            pic = np.asarray(Image.open(tiny / nsd_constants.IMAGERY_TARGET_IMAGE.format(stim_set=stim_set, name=target)))
+            assert pic.shape == (16, 16, 3) and pic.dtype == np.uint8
+            if stim_set == "B":  # sharedSSSS_nsdNNNNN.png shows imgBrick[NNNNN - 1], a shared image
+                nsd_id = int(target.split("_nsd")[1][:5]) - 1
+                assert nsd_id in shared and np.array_equal(pic, brick[nsd_id])
+            else:
+                assert f"img-A-{Path(target).stem}" in row
     for subject in SUBJECTS:
-        trials = pd.read_csv(tiny / nsd_constants.IMAGERY_TRIALS.format(subject=subject), sep="\t")
-        assert list(trials.columns) == ["beta_index", "run", "trial", "task", "stim_set", "stim_name", "cue"]
-        assert np.array_equal(trials["beta_index"], np.arange(1, nsd_constants.IMAGERY_BETAS + 1))
-        assert set(trials.groupby("run").size()) == {60} and trials["run"].nunique() == nsd_constants.IMAGERY_RUNS
-        counts = trials.groupby(["stim_name", "task"]).size().unstack()
+        for run in nsd_constants.IMAGERY_RUN_NAMES:
+            bdata = pd.read_csv(tiny / nsd_constants.IMAGERY_BDATA.format(subject=subject, run=run), sep="\t")
+            assert bdata.shape == (48, 20) and {"CONDITION", "CUE", "BUTTON", "RT", "ISCORRECT"} <= set(bdata.columns)
+        table = _imagery_table(tiny, subject)
+        per_run = table.groupby("run_name", sort=False).size()
+        assert per_run.index.tolist() == list(nsd_constants.IMAGERY_RUN_NAMES)
+        assert per_run.tolist() == [96 if r.startswith("att") else 48 for r in per_run.index]
+        counts = table.groupby(["stimulus", "task"]).size().unstack()
         assert (counts["vision"] == 8).all() and (counts["imagery"] == 16).all() and (counts["attention"] == 16).all()
-        vol = _load(tiny, nsd_constants.IMAGERY_BETAS_FILE, subject=subject)
+        vol = _load(tiny, IMAGERY_BETAS, subject=subject)
         assert vol.dtype == np.int16 and vol.shape == (*TINY.grid, nsd_constants.IMAGERY_BETAS)
 
 
@@ -220,7 +238,11 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     world.write_world(tmp_path / "c", seed=DEFAULT_WORLD_SEED + 1, **kw)
     a, b, c = (_sha_tree(tmp_path / x) for x in "abc")
     assert a == b and len(a) > 20
-    assert a.keys() == c.keys()
+
+    def layout(tree):  # set B target names carry the (seeded) NSD ids, as in the release
+        return {k if "/setB/" not in k else f"setB/{len(k.rsplit('/', 1)[1])}" for k in tree}
+
+    assert layout(a) == layout(c) and a.keys() != c.keys()
     for name in ("truth/latents.npy", nsd_constants.BETAS_HDF5.format(subject="subj01", session=1),
                  nsd_constants.BETAS_NII.format(subject="subj01", session=1), nsd_constants.EXPDESIGN):
         assert a[name] != c[name], name
@@ -238,8 +260,8 @@ def test_null_world_imagery_is_perception_like(tmp_path, tiny):
 
     def imagery_minus_vision(world):
         roi = _load(world, nsd_constants.NSDGENERAL, subject="subj01") == 1
-        X = _load(world, nsd_constants.IMAGERY_BETAS_FILE, subject="subj01")[roi].T / nsd_constants.BETA_SCALE
-        task = pd.read_csv(world / nsd_constants.IMAGERY_TRIALS.format(subject="subj01"), sep="\t")["task"]
+        X = _load(world, IMAGERY_BETAS, subject="subj01")[roi].T / nsd_constants.BETA_SCALE
+        task = _imagery_table(world, "subj01")["task"]
         return X[(task == "imagery").to_numpy()].mean(0) - X[(task == "vision").to_numpy()].mean(0)
 
     # the planted imagery offset pattern a*G c (same G and c direction in both worlds: same seed)
@@ -368,15 +390,13 @@ def _calibration(root: Path, subject: str) -> dict[str, float]:
     out = {"perception_top1": top1(X_test @ W, latents[[row[f"nsd-{i:05d}"] for i in test_ids]],
                                    np.arange(len(test_ids))), "n_test": len(test_ids)}
     # NSD-Imagery: z-scored with attention-trial statistics, per trial among the 18 stimuli
-    Xi = (_load(root, nsd_constants.IMAGERY_BETAS_FILE, subject=subject)[roi].T / nsd_constants.BETA_SCALE).astype(np.float32)
-    trials = pd.read_csv(root / nsd_constants.IMAGERY_TRIALS.format(subject=subject), sep="\t")
-    stim = pd.read_csv(root / nsd_constants.IMAGERY_STIMULI_TABLE, sep="\t", keep_default_na=False)
+    Xi = (_load(root, IMAGERY_BETAS, subject=subject)[roi].T / nsd_constants.BETA_SCALE).astype(np.float32)
+    trials = nsd_imagery_release.index_frame(nsd_imagery_release.read_release(root, subject, progress=False))
     att = (trials["task"] == "attention").to_numpy()
     Xi = (Xi - Xi[att].mean(0)) / Xi[att].std(0)
-    sids = [f"nsd-{int(r.nsd_id):05d}" if r.stim_set == "B" else f"img-{r.stim_set}-{r.stim_name}"
-            for r in stim.itertuples()]
+    sids = sorted(set(trials["stimulus_id"]))
     gallery = latents[[row[s] for s in sids]]
-    truth = trials["stim_name"].map({n: i for i, n in enumerate(stim["stim_name"])}).to_numpy()
+    truth = trials["stimulus_id"].map({s: i for i, s in enumerate(sids)}).to_numpy()
     for task in ("vision", "imagery"):
         m = (trials["task"] == task).to_numpy()
         out[f"{task}_top1"] = top1(Xi[m] @ W, gallery, truth[m])
