@@ -73,11 +73,8 @@ BETAS_DIR = "nsddata_betas/ppdata/{subject}/func1pt8mm/betas_fithrf_GLMdenoise_R
 BETAS_NII = BETAS_DIR + "/betas_session{session:02d}.nii.gz"
 BETAS_HDF5 = BETAS_DIR + "/betas_session{session:02d}.hdf5"
 STIMULI_HDF5 = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
-IMAGERY_BETAS_FILE = (
-    "nsddata_betas/ppdata/{subject}/func1pt8mm/nsdimagerybetas_fithrf_GLMdenoise_RR/betas_nsdimagery.nii.gz"
-)
-#: The trial table is this project's format (documented in docs/contracts.md); the real release
-#: describes trials in MATLAB design matrices instead.
+#: Hand-written override tables (``index --imagery-trials``, docs/nsd_data.md section 4); this project's
+#: format, not the release's (the release is read by fmri2img.data.nsd_imagery_release).
 IMAGERY_TRIALS = "nsddata/experiments/nsdimagery/nsdimagery_trials_{subject}.tsv"
 IMAGERY_STIMULI_DIR = "nsddata_stimuli/stimuli/nsdimagery"
 IMAGERY_STIMULI_TABLE = IMAGERY_STIMULI_DIR + "/stimuli.tsv"
