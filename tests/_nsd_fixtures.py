@@ -154,9 +154,11 @@ def write_hand_tables(root: str | Path, subject: str = "subj01", seed: int = 0) 
     ``nsdimagery_trials_<subject>.tsv`` (720 rows), ``stimuli.tsv`` and its PNGs; returns the trial table."""
     root, rng = Path(root), np.random.default_rng(seed)
     stimuli = stimuli_table()
-    rows = [(task, set_name, name, cue) for name, cue, set_name in
-            zip(stimuli["stim_name"], stimuli["cue"], stimuli["stim_set"]) for task, n in IMAGERY_TASKS for _ in range(n)]
-    trials = pd.DataFrame([rows[i] for i in rng.permutation(len(rows))], columns=["task", "stim_set", "stim_name", "cue"])
+    rows = [(task, set_name, name, cue) for name, cue, set_name in zip(stimuli["stim_name"], stimuli["cue"],
+                                                                          stimuli["stim_set"])
+            for task, n in IMAGERY_TASKS for _ in range(n)]
+    trials = pd.DataFrame([rows[i] for i in rng.permutation(len(rows))],
+                          columns=["task", "stim_set", "stim_name", "cue"])
     trials.insert(0, "beta_index", np.arange(1, len(trials) + 1))
     trials.insert(1, "run", (np.arange(len(trials)) * nsd_constants.IMAGERY_RUNS) // len(trials) + 1)
     trials.insert(2, "trial", trials.groupby("run").cumcount() + 1)

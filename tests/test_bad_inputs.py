@@ -364,7 +364,8 @@ def c_imagery_set_b_wrong_image(world, tmp):
 
 def c_imagery_trials_override_missing(world, tmp):
     case = _index_case(world["data"], tmp, "nsdimagery_trials_subj01.tsv", "not found")
-    case.args += ["--imagery-trials", str(world["data"] / "nsddata/experiments/nsdimagery/nsdimagery_trials_subj01.tsv")]
+    case.args += ["--imagery-trials",
+                  str(world["data"] / "nsddata/experiments/nsdimagery/nsdimagery_trials_subj01.tsv")]
     return case
 
 
@@ -412,7 +413,7 @@ def c_index_old_schema(world, tmp):
     meta[b"fmri2img.schema_version"] = b"0"
     pq.write_table(table.replace_schema_metadata(meta), index)
     _reseal(index)  # a consistent file of an older version, not a torn one
-    return _train_case(world, tmp, index, f"{SUBJ}.parquet", "schema version '0'", "expected 1")
+    return _train_case(world, tmp, index, f"{SUBJ}.parquet", "schema version '0'", "expected 2")
 
 
 def c_index_edited_after_checksum(world, tmp):

@@ -158,7 +158,8 @@ def test_stimuli_and_imagery_files(tiny):
             if stim_set == "C":
                 assert f"img-C-{target}" in row
                 continue
-            pic = np.asarray(Image.open(tiny / nsd_constants.IMAGERY_TARGET_IMAGE.format(stim_set=stim_set, name=target)))
+            target_png = tiny / nsd_constants.IMAGERY_TARGET_IMAGE.format(stim_set=stim_set, name=target)
+            pic = np.asarray(Image.open(target_png))
             assert pic.shape == (16, 16, 3) and pic.dtype == np.uint8
             if stim_set == "B":  # sharedSSSS_nsdNNNNN.png shows imgBrick[NNNNN - 1], a shared image
                 nsd_id = int(target.split("_nsd")[1][:5]) - 1

@@ -20,7 +20,8 @@ ImageryBetas = choices("ImageryBetas", IMAGERY_GLM_VARIANTS)
 @handle_errors
 def command(
     subject: list[str] = typer.Option(
-        list(DEFAULT_SUBJECTS), "--subject", help="Subject subj01..subj08 (repeatable); default: subj01 subj02 subj05 subj07."
+        list(DEFAULT_SUBJECTS), "--subject",
+        help="Subject subj01..subj08 (repeatable); default: subj01 subj02 subj05 subj07.",
     ),
     data_root: Path = typer.Option(Path(DEFAULT_DATA_ROOT), "--data-root", help="NSD download or synthetic world."),
     cache_root: Path = typer.Option(Path(DEFAULT_CACHE_ROOT), "--cache-root", help="Beta cache and default index folder."),
@@ -30,13 +31,16 @@ def command(
     ),
     manifest_dir: Path = typer.Option(Path(DEFAULT_MANIFEST_DIR), "--manifest-dir", help="Where split manifests go."),
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds", min=2, help="NSD-Imagery stimulus folds K (balanced over sets A/B/C)."),
-    beta_format: BetaFormat = typer.Option(BetaFormat("auto"), "--beta-format", help="Beta files to read (NSD, NSD-Imagery)."),
+    beta_format: BetaFormat = typer.Option(
+        BetaFormat("auto"), "--beta-format", help="Beta files to read (NSD, NSD-Imagery)."
+    ),
     imagery_betas: ImageryBetas = typer.Option(
-        ImageryBetas(IMAGERY_GLM_VARIANTS[0]), "--imagery-betas", help="NSD-Imagery GLM variant (nsdimagerybetas_<variant>)."
+        ImageryBetas(IMAGERY_GLM_VARIANTS[0]), "--imagery-betas",
+        help="NSD-Imagery GLM variant (nsdimagerybetas_<variant>).",
     ),
     imagery_trials: Path = typer.Option(
         None, "--imagery-trials", dir_okay=False,
-        help="Hand-written NSD-Imagery trial table under --data-root (docs/nsd_data.md, 4) instead of the release's files.",
+        help="Hand-written NSD-Imagery trial table under --data-root (docs/nsd_data.md, 3), not the release's files.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the NSD-Imagery beta mapping; write nothing."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Sessions read in parallel (memory grows with jobs)."),

@@ -325,6 +325,15 @@ def _split(frame: pd.DataFrame, subject: str, design, folds: int, *, with_nsd: b
     return frame, manifest
 
 
+def _relatives(mask_rel: str, beta_files: list[str], img_sources: list[str], nsd_plan) -> list[str]:
+    """Every source file of an index (release-relative), to be hashed."""
+    relatives = [mask_rel, *beta_files, *img_sources]
+    if nsd_plan is not None:
+        relatives += [nsd_plan["expdesign"], nsd_plan["stim_info"], nsd_plan["stimuli"]]
+        relatives += [nsd_plan["responses"]] if nsd_plan["responses"] else []
+    return relatives
+
+
 def build_index(
     subject: str,
     data_root: str | os.PathLike,
@@ -362,11 +371,9 @@ def build_index(
         NSD-Imagery stimulus folds K (stimulus-disjoint, balanced over sets A/B/C).
     beta_format : {'auto', 'nifti', 'hdf5'}
         Which beta files to read, NSD sessions and NSD-Imagery (``auto``: HDF5 where present, else NIfTI).
-    imagery_betas : {'fithrf_GLMdenoise_RR', 'fithrf'}
-        GLM variant of the NSD-Imagery betas (folder ``nsdimagerybetas_<variant>``).
-    imagery_trials : path, optional
-        Hand-written NSD-Imagery trial table (with ``stimuli.tsv``; docs/nsd_data.md, section 4) instead
-        of the release's design matrix, behaviour files and pair lists (the default).
+    imagery_betas, imagery_trials : str, path or None
+        NSD-Imagery GLM variant (``nsdimagerybetas_<variant>``); a hand-written trial table used instead of
+        the release's design, behaviour files and pair lists (docs/nsd_data.md, section 3).
     """
     nsd_constants.subject_number(subject)
     if dataset not in DATASETS:
@@ -395,10 +402,7 @@ def build_index(
 
     # 4. hash every source once (streamed; unchanged files are looked up in the memo)
     beta_files = list(dict.fromkeys(frame["beta_file"]))
-    relatives = [mask_rel, *beta_files, *img_sources]
-    if nsd_plan is not None:
-        relatives += [nsd_plan["expdesign"], nsd_plan["stim_info"], nsd_plan["stimuli"]]
-        relatives += [nsd_plan["responses"]] if nsd_plan["responses"] else []
+    relatives = _relatives(mask_rel, beta_files, img_sources, nsd_plan)
     sources = hash_sources(root, relatives, _memo_path(cache_root, subject))
     _report_changes(output, sources)
     # 5. beta cache (the heavy part), then manifest, index and sidecar

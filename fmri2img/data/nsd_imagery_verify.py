@@ -175,7 +175,8 @@ def verify_set_b_ids(targets: dict[str, Path], stimuli_hdf5: str | os.PathLike, 
 
     Each ``sharedSSSS_nsdNNNNN.png`` is correlated (after resizing both to :data:`COMPARE_SIZE`) with
     ``imgBrick[i]`` for ``i`` in ``NNNNN - 2 .. NNNNN + 2``. The best match must reach :data:`MATCH_MIN_R`
-    by :data:`MATCH_MARGIN` (or be a near copy, :data:`MATCH_DISTANCE_RATIO`), lie at offset 0 (0-based names) or -1 (1-based names), and all files must
+    by :data:`MATCH_MARGIN` (or be a near copy, :data:`MATCH_DISTANCE_RATIO`), lie at offset 0 (0-based names)
+    or -1 (1-based names), and all files must
     agree on the offset. A name with number 0 that matches nothing is a non-NSD image (id ``None``).
 
     Parameters

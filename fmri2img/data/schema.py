@@ -114,7 +114,8 @@ def to_table(frame: pd.DataFrame, metadata: dict[str, str], where: str = "index"
     """
     missing = [c for c in SCHEMA.names if c not in frame.columns]
     if missing:
-        raise SchemaError(f"{where}: missing column {missing[0]!r}; expected the columns of schema version {SCHEMA_VERSION}.")
+        raise SchemaError(f"{where}: missing column {missing[0]!r}; expected the columns of schema version "
+                          f"{SCHEMA_VERSION}.")
     try:
         table = pa.Table.from_pandas(frame[SCHEMA.names], schema=SCHEMA, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
