@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse
+from PIL import Image
 from _imagery_release import (
     TARGETS,
     build_release,
@@ -176,15 +178,18 @@ def test_index_frame_has_what_the_index_needs(fx):
     assert tuple(frame.columns) == R.INDEX_COLUMNS
     assert frame["beta_index"].tolist() == list(range(1, C.IMAGERY_BETAS + 1))
     ids = frame.drop_duplicates("cue").set_index("cue")
-    assert ids.loc["W", "stimulus_id"] == "nsd-28751" and ids.loc["T", "stimulus_id"] == "img-B-shared0000_nsd00000.png"
+    assert ids.loc["W", "stimulus_id"] == "nsd-28751" and ids.loc["T", "stimulus_id"] == "img-B-shared0000_nsd00000"
     assert ids.loc["N", "text"] == "banana" and ids.loc["N", "image"] == "" and ids.loc["H", "text"] == ""
     assert (fx.root / ids.loc["H", "image"]).is_file()
     assert set(frame.loc[frame["task"] == "vision", "condition"]) == {"perception"}
+    attention = frame[frame["task"] == "attention"]
+    assert attention["epoch"].tolist()[:2] == ["cue", "detection"] and frame["epoch"].notna().sum() == 288
+    assert attention["rt"].iloc[0] == attention["rt"].iloc[1] == fx.behaviour["attA"]["RT"].iloc[0]
 
 
 def test_hand_written_tables_give_the_same_index_frame(fx):
-    # nsd_imagery.read_stimuli demands an nsd_id for every set B stimulus, but the release's cue T shows
-    # no NSD image (shared0000_nsd00000.png): here T gets an NSD image so both sources can be compared.
+    # the release's cue T shows no NSD image (shared0000_nsd00000.png): here T gets one, so that every
+    # set B row of both sources carries an nsd_id to compare.
     fx.brick[9999] = fx.brick[10000] = fx.brick[10001] = fx.brick[28751][::-1].copy()
     fx.brick[10000], fx.brick[10001] = 255 - fx.brick[9999], fx.brick[9999].transpose(1, 0, 2).copy()
     write_brick(fx)
@@ -196,7 +201,7 @@ def test_hand_written_tables_give_the_same_index_frame(fx):
     images = {}
     for row in expected.drop_duplicates("stim_name").itertuples():
         if row.image:
-            images[row.stim_name] = f"images/{row.stim_name}"
+            images[row.stim_name] = f"images/{row.stim_name}.png"
             target = fx.root / C.IMAGERY_STIMULI_DIR / images[row.stim_name]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes((fx.root / row.image).read_bytes())
@@ -210,7 +215,10 @@ def test_hand_written_tables_give_the_same_index_frame(fx):
         fx.root / C.IMAGERY_STIMULI_TABLE, sep="\t", index=False)
     got = R.index_frame_from_tables(fx.root, C.IMAGERY_TRIALS.format(subject="subj01"))
     assert tuple(got.columns) == R.INDEX_COLUMNS
-    pd.testing.assert_frame_equal(got.drop(columns="image"), expected.drop(columns="image"), check_dtype=False)
+    release_only = ["image", "epoch", "button", "rt", "is_correct"]  # the hand tables have no epochs or behaviour
+    assert got[release_only[1:]].isna().all().all()
+    pd.testing.assert_frame_equal(got.drop(columns=release_only), expected.drop(columns=release_only),
+                                  check_dtype=False)
     assert got["image"].str.startswith(C.IMAGERY_STIMULI_DIR).sum() == (expected["image"] != "").sum()
 
 
@@ -384,3 +392,22 @@ def test_any_nsd_subject(tmp_path):
     assert read(fx).metadata["subject"] == "subj06"
     with pytest.raises(InputError, match="subj09"):
         R.read_release(fx.root, "subj09", progress=False)
+
+
+def test_set_b_match_near_copy_and_duplicates(tmp_path):
+    """A near copy wins over a similar neighbour (synthetic images look alike); two exact copies are ambiguous."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (16, 16, 3)).astype(float)
+    similar = np.clip(base + rng.normal(0, 30, base.shape), 0, 255)  # r ~ 0.95 with base
+    brick = np.stack([rng.integers(0, 256, (16, 16, 3)), base, similar, rng.integers(0, 256, (16, 16, 3))])
+    with h5py.File(tmp_path / "b.hdf5", "w") as fh:
+        fh["imgBrick"] = brick.astype(np.uint8)
+    png = tmp_path / "shared0001_nsd00002.png"
+    Image.fromarray(base.astype(np.uint8)).save(png)
+    with h5py.File(tmp_path / "b.hdf5", "r") as fh:
+        corr, best = V._match(png.name, png, fh["imgBrick"])
+        assert best == 1 and corr[1] > 0.99 and corr[1] - corr[2] < V.MATCH_MARGIN
+    with h5py.File(tmp_path / "b.hdf5", "a") as fh:
+        fh["imgBrick"][2] = base.astype(np.uint8)
+    with h5py.File(tmp_path / "b.hdf5", "r") as fh:
+        assert V._match(png.name, png, fh["imgBrick"])[1] is None

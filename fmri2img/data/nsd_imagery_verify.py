@@ -165,8 +165,8 @@ def _match(name: str, png: Path, brick: h5py.Dataset) -> tuple[dict[int, float],
     if not ranked or corr[ranked[0]] < MATCH_MIN_R:
         return corr, None
     if len(ranked) > 1 and corr[ranked[0]] - corr[ranked[1]] < MATCH_MARGIN:
-        if 1.0 - corr[ranked[1]] < MATCH_DISTANCE_RATIO * (1.0 - corr[ranked[0]]):
-            return corr, None
+        if 1.0 - corr[ranked[1]] <= MATCH_DISTANCE_RATIO * max(1.0 - corr[ranked[0]], 1e-9):
+            return corr, None  # two (near) copies: ambiguous
     return corr, ranked[0]
 
 
