@@ -49,6 +49,8 @@ def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str,
         kwargs = {"subjects": world_subjects, "progress": progress}
         if config.synth_seed is not None:
             kwargs["seed"] = config.synth_seed
+        if config.synth_imagery_strength is not None:
+            kwargs["imagery_strength"] = config.synth_imagery_strength
         write_world(root, **kwargs)
     fingerprints: dict[str, Any] = {}
     for subject in config.subjects:
