@@ -11,6 +11,7 @@ in parallel on :class:`fmri2img.core.executors.LocalExecutor`. Then
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import shutil
@@ -42,18 +43,21 @@ from fmri2img.stages.report import save_figure
 #: The reduced matrix: what H1-H3 need (H3 chooses among two adapters).
 CALIBRATION_CONFIGURATIONS = ("perception_only", "mixed", "adapter_linear", "adapter_mlp", "finetune")
 
+#: Name of the null-world setting (not "null": pandas reads that back from CSV as a missing value).
+NULL_SETTING = "null_world"
+
 #: The hypothesis statistics read from each world's report: statistic -> its hypothesis.
 STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Which worlds and which study (defaults: ~25 s per world on one core; docs/trust.md)."""
+    """Which worlds and which study (defaults as projects/imagery/configs/calibrate.yaml; docs/trust.md)."""
 
     worlds: int = 50
     first_seed: int = 1000
     #: imagery strengths of the planted settings; 1.0 (the null world) is added by ``include_null``
-    strengths: tuple[float, ...] = (0.35, 0.6, 0.85)
+    strengths: tuple[float, ...] = (0.6, 0.78, 0.95)
     include_null: bool = True
     subjects: tuple[str, ...] = DEFAULT_SUBJECTS
     decoders: tuple[str, ...] = ("ridge",)
@@ -63,7 +67,7 @@ class CalibrationConfig:
     n_sessions: int = 2
     n_shared: int = 50
     folds: int = 3
-    adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig(epochs=20))
+    adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig(epochs=10, lr_steps=2))
     output_root: str = "outputs/calibration"
     keep_worlds: bool = False
 
@@ -88,7 +92,7 @@ class CalibrationConfig:
     def settings(self) -> dict[str, float]:
         """Setting name -> imagery strength."""
         named = {f"strength_{s:g}": float(s) for s in self.strengths}
-        return {**named, "null": 1.0} if self.include_null else named
+        return {**named, NULL_SETTING: 1.0} if self.include_null else named
 
     @property
     def shape(self) -> WorldShape:
@@ -127,8 +131,9 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
     key = sha256_json({"config": config_dict, "setting": setting, "strength": strength, "seed": seed})
     if done.is_file() and read_json(done).get("key") == key:
         return read_json(done)
-    root = Path(config.output_root) / "work" / setting / str(seed)
+    root = Path(config.output_root).resolve() / "work" / setting / str(seed)
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     start = time.process_time()
     summary = write_world(root / "data", subjects=config.subjects, scale=config.shape, seed=seed, progress=False,
                           imagery_strength=strength if strength < 1.0 else None, null=strength == 1.0)
@@ -138,7 +143,8 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
         manifest_dir=str(root / "manifests"), checkpoint_root=str(root / "checkpoints"),
         output_root=str(root / "out"), log_dir=str(root / "logs"), synthesize=False, folds=config.folds,
         adapt=config.adapt, eval=EvalOptions(n_boot=100, n_perm=100, image_metrics=False), figures=False)
-    result = run_ablation(ablation, jobs=1, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
+    with contextlib.chdir(root):  # the world's MLflow store keeps its artifacts in ./mlruns: inside the world
+        result = run_ablation(ablation, jobs=1, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
     truth = read_json(summary.root / "truth" / "params.json")
     record = {"key": key, "rows": _world_rows(result.hypotheses, setting, strength, seed),
               "world": {"params": truth["params"], "shape": truth["shape"]},
