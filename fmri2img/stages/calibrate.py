@@ -128,7 +128,9 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
     config_dict, setting, strength, seed = task
     config = from_dict(CalibrationConfig, config_dict)
     done = Path(config.output_root) / "worlds" / setting / f"{seed}.json"
-    key = sha256_json({"config": config_dict, "setting": setting, "strength": strength, "seed": seed})
+    # what a world's result depends on (not how many worlds there are, nor where the results go)
+    study = {k: v for k, v in config_dict.items() if k not in ("worlds", "output_root", "keep_worlds")}
+    key = sha256_json({"study": study, "setting": setting, "strength": strength, "seed": seed})
     if done.is_file() and read_json(done).get("key") == key:
         return read_json(done)
     root = Path(config.output_root).resolve() / "work" / setting / str(seed)
@@ -180,8 +182,9 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
     start = time.perf_counter()
     out = ensure_dir(config.output_root)
     config_dict = dataclasses.asdict(config)
+    # seeds outermost: an interrupted run has covered every setting about equally (and resumes)
     tasks = [(config_dict, setting, strength, config.first_seed + i)
-             for setting, strength in config.settings.items() for i in range(config.worlds)]
+             for i in range(config.worlds) for setting, strength in config.settings.items()]
     with tracking.run("calibrate", {"config": config_dict, "jobs": jobs}, tracking_uri=tracking_uri,
                       run_name="calibration") as run:
         # spawned workers: a fork of this process (MLflow's threads, torch) is not safe to train in
