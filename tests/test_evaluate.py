@@ -214,3 +214,27 @@ def test_image_loader_memoises_until_the_file_changes(tmp_path):
         f["imgBrick"] = 255 - brick
     os.utime(path, ns=(10**18, 10**18))
     np.testing.assert_array_equal(image_loader(index, tmp_path, memo)(["a"]), 255 - brick[[0]])
+
+
+def test_cosine_matched_averages_as_many_trials_as_matched_perception(world):
+    """Imagery with twice the vision trials: cosine_matched scores chunks of the vision count, so
+    imagery trials that repeat the vision trials twice score exactly like vision (the null world)."""
+    truth, preds, mean = world
+    vision = preds["imagery_vision"]
+    rows = pd.concat([vision.rows, vision.rows], ignore_index=True).assign(condition="imagery")
+    order = np.argsort(rows["stimulus_id"].to_numpy(), kind="stable")  # each stimulus' trials together
+    doubled = Predictions("imagery", np.concatenate([vision.pred, vision.pred])[order], rows.iloc[order])
+    res = score({"imagery_vision": vision, "imagery": doubled}, truth, mean, subject="s", decoder="ridge",
+                configuration="perception_only", options=_opts())
+    per = res.per_stimulus.set_index(["test_set", "stimulus_id"])["cosine_matched"]
+    assert np.allclose(per.loc["imagery"].sort_index(), per.loc["imagery_vision"].sort_index(), atol=1e-12)
+    # the plain per-stimulus cosine averages all 8 imagery trials: a different (here equal) mean
+    plain = res.per_stimulus.set_index(["test_set", "stimulus_id"])["cosine"]
+    assert np.allclose(plain.loc["imagery_vision"].sort_index(), per.loc["imagery_vision"].sort_index())
+
+
+def test_cosine_matched_is_absent_without_matched_perception(world):
+    truth, preds, mean = world
+    res = score({"imagery": preds["imagery"]}, truth, mean, subject="s", decoder="ridge",
+                configuration="perception_only", options=_opts())
+    assert "cosine_matched" not in res.per_stimulus.columns

@@ -1,96 +1,185 @@
-"""The planted-truth check of the hypothesis report: direction of the mean decides a match,
-and a match whose CI over subjects includes zero is reported as thin."""
+"""H1-H3 verdicts from per-stimulus scores: direction and roadmap magnitude apart, the adapter chosen on
+validation data, relative changes only on a base clearly above zero, and the quantitative planted-truth
+check (truth, estimate, interval; OK only when the interval covers the truth)."""
 
 from __future__ import annotations
 
-import json
 
-from fmri2img.reporting.hypotheses import planted_truth_check, render_markdown
+import numpy as np
+import pandas as pd
+import pytest
 
+from fmri2img.evaluation.intervals import Interval
+from fmri2img.reporting import hypotheses
+from fmri2img.reporting.verdicts import render_markdown
+from fmri2img.stages.ablation.summary import matching_truth
 
-def _group(per_subject, low, high):
-    return {"mean": sum(per_subject) / len(per_subject), "ci_low": low, "ci_high": high,
-            "n_subjects": len(per_subject), "per_subject": per_subject}
-
-
-def _report(h2_group):
-    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 4}, "verdict": "v"}
-    return {"subjects": ["a", "b", "c", "d"],
-            "decoders": {"ridge": {"H1": h1, "H2": {"imagery_gain": h2_group, "perception_drop": _group([0.0] * 4, 0, 0),
-                                                     "verdict": "v"}}}}
+SUBJECTS = ("subj01", "subj02", "subj05", "subj07")
+STIMULI = tuple(f"s{i:02d}" for i in range(12))
+BASE = 0.5  # the mean-embedding baseline's cosine
 
 
-def _check(folder, report):
-    """The stage's call: the world's truth/params.json, read, against the report."""
-    return planted_truth_check(json.loads((folder / "truth" / "params.json").read_text()), "truth/params.json", report)
+def _iv(low, high, estimate=None):
+    estimate = (low + high) / 2 if estimate is None else estimate
+    return Interval(estimate, low, high, 0.1, 10.0, 0.95, "population", "t", 4, 12)
 
 
-def test_thin_and_clear_matches_and_mismatch(tmp_path):
-    (tmp_path / "truth").mkdir()
-    (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": False}))
-    clear = _check(tmp_path, _report(_group([0.2, 0.3, 0.1, 0.2], 0.12, 0.27)))
-    h2 = clear["checks"][1]
-    assert clear["all_match"] and h2["clear"] is True and h2["n_subjects_positive"] == 4
-    text = render_markdown({**_report(_group([0.2] * 4, 0.1, 0.3)), "planted_truth": clear})
-    assert "thin" not in text
-    assert "ridge H1: planted 'degraded but non-zero transfer (0 < ratio CI < 1)' -> OK " \
-           "(ratio 0.400 [95% CI 0.300, 0.500])" in text
-
-    thin = _check(tmp_path, _report(_group([-0.01, 0.44, 0.05, -0.07], -0.04, 0.33)))
-    h2 = thin["checks"][1]
-    assert thin["all_match"] and h2["clear"] is False and (h2["n_subjects_positive"], h2["n_subjects"]) == (2, 4)
-    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": thin})
-    assert "all match (1 thin" in text
-    assert "ridge H2: planted 'mixed training improves imagery' -> OK (+10.2% [95% CI -4.0%, +33.0%], " \
-           "2 of 4 subjects > 0; thin: the CI includes 0)" in text
-
-    wrong = _check(tmp_path, _report(_group([-0.2, -0.1, 0.05, -0.1], -0.2, 0.0)))
-    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": wrong})
-    assert not wrong["all_match"] and "MISMATCH (-8.8% [95% CI -20.0%, +0.0%], 1 of 4 subjects > 0; " \
-        "the CI includes 0)" in text and "thin" not in text
-
-    # a mismatch whose CI lies wholly on the wrong side is not called thin, nor said to include 0
-    far = _check(tmp_path, _report(_group([-0.9, -0.85, -0.88, -0.93], -0.94, -0.84)))
-    text = render_markdown({**_report(_group([0.1] * 4, 0, 0)), "planted_truth": far})
-    assert "MISMATCH (-89.0% [95% CI -94.0%, -84.0%], 0 of 4 subjects > 0)" in text
+@pytest.mark.parametrize("low, high, side, expected", [
+    (0.2, 0.6, "below", "supported"), (1.1, 1.3, "below", "not supported"), (0.8, 1.2, "below", "inconclusive"),
+    (0.01, 0.05, "above", "supported"), (-0.05, -0.01, "above", "not supported"), (-0.01, 0.02, "above",
+                                                                                    "inconclusive")])
+def test_direction(low, high, side, expected):
+    null = 1.0 if side == "below" else 0.0
+    assert hypotheses.direction(_iv(low, high), null, side) == expected
 
 
-def test_null_world_gain_up_to_threshold_is_no_effect(tmp_path):
-    (tmp_path / "truth").mkdir()
-    (tmp_path / "truth" / "params.json").write_text(json.dumps({"null": True}))
-    out = _check(tmp_path, _report(_group([0.1, 0.0, 0.05, 0.1], -0.02, 0.1)))
-    h2 = out["checks"][1]
-    assert h2["ok"] and h2["clear"] is None
-    assert out["checks"][0]["planted"] == "no transfer deficit (ratio CI includes 1, or mean > 0.8)"
-    assert not _check(tmp_path, _report(_group([0.3, 0.2, 0.4, 0.3], 0.2, 0.4)))["checks"][1]["ok"]
+def test_direction_and_magnitude_of_an_undefined_interval_are_inconclusive():
+    nan = float("nan")
+    assert hypotheses.direction(_iv(nan, nan, 0.5), 1.0, "below") == "inconclusive"
+    assert hypotheses.magnitude(_iv(nan, nan, 0.5), 0.6, 0.8) == "inconclusive"
 
 
-def test_report_names_configurations_that_kept_their_initial_weights():
-    """A fine-tune or adapter whose fold models never beat their initial state is a no-op (it
-    equals perception-only); the report says how many fold models kept their initial weights,
-    per decoder, whether or not the matrix has H3's fine-tune baseline."""
-    from fmri2img.reporting.hypotheses import kept_initial
+@pytest.mark.parametrize("low, high, expected", [(0.62, 0.78, "met"), (0.3, 0.5, "not met"), (0.85, 0.9, "not met"),
+                                                  (0.5, 0.7, "inconclusive"), (0.5, 0.9, "inconclusive")])
+def test_magnitude(low, high, expected):
+    assert hypotheses.magnitude(_iv(low, high), 0.6, 0.8) == expected
 
-    records = [{"cell": {"subject": "a", "decoder": "ridge", "configuration": "perception_only"}}]
-    for subject in ("a", "b"):
-        for decoder, configuration, kept in (("ridge", "finetune", 3), ("ridge", "adapter_linear", 0),
-                                             ("ridge", "adapter_mlp", 1), ("mlp", "adapter_mlp", 3)):
-            records.append({"cell": {"subject": subject, "decoder": decoder, "configuration": configuration},
+
+def _scores(effects: dict[tuple[str, str], float], seed: int = 0, noise: float = 0.01) -> pd.DataFrame:
+    """Per-stimulus scores: cosine = baseline + effect[(configuration, test_set)] (1 + stimulus + subject) + noise."""
+    rng = np.random.default_rng(seed)
+    stim = dict(zip(STIMULI, rng.normal(0, 0.1, len(STIMULI))))
+    subj = dict(zip(SUBJECTS, rng.normal(0, 0.1, len(SUBJECTS))))
+    imagined = dict(zip(STIMULI, rng.normal(0, 0.3, len(STIMULI))))  # how well each stimulus is imagined
+    rows = []
+    for (configuration, test_set), effect in effects.items():
+        for s in SUBJECTS:
+            for i in STIMULI:
+                rows.append({"subject": s, "decoder": "ridge", "configuration": configuration, "test_set": test_set,
+                             "stimulus_id": i, "stimulus_type": "simple",
+                             "cosine": BASE + effect * (1 + stim[i] + subj[s]) * (1 + imagined[i] * (test_set == "imagery"))
+                             + rng.normal(0, noise),
+                             "cosine_mean_embedding_baseline": BASE})
+    return pd.DataFrame(rows)
+
+
+def _effects(ratio=0.4, vision=0.2, mixed_gain=0.05, adapter_gain=0.04, finetune_gain=0.05, shared=0.3):
+    effects = {}
+    for cfg, gain in (("perception_only", 0.0), ("mixed", mixed_gain), ("adapter_linear", adapter_gain),
+                      ("adapter_mlp", adapter_gain / 2), ("finetune", finetune_gain)):
+        effects[(cfg, "imagery")] = ratio * vision + gain
+        effects[(cfg, "imagery_vision")] = vision
+        effects[(cfg, "shared1000")] = shared
+    return effects
+
+
+def _records(val=None, cpu=None):
+    val = val or {"adapter_linear": 0.8, "adapter_mlp": 0.7}
+    cpu = cpu or {"adapter_linear": 1.0, "adapter_mlp": 2.0, "finetune": 4.0}
+    records = []
+    for s_i, s in enumerate(SUBJECTS):
+        for cfg in ("adapter_linear", "adapter_mlp", "finetune"):
+            records.append({"cell": {"subject": s, "decoder": "ridge", "configuration": cfg},
+                            "val_cosine_mean": val.get(cfg, 0.6), "train_cpu_seconds_total": cpu[cfg] * (1 + 0.1 * s_i)})
+    return records
+
+
+def test_a_planted_world_is_decided_from_population_intervals():
+    report = hypotheses.decide_hypotheses(_scores(_effects()), _records(), subjects=list(SUBJECTS),
+                                          decoders=["ridge"])
+    ridge = report["decoders"]["ridge"]
+    h1 = ridge["H1"]
+    assert h1["direction"] == "supported" and h1["magnitude"] == "not met"  # 0.4 is below 60-80%
+    pop, these = h1["intervals"]["population"], h1["intervals"]["stimuli"]
+    assert pop["low"] < 0.4 < pop["high"]
+    assert pop["high"] - pop["low"] > these["high"] - these["low"]  # stimulus variance is in the population CI
+    assert ridge["H2"]["direction"] == "supported"
+    h2 = ridge["H2"]["intervals"]["population"]
+    assert h2["low"] < 0.05 < h2["high"]
+    assert ridge["H3"]["direction"] == "supported"
+    assert ridge["H3"]["speedup_vs_finetune"]["estimate"] == pytest.approx(4.0, rel=1e-9)
+    assert ridge["H3"]["magnitude"] == "not met"  # 4x < 10x
+
+
+def test_h3_chooses_the_adapter_on_validation_not_on_test_scores():
+    # adapter_mlp scores better on the test data; adapter_linear wins on its validation stimuli
+    effects = _effects(adapter_gain=0.02)
+    for t in ("imagery",):
+        effects[("adapter_mlp", t)] = effects[("perception_only", t)] + 0.06
+    report = hypotheses.decide_hypotheses(_scores(effects), _records(), subjects=list(SUBJECTS), decoders=["ridge"])
+    assert report["decoders"]["ridge"]["H3"]["chosen_adapter"] == "adapter_linear"
+    report = hypotheses.decide_hypotheses(_scores(effects), _records(val={"adapter_mlp": 0.9}),
+                                          subjects=list(SUBJECTS), decoders=["ridge"])
+    assert report["decoders"]["ridge"]["H3"]["chosen_adapter"] == "adapter_mlp"
+
+
+def test_relative_gains_of_a_base_not_clearly_above_zero_are_not_reported():
+    scores = _scores(_effects(ratio=0.0, vision=0.2), noise=0.05)
+    report = hypotheses.decide_hypotheses(scores, _records(), subjects=list(SUBJECTS), decoders=["ridge"])
+    h2 = report["decoders"]["ridge"]["H2"]
+    assert h2["imagery_gain"]["reported"] is False and "not clearly above 0" in h2["imagery_gain"]["note"]
+    assert h2["magnitude"] == "inconclusive"
+    text = render_markdown(report)
+    assert "relative imagery gain not reported" in text
+
+
+def test_null_world_truth_is_exact_and_checked_by_coverage():
+    null = _effects(ratio=1.0, mixed_gain=0.0, adapter_gain=0.0, finetune_gain=0.0)
+    report = hypotheses.decide_hypotheses(_scores(null), _records(), subjects=list(SUBJECTS), decoders=["ridge"],
+                                          truth={"null": True, "params": {"imagery_strength": 1.0}})
+    truth = report["planted_truth"]
+    assert truth["null_world"] and truth["n_checked"] == 3
+    by_stat = {c["statistic"]: c for c in truth["checks"]}
+    assert by_stat["h1_ratio"]["truth"] == 1.0 and by_stat["h2_specific_gain"]["truth"] == 0.0
+    for c in truth["checks"]:
+        assert c["ok"] == (c["ci"][0] <= c["truth"] <= c["ci"][1])
+    assert report["decoders"]["ridge"]["H1"]["direction"] in ("inconclusive", "not supported")
+
+
+def test_planted_world_without_a_truth_table_lists_estimates_unchecked_and_says_so():
+    report = hypotheses.decide_hypotheses(_scores(_effects()), _records(), subjects=list(SUBJECTS),
+                                          decoders=["ridge"], truth={"null": False, "params": {"imagery_strength": 0.6}})
+    truth = report["planted_truth"]
+    assert truth["n_checked"] == 0 and truth["all_match"] is None
+    assert all(c["ok"] is None and c["truth"] is None for c in truth["checks"])
+    assert "No truth is tabulated" in render_markdown(report)
+
+
+def test_a_truth_table_outside_the_interval_is_a_miss():
+    scores = _scores(_effects())
+    table = {"ridge": {"h1_ratio": 0.4, "h2_specific_gain": 0.5, "h3_specific_gain": 0.04}}
+    report = hypotheses.decide_hypotheses(scores, _records(), subjects=list(SUBJECTS), decoders=["ridge"],
+                                          truth={"null": False, "params": {"imagery_strength": 0.6}}, truth_table=table)
+    checks = {c["statistic"]: c["ok"] for c in report["planted_truth"]["checks"]}
+    assert checks == {"h1_ratio": True, "h2_specific_gain": False, "h3_specific_gain": True}
+    text = render_markdown(report)
+    assert "2 of 3 population intervals cover the truth" in text and "| **no** |" in text
+
+
+def test_report_wording_separates_direction_from_magnitude():
+    report = hypotheses.decide_hypotheses(_scores(_effects()), _records(), subjects=list(SUBJECTS),
+                                          decoders=["ridge"])
+    text = render_markdown(report)
+    assert "Direction (below 1 and above 0): **supported**" in text
+    assert "Roadmap magnitude (60-80% of matched perception): **not met**" in text
+    assert "chosen on validation cosine" in text and "in CPU time" in text
+    assert "bootstrap over subjects" not in text
+
+
+def test_kept_initial_counts_no_op_fold_models():
+    records = []
+    for s in ("a", "b"):
+        for cfg, kept in (("finetune", 3), ("adapter_mlp", 1), ("adapter_linear", 0)):
+            records.append({"cell": {"subject": s, "decoder": "ridge", "configuration": cfg},
                             "n_fold_models": 3, "n_folds_kept_initial": kept})
-    assert kept_initial(records, "ridge") == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
-    assert kept_initial(records, "two_stage") == {}
-    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 2}, "verdict": "v"}
-    text = render_markdown({"subjects": ["a", "b"], "decoders": {
-        "ridge": {"H1": h1, "kept_initial": kept_initial(records, "ridge")}, "mlp": {"H1": h1}}})
-    assert "kept their initial weights" in text and "finetune 6 of 6, adapter_mlp 2 of 6." in text
-    assert text.count("kept their initial weights") == 1
+    assert hypotheses.kept_initial(records, "ridge") == {"finetune": [6, 6], "adapter_mlp": [2, 6]}
+    assert hypotheses.kept_initial(records, "two_stage") == {}
 
 
-def test_h3_speed_up_reads_as_a_factor():
-    h1 = {"group": {"mean": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_subjects": 4}, "verdict": "v"}
-    adapter = {"performance_vs_finetune": {"mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "n_subjects": 4},
-               "speedup_vs_finetune": {"mean": 3.5, "ci_low": 3.25, "ci_high": 3.75, "n_subjects": 4}}
-    text = render_markdown({"subjects": ["a", "b", "c", "d"], "decoders": {"mlp": {
-        "H1": h1, "H3": {"adapters": {"adapter_mlp": adapter}, "best_adapter": "adapter_mlp", "verdict": "v"}}}})
-    assert "- **H3** adapter_mlp: 90.0% [95% CI 85.0%, 95.0%] (n=4 subjects) of fine-tuning, " \
-           "speed-up 3.500x [95% CI 3.250x, 3.750x] (n=4 subjects). Verdict: v." in text
+def test_a_truth_table_applies_only_to_the_world_it_was_simulated_for():
+    truth = {"params": {"imagery_strength": 0.6, "noise_sd": 4.0}, "shape": {"n_mask_voxels": 800}}
+    table = {"params": truth["params"], "shape": truth["shape"], "decoders": {"ridge": {"h1_ratio": 0.4}}}
+    assert matching_truth(table, truth) == {"ridge": {"h1_ratio": 0.4}}
+    other = {**truth, "params": {**truth["params"], "imagery_strength": 0.3}}
+    assert matching_truth(table, other) is None
+    assert matching_truth(None, truth) is None

@@ -265,3 +265,16 @@ def test_average_by_stimulus_sums_like_add_at(d):
         ref = sums / (counts if values.ndim == 1 else counts[:, None])
         np.testing.assert_array_equal(avg, ref)
         np.testing.assert_array_equal(np.signbit(avg), np.signbit(ref))
+
+
+def test_average_by_chunk_drops_short_chunks_and_keeps_order():
+    from fmri2img.data.trials import average_by_chunk
+
+    arr = np.arange(14, dtype=float).reshape(7, 2)
+    ids = np.array(["b", "a", "b", "a", "b", "a", "a"])
+    means, chunk_ids = average_by_chunk(arr, ids, 2)
+    # b: rows 0, 2 (4 dropped); a: rows 1, 3 then 5, 6
+    assert chunk_ids.tolist() == ["b", "a", "a"]
+    assert np.allclose(means, [arr[[0, 2]].mean(0), arr[[1, 3]].mean(0), arr[[5, 6]].mean(0)])
+    with pytest.raises(InputError):
+        average_by_chunk(arr, ids, 0)

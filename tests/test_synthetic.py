@@ -202,7 +202,9 @@ def test_truth_files(tiny):
     assert 0.35 < (latents[:300] @ latents[:300].T)[iu].mean() < 0.55  # CLIP-like anisotropy
     params = json.loads((tiny / "truth" / "params.json").read_text())
     assert params["seed"] == DEFAULT_WORLD_SEED and params["null"] is False
-    assert params["params"]["imagery_a"]["gamma"] == sim_model.GeneratorParams().imagery_a.gamma
+    assert params["params"]["imagery_strength"] == sim_model.DEFAULT_IMAGERY_STRENGTH
+    strengths = [params["planted_effects"]["imagery"][x]["strength"] for x in "ABC"]
+    assert strengths[0] == sim_model.DEFAULT_IMAGERY_STRENGTH and strengths[0] > strengths[1] > strengths[2]
     assert "G_subjXX.npy" in params["truth_files"] and params["generative_model"]
 
 
@@ -426,3 +428,32 @@ def test_defaults_are_documented():
     defaults = dataclasses.asdict(sim_model.GeneratorParams())
     for name in ("amplitude", "noise_sd", "session_offset_sd", "attention_gain"):
         assert f"`{name}` | {defaults[name]}" in text, name
+
+
+def test_imagery_offset_is_orthogonal_to_every_imagery_latent_and_in_the_category_span(tiny):
+    """The planted offset cannot help or hurt particular stimuli: the same effect whatever a world draws."""
+    params = json.loads((tiny / "truth" / "params.json").read_text())
+    latents, row = _truth(tiny)
+    ids = [s["stimulus_id"] for s in params["imagery_stimuli"]]
+    stim = latents[[row[i] for i in ids]].astype(np.float64)
+    offsets = np.load(tiny / "truth" / "imagery_offsets.npy").astype(np.float64)
+    assert np.abs(stim @ offsets.T).max() < 1e-5
+    gp = sim_model.GeneratorParams()
+    _, cat_dirs = sim_model.latent_directions(gp, params["seed"])
+    u = offsets[0] / np.linalg.norm(offsets[0])
+    coef, *_ = np.linalg.lstsq(cat_dirs.T, u, rcond=None)
+    assert np.linalg.norm(cat_dirs.T @ coef - u) < 1e-5
+    assert np.linalg.norm(offsets[0]) == pytest.approx((1 - gp.set_strength("A")) * gp.imagery_offset_scale, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_imagery_strength_outside_0_1_is_refused(bad):
+    with pytest.raises(InputError, match="imagery_strength"):
+        sim_model.GeneratorParams(imagery_strength=bad)
+
+
+def test_strength_one_is_the_null_world():
+    gp = sim_model.GeneratorParams(imagery_strength=1.0)
+    for x in "ABC":
+        assert gp.effect(x) == sim_model.ImageryEffect(gamma=1.0, rho=1.0, offset_norm=0.0, noise_sd=gp.noise_sd)
+    assert sim_model.GeneratorParams().as_null() == gp

@@ -28,6 +28,9 @@ def command(
     ),
     beta_format: BetaFormat = typer.Option(BetaFormat("nifti"), "--format", help="NSD session betas as .nii.gz, .hdf5 or both."),
     null: bool = typer.Option(False, "--null", help="Plant imagery identical in distribution to perception."),
+    imagery_strength: float = typer.Option(
+        None, "--imagery-strength", min=0.0, max=1.0,
+        help="Imagery strength s in (0, 1]: 1 = imagery like perception; default 0.6 (docs/synthetic_world.md)."),
     seed: int = typer.Option(DEFAULT_WORLD_SEED, "--seed", help="Seed of the world (same seed, same bytes)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing world at --out."),
     tracking_uri: str = TrackingUriOption,
@@ -37,6 +40,7 @@ def command(
 
     summary, run_id = run_synth(out, tuple(subject) if subject else DEFAULT_SUBJECTS, scale=scale.value,
                                 sessions=sessions, beta_format=beta_format.value, null=null, seed=seed, force=force,
+                                imagery_strength=imagery_strength,
                                 tracking_uri=tracking_uri)
     echo(
         f"Wrote the synthetic world ({', '.join(summary.subjects)}; {summary.n_files} files, "

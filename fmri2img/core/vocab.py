@@ -36,6 +36,8 @@ MODE_TEST_SETS = {
     "both": TEST_SETS,
 }
 MODES = tuple(MODE_TEST_SETS)
+#: Imagery and its matched perception: their ``cosine_matched`` averages as many trials per chunk.
+MATCHED_TEST_SETS = ("imagery", "imagery_vision")
 
 #: Stimulus types of the index; the first three have an image ground truth (scored as ``all``).
 STIMULUS_TYPES = ("natural", "simple", "complex", "conceptual")

@@ -153,6 +153,37 @@ def average_by_stimulus(
     return averaged, sorted_ids[order]
 
 
+def average_by_chunk(arr: Any, stimulus_ids: Sequence[Any] | np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average consecutive chunks of ``chunk`` rows of each stimulus (rows in the given order; a last
+    chunk shorter than ``chunk`` is dropped), so that scores of test sets with different repeat counts
+    compare like with like: NSD-Imagery has 8 vision but 16 imagery trials per stimulus, and a mean
+    over 16 trials scores higher than one over 8 for the same signal.
+
+    Parameters
+    ----------
+    arr : array of shape (n, d)
+    stimulus_ids : sequence of length n
+    chunk : int >= 1
+
+    Returns
+    -------
+    averaged : array of shape (n_chunks, d), float64
+    chunk_ids : array of shape (n_chunks,), the stimulus of each chunk
+    """
+    values = np.asarray(arr, dtype=np.float64)
+    ids = np.asarray(stimulus_ids)
+    if chunk < 1 or values.ndim != 2 or ids.shape != (values.shape[0],):
+        raise InputError(f"Expected arr (n, d), n stimulus ids and chunk >= 1; got shapes {values.shape}, "
+                         f"{ids.shape} and chunk {chunk}.")
+    means, chunk_ids = [], []
+    for stimulus in average_by_stimulus(np.zeros(len(ids)), ids)[1]:
+        rows = np.flatnonzero(ids == stimulus)
+        for start in range(0, len(rows) - chunk + 1, chunk):
+            means.append(values[rows[start:start + chunk]].mean(axis=0))
+            chunk_ids.append(stimulus)
+    return np.asarray(means).reshape(len(means), values.shape[1]), np.asarray(chunk_ids)
+
+
 def _ordered_group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Per-group sums of the rows of ``values`` (n,) or (n, d), ``group`` int (n,) in [0, n_groups).
 

@@ -2,7 +2,8 @@
 
 Input: one long table of per-stimulus scores (the ``per_stimulus.csv`` of every evaluated
 cell), columns ``subject, decoder, configuration, test_set, stimulus_id, stimulus_type,
-cosine, cosine_mean_embedding_baseline``. Every effect is measured **above the mean-embedding
+cosine, cosine_mean_embedding_baseline``; on imagery and its matched perception ``cosine`` is
+the trial-count-matched ``cosine_matched`` (:mod:`fmri2img.evaluation.scoring`). Every effect is measured **above the mean-embedding
 baseline** (``cosine - cosine_mean_embedding_baseline``, the score a constant guess already
 reaches) and every statistic is a mean, a difference or a ratio of means over a
 subjects x stimuli table, so each gets the two intervals of :mod:`fmri2img.evaluation.intervals`
@@ -95,6 +96,12 @@ def relative_change(scores: pd.DataFrame, decoder: str, new: str, old: str, test
         return _both(ratio_interval, N, D, shift=-1.0)
     # a drop 1 - N/D is the ratio (D - N) / D
     return _both(ratio_interval, D - N, D)
+
+
+def mean_interval_of(scores: pd.DataFrame, decoder: str, configuration: str, test_set: str,
+                     estimand: str = "population") -> Interval:
+    """Mean score above baseline of one configuration on one test set, with its interval."""
+    return mean_interval(above_baseline_table(scores, decoder, configuration, test_set), estimand=estimand)
 
 
 def performance_ratio(scores: pd.DataFrame, decoder: str, configuration: str, reference: str,

@@ -7,7 +7,9 @@ Vocabulary (docs/contracts.md section 6):
   (NSD-Imagery vision trials of the 18 stimuli: the *matched* within-domain reference) and
   ``imagery`` (the same stimuli imagined: cross-domain);
 * the unit of inference is the **stimulus**: a stimulus' prediction is the mean of its trials'
-  predictions ("per stimulus"); ``cosine_per_trial`` is also reported (mean over trials);
+  predictions ("per stimulus"); ``cosine_per_trial`` is also reported (mean over trials), and on
+  imagery / imagery_vision ``cosine_matched``: the mean cosine of chunks of as many trials as
+  imagery_vision has per stimulus (trial counts matched: what H1-H3 compare);
 * groups: ``all`` = stimuli with an image ground truth (natural / simple / complex), then each
   stimulus type on its own; ``conceptual`` stimuli (no image) are scored against their text
   embedding and reported only on their own, never inside ``all``;
@@ -39,8 +41,8 @@ import pandas as pd
 from fmri2img.core.constants import INIT_SEED, RETRIEVAL_KS
 from fmri2img.core.errors import InputError
 from fmri2img.core.memo import Memo, digest
-from fmri2img.core.vocab import IMAGE_TYPES, RESULTS_COLUMNS
-from fmri2img.data.trials import average_by_stimulus, nsd_split_rows
+from fmri2img.core.vocab import IMAGE_TYPES, MATCHED_TEST_SETS, RESULTS_COLUMNS
+from fmri2img.data.trials import average_by_chunk, average_by_stimulus, nsd_split_rows
 from fmri2img.evaluation.image_metrics import retrieve_images, score_image_pairs
 from fmri2img.evaluation.metrics import TWO_WAY_CHANCE, cosine_similarity, random_unit_embeddings, score_predictions
 from fmri2img.evaluation.resampling import (
@@ -303,7 +305,8 @@ def _candidates(configuration: str, pred_g, true_g, train_mean, opts: EvalOption
 
 
 def _score_test_set(scores: _Scores, p: Predictions, embeddings, train_mean, *, decoder: str, configuration: str,
-                    baselines: bool, distractors, images) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    baselines: bool, distractors, images, matched_chunk: int | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of one test set into ``scores``; returns its per-trial and per-stimulus frames."""
     opts, test_set = scores.opts, p.test_set
     # plain arrays of the index rows (pandas operations on the index are slow per cell)
@@ -314,6 +317,11 @@ def _score_test_set(scores: _Scores, p: Predictions, embeddings, train_mean, *, 
     trial_cos = cosine_similarity(p.pred, embeddings.lookup(list(ids)))
     avg_pred, uniq = average_by_stimulus(p.pred, ids)
     pos = {s: i for i, s in enumerate(uniq)}
+    if matched_chunk and test_set in MATCHED_TEST_SETS:
+        chunk_pred, chunk_ids = average_by_chunk(p.pred, ids, matched_chunk)
+        chunk_cos, chunk_uniq = average_by_stimulus(
+            cosine_similarity(chunk_pred, embeddings.lookup(list(chunk_ids))), chunk_ids)
+        scores.per_stim[(test_set, configuration, "cosine_matched")] = dict(zip(chunk_uniq.tolist(), chunk_cos))
     for group, group_ids in _modality_groups(types_here):
         true_g = embeddings.lookup(group_ids)
         gallery = true_g
@@ -374,10 +382,12 @@ def score(
     options.validate()
     scores = _Scores(subject, options, memo)
     per_trial_frames, per_stim_frames = [], []
+    vision = predictions.get(MATCHED_TEST_SETS[1])  # chunk size: its fewest trials of a stimulus
+    matched_chunk = int(vision.rows["stimulus_id"].value_counts().min()) if vision and len(vision.rows) else None
     for p in predictions.values():
         per_trial, per_stimulus = _score_test_set(scores, p, embeddings, train_mean, decoder=decoder,
                                                   configuration=configuration, baselines=baselines,
-                                                  distractors=distractors, images=images)
+                                                  distractors=distractors, images=images, matched_chunk=matched_chunk)
         per_trial_frames.append(per_trial)
         per_stim_frames.append(per_stimulus)
     scores.cis.compute()

@@ -30,11 +30,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg import null_space
 from scipy.ndimage import gaussian_filter
 
 from fmri2img.core.errors import InputError
 from fmri2img.data import nsd_constants
 from fmri2img.sim.formats import VolumeWriter, to_int16
+from fmri2img.sim.imagery_effects import (
+    DEFAULT_IMAGERY_STRENGTH,
+    IMAGERY_NOISE_INFLATION,
+    IMAGERY_OFFSET_SCALE,
+    IMAGERY_SET_EXPONENTS,
+    ImageryEffect,
+    strength_effect,
+)
 
 #: Voxel size of the func1pt8mm space in mm [NSD manual, "Betas"].
 VOXEL_MM = 1.8
@@ -65,36 +74,6 @@ BRAIN_SEMI_AXIS_FRACTION = 0.45
 BLOB_CENTRE_OFFSET = (0.0, -0.45, -0.1)
 
 @dataclass(frozen=True)
-class ImageryEffect:
-    """How imagery of one NSD-Imagery stimulus set relates to perception.
-
-    Imagery trials carry ``a G (gamma (rho e_s + sqrt(1 - rho^2) r_s) + c)`` plus noise of sd
-    ``noise_sd``, where ``|c| = offset_norm``.
-
-    Attributes
-    ----------
-    gamma : float
-        Gain of the imagined content relative to perception (1 = as strong).
-    rho : float
-        Cosine between the imagined latent and the true one (1 = same content).
-    offset_norm : float
-        Norm of the imagery offset ``c`` in latent space (0 = none).
-    noise_sd : float
-        Single-trial noise sd of imagery betas, in percent signal change.
-    """
-
-    gamma: float
-    rho: float
-    offset_norm: float
-    noise_sd: float
-
-
-#: Perception-identical imagery (``--null``).
-def null_effect(noise_sd: float) -> ImageryEffect:
-    return ImageryEffect(gamma=1.0, rho=1.0, offset_norm=0.0, noise_sd=noise_sd)
-
-
-@dataclass(frozen=True)
 class GeneratorParams:
     """Parameters of the generative model (scale independent). Defaults are the calibrated ones.
 
@@ -123,8 +102,15 @@ class GeneratorParams:
         Share of the variance of ``G`` that is spatially smooth (the rest is voxel-specific).
     attention_gain : float
         Gain of the stimulus in attention trials (``a G (attention_gain e_s)``).
-    imagery_a, imagery_b, imagery_c : ImageryEffect
-        Imagery effect of the simple (A), complex (B) and conceptual (C) sets.
+    imagery_strength : float in (0, 1]
+        ``s``: how much of perception imagery keeps; 1 = imagery distributed exactly like
+        perception (the null world). Set X gets ``s_X = s ** k_X`` and :func:`strength_effect`.
+    imagery_set_exponents : (k_A, k_B, k_C)
+        Per-set exponents: simple (A) imagery strongest, conceptual (C) weakest.
+    imagery_offset_scale : float
+        ``kappa``: the imagery offset has norm ``(1 - s_X) kappa``.
+    imagery_noise_inflation : float
+        ``nu``: imagery noise sd is ``noise_sd (1 + (1 - s_X) nu)``.
     render_contrast : float
         Sd of the pre-squash image intensity (higher = more saturated pictures).
     """
@@ -141,19 +127,30 @@ class GeneratorParams:
     smooth_sigma_vox: float = 1.0
     smooth_fraction: float = 0.5
     attention_gain: float = 1.0
-    imagery_a: ImageryEffect = ImageryEffect(gamma=0.8, rho=0.85, offset_norm=1.0, noise_sd=6.0)
-    imagery_b: ImageryEffect = ImageryEffect(gamma=0.7, rho=0.8, offset_norm=1.0, noise_sd=6.0)
-    imagery_c: ImageryEffect = ImageryEffect(gamma=0.5, rho=0.65, offset_norm=1.0, noise_sd=6.0)
+    imagery_strength: float = DEFAULT_IMAGERY_STRENGTH
+    imagery_set_exponents: tuple[float, float, float] = IMAGERY_SET_EXPONENTS
+    imagery_offset_scale: float = IMAGERY_OFFSET_SCALE
+    imagery_noise_inflation: float = IMAGERY_NOISE_INFLATION
     render_contrast: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.imagery_strength <= 1.0:
+            raise InputError(f"imagery_strength must be in (0, 1] (1 = imagery distributed like perception), "
+                             f"got {self.imagery_strength!r}.")
+
+    def set_strength(self, stim_set: str) -> float:
+        """``s_X = imagery_strength ** k_X`` of set ``'A'``, ``'B'`` or ``'C'``."""
+        exponent = self.imagery_set_exponents[tuple(nsd_constants.IMAGERY_SETS).index(stim_set)]
+        return float(self.imagery_strength ** exponent)
+
     def effect(self, stim_set: str) -> ImageryEffect:
-        """The :class:`ImageryEffect` of set ``'A'``, ``'B'`` or ``'C'``."""
-        return {"A": self.imagery_a, "B": self.imagery_b, "C": self.imagery_c}[stim_set]
+        """The :class:`ImageryEffect` of set ``'A'``, ``'B'`` or ``'C'`` (see :func:`strength_effect`)."""
+        return strength_effect(self.set_strength(stim_set), self.noise_sd, self.imagery_offset_scale,
+                               self.imagery_noise_inflation)
 
     def as_null(self) -> GeneratorParams:
-        """The same parameters with imagery identical in distribution to perception."""
-        eff = null_effect(self.noise_sd)
-        return dataclasses.replace(self, imagery_a=eff, imagery_b=eff, imagery_c=eff)
+        """The same parameters with imagery identical in distribution to perception (strength 1)."""
+        return dataclasses.replace(self, imagery_strength=1.0)
 
 
 GENERATIVE_MODEL_TEXT = (
@@ -168,8 +165,10 @@ GENERATIVE_MODEL_TEXT = (
     "nsdgeneral: s_kv*eps + o_kv. Stored int16 = round(x*300). NSD-Imagery (one session): vision "
     "trials as perception; imagery trials of set X: a*G(gamma_X*(rho_X*e_s + sqrt(1-rho_X^2)*r_s) "
     "+ c_X) + N(0, noise_sd_X^2), r_s unit and orthogonal to e_s (fixed per stimulus), c_X = "
-    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c (the "
-    "offset is shared by all imagery trials, along directions a perception decoder reads out); attention trials a*G(attention_gain*e_s) + "
+    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c and orthogonal to "
+    "every imagery latent (the offset is shared by all imagery trials, along directions a perception decoder "
+    "reads out); gamma_X = rho_X = sqrt(s_X), offset_norm_X = (1-s_X)*kappa, noise_sd_X = noise_sd*(1+(1-s_X)*nu), "
+    "s_X = s^k_X with s the imagery strength (1 = imagery distributed like perception); attention trials a*G(attention_gain*e_s) + "
     "N(0, noise_sd^2); same session drift form as perception."
 )
 
@@ -421,6 +420,23 @@ def session_betas(
     return writer.vol
 
 
+def offset_direction(stim_latents: np.ndarray, cat_dirs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector ``u`` in the span of the category directions and orthogonal to every
+    imagery stimulus' latent, so the offset lowers decoded imagery by the same amount whichever
+    stimuli a world draws (a direction with a component along some ``e_s`` would help or hurt those
+    stimuli by chance, and the planted effect would change from world to world).
+
+    stim_latents : (n_stimuli, dim); cat_dirs : (n_categories, dim). Needs n_categories > n_stimuli;
+    otherwise the component orthogonal to the latents of a random category combination.
+    """
+    coords = null_space(stim_latents @ cat_dirs.T)  # (n_categories, k): u = coords @ a is orthogonal
+    if coords.shape[1] == 0:
+        v = rng.standard_normal(cat_dirs.shape[0]) @ cat_dirs
+        basis = np.linalg.qr(stim_latents.T)[0]
+        return _unit_rows((v - basis @ (basis.T @ v))[None, :])[0]
+    return _unit_rows((coords @ rng.standard_normal(coords.shape[1]) @ cat_dirs)[None, :])[0]
+
+
 def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams,
                     seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """What each NSD-Imagery stimulus' imagery trials carry: ``gamma_X (rho_X e_s + sqrt(1 - rho_X^2)
@@ -437,7 +453,7 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
     # of the latent space that a perception decoder reads out best, so the offset distorts
     # decoded imagery (a random direction would be shrunk away by any regularised decoder)
     _, cat_dirs = latent_directions(params, seed)
-    u = _unit_rows((rng.standard_normal(params.n_categories) @ cat_dirs)[None, :])[0]
+    u = offset_direction(stim_latents, cat_dirs, rng)
     resid = rng.standard_normal(stim_latents.shape)
     resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents
     resid = _unit_rows(resid)

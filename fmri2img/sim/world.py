@@ -219,6 +219,7 @@ def write_world(
     force: bool = False,
     progress: bool = True,
     params: GeneratorParams | None = None,
+    imagery_strength: float | None = None,
 ) -> WorldSummary:
     """Write a synthetic NSD + NSD-Imagery world under ``out`` (layout: docs/contracts.md, 1).
 
@@ -244,6 +245,8 @@ def write_world(
         Show a progress bar on stderr.
     params : GeneratorParams, optional
         Generative-model parameters (default: the calibrated defaults).
+    imagery_strength : float in (0, 1], optional
+        Overrides ``params.imagery_strength`` (1 = imagery like perception; ``null`` wins).
 
     Returns
     -------
@@ -253,6 +256,8 @@ def write_world(
     out, subjects, shape = check_request(out, subjects, scale, sessions, beta_format, force)
     scale_name = scale if isinstance(scale, str) else "custom"
     params = params or GeneratorParams()
+    if imagery_strength is not None:
+        params = dataclasses.replace(params, imagery_strength=float(imagery_strength))
     if null:
         params = params.as_null()
     parent = ensure_dir(out.parent if str(out.parent) else Path("."))
@@ -439,6 +444,7 @@ def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, n
         e = params.effect(x)
         effects[x] = {
             "stimulus_type": kind,
+            "strength": params.set_strength(x),
             **dataclasses.asdict(e),
             "cosine_imagined_vs_true": e.rho,
             # per-voxel SNR of the true-latent component, imagery relative to perception

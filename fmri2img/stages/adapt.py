@@ -231,15 +231,16 @@ def train_adapters(
         for fold in folds:
             train, val, val_stimuli = _fold_data(index, fold, config, cache_root, embeddings,
                                                  base_meta["n_voxels"], checkpoint, memo)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             lr, module, history, tried = _train_fold(config, base, train, val, fold, progress)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             if _state_hash(base) != base_hash:
                 raise RuntimeError("The frozen base decoder changed during adapter training.")
             for key, tensor in module.cpu().state_dict().items():
                 state[f"fold{fold}.{key}"] = tensor.detach().cpu().clone().contiguous()
             run.log_history(history, prefix=f"fold{fold}/")
-            fold_info.append(_fold_record(fold, seconds, train, val_stimuli, lr, history, tried))
+            fold_info.append({**_fold_record(fold, seconds, train, val_stimuli, lr, history, tried),
+                              "train_cpu_seconds": cpu_seconds})
         weights = out_dir / ADAPTER_FILE
         weights_sha256 = save_state(weights, state)
         metadata = _metadata(config, checkpoint, base_meta, embeddings, subject, folds, fold_info,
@@ -266,6 +267,7 @@ def _metadata(config, checkpoint, base_meta, embeddings, subject, folds, fold_in
         "n_voxels": base_meta["n_voxels"], "subject": subject, "folds": folds,
         "fold_details": fold_info, "seeds": {"init": config.seed, "split": base_meta.get("seeds", {}).get("split")},
         "train_seconds_total": float(sum(seconds)),
+        "train_cpu_seconds_total": float(sum(f["train_cpu_seconds"] for f in fold_info)),
         "train_seconds_mean": float(np.mean(seconds)), "train_seconds_std": float(np.std(seconds)),
         "n_trainable_parameters": int(n_trainable), "n_base_parameters": int(n_base),
         "parameter_overhead": float(n_trainable / n_base) if config.adapter != "finetune" else 1.0,

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fmri2img.core import tracking
 from fmri2img.core.constants import DEFAULT_SUBJECTS, SYNTHETIC_TRUTH_EMBEDDINGS
 from fmri2img.core.errors import ConfigError, MissingInputError
@@ -49,6 +51,8 @@ def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str,
         kwargs = {"subjects": world_subjects, "progress": progress}
         if config.synth_seed is not None:
             kwargs["seed"] = config.synth_seed
+        if config.synth_imagery_strength is not None:
+            kwargs["imagery_strength"] = config.synth_imagery_strength
         write_world(root, **kwargs)
     fingerprints: dict[str, Any] = {}
     for subject in config.subjects:
@@ -151,6 +155,9 @@ def _adapter_predictor(config, cell, decoder, run, progress, memo) -> tuple[Pred
     # adapter, the unchanged decoder copy): the report names such no-ops
     extra["n_fold_models"] = len(ameta["fold_details"])
     extra["n_folds_kept_initial"] = sum(f.get("best_epoch") == -1 for f in ameta["fold_details"])
+    # H3 chooses among adapters on these (their folds' validation stimuli), never on test scores
+    extra["val_cosine_mean"] = float(np.mean([f["best_val_cosine"] for f in ameta["fold_details"]]))
+    extra["train_cpu_seconds_total"] = ameta.get("train_cpu_seconds_total")
     return adapter_predictor(decoder, states, ameta), extra
 
 

@@ -58,6 +58,8 @@ class AblationConfig:
     embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
     synthesize: bool = True
     synth_seed: int | None = None
+    synth_imagery_strength: float | None = None  # the synthetic world's imagery strength (default 0.6)
+    truth_table: str | None = None  # simulated truth of the synthetic world (fmri2img calibrate --write-truth)
     folds: int = 3
     imagery_weight: float = 1.0
     device: str = "cpu"

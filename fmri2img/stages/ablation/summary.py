@@ -11,7 +11,9 @@ import pandas as pd
 
 from fmri2img.core.files import ensure_dir, read_json, write_json, write_text
 from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
-from fmri2img.reporting.hypotheses import decide_hypotheses, render_markdown
+from fmri2img.evaluation.group import SCORE_COLUMNS
+from fmri2img.reporting.hypotheses import decide_hypotheses
+from fmri2img.reporting.verdicts import render_markdown
 from fmri2img.stages.ablation.matrix import AblationConfig, Cell, cell_dir, subject_dir
 
 
@@ -84,15 +86,34 @@ def write_summary(config: AblationConfig, tables: list[pd.DataFrame], records: l
     summary = pd.concat(tables, ignore_index=True)
     write_text(summary_dir / "results_table.csv", summary.to_csv(index=False))
     write_text(summary_dir / "results_table.md", markdown_table(summary))
-    cell_metrics = {}
-    for rec in records:
-        cell = Cell(**rec["cell"])
-        cell_metrics[(cell.subject, cell.name)] = read_json(cell_dir(config, cell) / "metrics.json")
     truth_path = Path(config.data_root) / "truth" / "params.json"
     truth = read_json(truth_path) if truth_path.is_file() else None
-    report = decide_hypotheses(summary, records, cell_metrics, subjects=list(config.subjects),
-                               decoders=list(config.decoders), seed=config.eval.seed, truth=truth,
-                               truth_file=str(truth_path))
+    truth_table = read_json(Path(config.truth_table)) if truth is not None and config.truth_table else None
+    report = decide_hypotheses(per_stimulus_scores(config, records), records, subjects=list(config.subjects),
+                               decoders=list(config.decoders), truth=truth,
+                               truth_table=matching_truth(truth_table, truth))
     write_json(summary_dir / "hypotheses.json", report)
     write_text(summary_dir / "report.md", render_markdown(report))
     return summary_dir, report
+
+
+def per_stimulus_scores(config: AblationConfig, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every cell's per_stimulus.csv in one table (:data:`~fmri2img.evaluation.group.SCORE_COLUMNS`);
+    on imagery and matched perception ``cosine`` is the trial-count-matched ``cosine_matched``."""
+    frames = []
+    for rec in records:
+        cell = Cell(**rec["cell"])
+        frame = pd.read_csv(cell_dir(config, cell) / "per_stimulus.csv")
+        if "cosine_matched" in frame.columns:
+            frame["cosine"] = frame["cosine_matched"].where(frame["cosine_matched"].notna(), frame["cosine"])
+        frames.append(frame.assign(subject=cell.subject, decoder=cell.decoder))
+    return pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)] if frames else pd.DataFrame()
+
+
+def matching_truth(table: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``decoders`` of a simulated truth table when it was simulated for this world's generator
+    parameters and shape (``fmri2img calibrate --write-truth``), else None."""
+    if not table or not truth:
+        return None
+    same = (table.get("params") == truth.get("params") and table.get("shape") == truth.get("shape"))
+    return table.get("decoders") if same else None

@@ -1,0 +1,108 @@
+"""report.md: the hypotheses' verdicts (:mod:`fmri2img.reporting.hypotheses`) in words a reader
+cannot misread: every number with its interval, direction and roadmap magnitude apart, and the
+planted-truth check as a table of truth, estimate and interval."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fmri2img.reporting.hypotheses import VERDICT_ESTIMAND
+
+INTRO = (
+    "Every number is a CLIP cosine **above the mean-embedding baseline** (the score of a constant guess), "
+    "on trial-count-matched scores (imagery and its matched perception average the same number of trials). "
+    "Brackets are 95% confidence intervals for the **population** of subjects and stimuli (subjects and "
+    "stimuli as crossed random effects), which the verdicts use; intervals for *these* stimuli (new subjects "
+    "only) are in hypotheses.json.\n\n"
+    "Each hypothesis gets two answers. **Direction**: *supported* when the interval lies on the hypothesis' "
+    "side of its null value, *not supported* when it lies on the other side, *inconclusive* when it includes "
+    "the null value (the data cannot tell). **Roadmap magnitude**: *met* when the interval lies inside the "
+    "roadmap's expected range, *not met* when it lies outside, *inconclusive* when it crosses an edge."
+)
+
+
+def _num(value: float, pct: bool = False, unit: str = "", signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if pct:
+        return f"{value:+.1%}" if signed else f"{value:.1%}"
+    return (f"{value:+.3f}" if signed else f"{value:.3f}") + unit
+
+
+def interval_text(iv: dict[str, Any], pct: bool = False, unit: str = "", signed: bool = False) -> str:
+    """``0.412 [95% CI 0.220, 0.604]``, or the estimate and why no interval."""
+    text = _num(iv["estimate"], pct, unit, signed)
+    if iv["low"] is None or not math.isfinite(iv["low"]):
+        return text + f" (no interval: {iv.get('note') or 'not estimable'})"
+    return text + f" [95% CI {_num(iv['low'], pct, unit, signed)}, {_num(iv['high'], pct, unit, signed)}]"
+
+
+def _relative_text(entry: dict[str, Any], label: str) -> str:
+    if not entry["reported"]:
+        return f"{label} not reported ({entry['note']})"
+    return f"{label} {interval_text(entry[VERDICT_ESTIMAND], pct=True, signed=True)}"
+
+
+def _h1_line(h1: dict[str, Any]) -> str:
+    return (f"- **H1** transfer (perception-only decoder, imagery / matched perception): "
+            f"{interval_text(h1['intervals'][VERDICT_ESTIMAND])}. Direction (below 1 and above 0): "
+            f"**{h1['direction']}**. Roadmap magnitude ({h1['roadmap']}): **{h1['magnitude']}**.")
+
+
+def _h2_line(h2: dict[str, Any]) -> str:
+    return (f"- **H2** mixed training: imagery-specific gain (gain on imagery minus gain on matched perception) "
+            f"{interval_text(h2['intervals'][VERDICT_ESTIMAND], signed=True)}; "
+            f"{_relative_text(h2['imagery_gain'], 'relative imagery gain')}; "
+            f"{_relative_text(h2['perception_drop'], 'perception drop (shared1000)')}. Direction (specific gain "
+            f"above 0): **{h2['direction']}**. Roadmap magnitude ({h2['roadmap']}): **{h2['magnitude']}**.")
+
+
+def _h3_line(h3: dict[str, Any]) -> str:
+    val = ", ".join(f"{k} {v:.4f}" for k, v in sorted(h3["validation_cosine"].items()))
+    speed = h3["speedup_vs_finetune"]
+    speed_text = (f"speed-up {interval_text(speed, unit='x')} in CPU time" if speed["reported"]
+                  else f"speed-up not reported ({speed['note']})")
+    return (f"- **H3** {h3['chosen_adapter']} (chosen on validation cosine: {val}): imagery-specific gain "
+            f"{interval_text(h3['intervals'][VERDICT_ESTIMAND], signed=True)}; "
+            f"{interval_text(h3['performance_vs_finetune'][VERDICT_ESTIMAND], pct=True)} of fine-tuning's "
+            f"imagery score; {speed_text}. Direction (specific gain above 0): **{h3['direction']}**. "
+            f"Roadmap magnitude ({h3['roadmap']}): **{h3['magnitude']}**.")
+
+
+def _truth_lines(truth: dict[str, Any]) -> list[str]:
+    world = ("null world (imagery strength 1: imagery distributed like perception; exact truth: ratio 1, gains 0)"
+             if truth["null_world"] else f"imagery strength {truth['imagery_strength']}")
+    lines = ["## Planted-truth check (synthetic world)", "", f"World: {world}."]
+    if truth["n_checked"]:
+        lines.append(f"{truth['n_ok']} of {truth['n_checked']} population intervals cover the truth "
+                     f"(at 95%, about {truth['expected_misses']:.1f} misses are expected by chance).")
+    else:
+        lines.append("No truth is tabulated for this world's parameters: the estimates are listed unchecked "
+                     "(`fmri2img calibrate --write-truth` simulates it).")
+    lines += ["", "| decoder | hypothesis | statistic | truth | estimate | 95% CI | CI covers truth |",
+              "|---|---|---|---|---|---|---|"]
+    for c in truth["checks"]:
+        ok = "n/a" if c["ok"] is None else "yes" if c["ok"] else "**no**"
+        lines.append(f"| {c['decoder']} | {c['hypothesis']} | {c['statistic']} | {_num(c['truth'])} | "
+                     f"{_num(c['estimate'])} | [{_num(c['ci'][0])}, {_num(c['ci'][1])}] | {ok} |")
+    return lines + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report.md text of a :func:`~fmri2img.reporting.hypotheses.decide_hypotheses` report."""
+    lines = ["# Perception vs imagery: hypotheses", "", f"Subjects: {', '.join(report['subjects'])}.", "", INTRO, ""]
+    for decoder, entry in report["decoders"].items():
+        lines += [f"## {decoder}", "", _h1_line(entry["H1"])]
+        if "H2" in entry:
+            lines.append(_h2_line(entry["H2"]))
+        if "H3" in entry:
+            lines.append(_h3_line(entry["H3"]))
+        if entry.get("kept_initial"):
+            lines.append("- Fold models that kept their initial weights (no epoch beat them on the validation "
+                         "stimuli; all of them: the configuration equals perception-only): "
+                         + ", ".join(f"{c} {k} of {n}" for c, (k, n) in entry["kept_initial"].items()) + ".")
+        lines.append("")
+    if report.get("planted_truth"):
+        lines += _truth_lines(report["planted_truth"])
+    return "\n".join(lines) + "\n"

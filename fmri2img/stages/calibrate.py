@@ -1,0 +1,213 @@
+"""``fmri2img calibrate``: run the study on many independent synthetic worlds with known truth and
+report how far its intervals and verdicts can be trusted (coverage, false-positive rate, bias, RMSE).
+
+Each world is one task: write a small world (its own seed; imagery strength of its setting, 1 =
+the null world), run a reduced ablation on it (:func:`fmri2img.stages.ablation.executor.run_ablation`,
+logged to the world's own SQLite store), keep the H1-H3 statistics and their intervals
+(``worlds/<setting>/<seed>.json``: a rerun skips finished worlds) and delete the world. Worlds run
+in parallel on :class:`fmri2img.core.executors.LocalExecutor`. Then
+:mod:`fmri2img.evaluation.calibration` scores them against the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from fmri2img.core import tracking
+from fmri2img.core.config import check_positive, from_dict
+from fmri2img.core.constants import DEFAULT_SUBJECTS
+from fmri2img.core.errors import ConfigError
+from fmri2img.core.executors import LocalExecutor
+from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
+from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
+from fmri2img.evaluation.calibration import ROW_COLUMNS, assign_truth, headline, summarize
+from fmri2img.evaluation.scoring import EvalOptions
+from fmri2img.reporting.calibration import coverage_figure, markdown_table
+from fmri2img.reporting.hypotheses import CHECKED_STATISTICS
+from fmri2img.sim.world import WorldShape, write_world
+from fmri2img.stages.ablation.executor import run_ablation
+from fmri2img.stages.ablation.matrix import AblationConfig
+from fmri2img.stages.adapt import AdaptConfig
+from fmri2img.stages.report import save_figure
+
+#: The reduced matrix: what H1-H3 need (H3 chooses among two adapters).
+CALIBRATION_CONFIGURATIONS = ("perception_only", "mixed", "adapter_linear", "adapter_mlp", "finetune")
+
+#: Name of the null-world setting (not "null": pandas reads that back from CSV as a missing value).
+NULL_SETTING = "null_world"
+
+#: The hypothesis statistics read from each world's report: statistic -> its hypothesis.
+STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Which worlds and which study (defaults as projects/imagery/configs/calibrate.yaml; docs/trust.md)."""
+
+    worlds: int = 50
+    first_seed: int = 1000
+    #: imagery strengths of the planted settings; 1.0 (the null world) is added by ``include_null``
+    strengths: tuple[float, ...] = (0.6, 0.78, 0.95)
+    include_null: bool = True
+    subjects: tuple[str, ...] = DEFAULT_SUBJECTS
+    decoders: tuple[str, ...] = ("ridge",)
+    configurations: tuple[str, ...] = CALIBRATION_CONFIGURATIONS
+    grid: tuple[int, int, int] = (14, 16, 14)
+    n_mask_voxels: int = 800
+    n_sessions: int = 2
+    n_shared: int = 50
+    folds: int = 3
+    adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig(epochs=10, lr_steps=2))
+    output_root: str = "outputs/calibration"
+    keep_worlds: bool = False
+
+    def validate(self) -> None:
+        check_positive("worlds", self.worlds)
+        if self.worlds < 2:
+            raise ConfigError(f"worlds={self.worlds}: a leave-one-out truth needs at least 2 worlds per setting.")
+        for s in self.strengths:
+            if not 0.0 < s < 1.0:
+                raise ConfigError(f"strengths: {s!r} is not in (0, 1); 1 is the null world (include_null).")
+        for name in self.decoders:
+            if name not in DECODERS:
+                raise ConfigError(f"Unknown decoder {name!r}. Choose one of {', '.join(map(repr, DECODERS))}.")
+        for name in self.configurations:
+            if name not in CONFIGURATIONS:
+                raise ConfigError(f"Unknown configuration {name!r}. Choose one of {', '.join(CONFIGURATIONS)}.")
+        if "perception_only" not in self.configurations:
+            raise ConfigError("configurations must include 'perception_only' (H1 and every gain are relative to it).")
+        self.adapt.validate()
+
+    @property
+    def settings(self) -> dict[str, float]:
+        """Setting name -> imagery strength."""
+        named = {f"strength_{s:g}": float(s) for s in self.strengths}
+        return {**named, NULL_SETTING: 1.0} if self.include_null else named
+
+    @property
+    def shape(self) -> WorldShape:
+        return WorldShape(grid=tuple(self.grid), n_mask_voxels=self.n_mask_voxels, n_sessions=self.n_sessions,
+                          n_shared=self.n_shared)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    headline: dict[str, float]
+    output_root: Path
+    run_id: str
+    seconds: float
+
+
+def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for decoder, entry in report["decoders"].items():
+        for stat, hyp in STATISTIC_OF.items():
+            if hyp not in entry:
+                continue
+            for estimand, iv in entry[hyp]["intervals"].items():
+                rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
+                             "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
+                             "low": iv["low"], "high": iv["high"]})
+    return rows
+
+
+def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, Any]:
+    """One world of one setting: its statistics (cached in ``worlds/<setting>/<seed>.json``)."""
+    config_dict, setting, strength, seed = task
+    config = from_dict(CalibrationConfig, config_dict)
+    done = Path(config.output_root) / "worlds" / setting / f"{seed}.json"
+    # what a world's result depends on (not how many worlds there are, nor where the results go)
+    study = {k: v for k, v in config_dict.items() if k not in ("worlds", "output_root", "keep_worlds")}
+    key = sha256_json({"study": study, "setting": setting, "strength": strength, "seed": seed})
+    if done.is_file() and read_json(done).get("key") == key:
+        return read_json(done)
+    root = Path(config.output_root).resolve() / "work" / setting / str(seed)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    start = time.process_time()
+    summary = write_world(root / "data", subjects=config.subjects, scale=config.shape, seed=seed, progress=False,
+                          imagery_strength=strength if strength < 1.0 else None, null=strength == 1.0)
+    ablation = AblationConfig(
+        subjects=config.subjects, decoders=config.decoders, configurations=config.configurations,
+        data_root=str(root / "data"), cache_root=str(root / "cache"), index_dir=str(root / "cache" / "indices"),
+        manifest_dir=str(root / "manifests"), checkpoint_root=str(root / "checkpoints"),
+        output_root=str(root / "out"), log_dir=str(root / "logs"), synthesize=False, folds=config.folds,
+        adapt=config.adapt, eval=EvalOptions(n_boot=100, n_perm=100, image_metrics=False), figures=False)
+    with contextlib.chdir(root):  # the world's MLflow store keeps its artifacts in ./mlruns: inside the world
+        result = run_ablation(ablation, jobs=1, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
+    truth = read_json(summary.root / "truth" / "params.json")
+    record = {"key": key, "rows": _world_rows(result.hypotheses, setting, strength, seed),
+              "world": {"params": truth["params"], "shape": truth["shape"]},
+              "cpu_seconds": time.process_time() - start}
+    if not config.keep_worlds:
+        shutil.rmtree(root, ignore_errors=True)
+    write_json(done, record)
+    return record
+
+
+def truth_tables(records: list[dict[str, Any]], rows: pd.DataFrame, settings: dict[str, float]) -> dict[str, Any]:
+    """Per planted setting: ``{params, shape, decoders: {decoder: {statistic: population truth}}}``
+    (the mean estimate over all its worlds), the table the ablation's planted-truth check reads."""
+    tables = {}
+    for setting, strength in settings.items():
+        if strength == 1.0:
+            continue
+        part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population")]
+        world = next(r["world"] for r in records if r["rows"] and r["rows"][0]["setting"] == setting)
+        means = part.groupby(["decoder", "statistic"])["estimate"].mean()
+        tables[setting] = {"params": world["params"], "shape": world["shape"],
+                           "n_worlds": int(part["world_seed"].nunique()),
+                           "decoders": {d: {s: float(v) for (dd, s), v in means.items() if dd == d}
+                                        for d in part["decoder"].unique()}}
+    return tables
+
+
+def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: str | None = None,
+                    write_truth: str | None = None, progress: bool = True) -> CalibrationResult:
+    """Run every world of every setting; write the tables, the figure and MLflow metrics."""
+    config.validate()
+    check_positive("jobs", jobs)
+    start = time.perf_counter()
+    out = ensure_dir(config.output_root)
+    config_dict = dataclasses.asdict(config)
+    # seeds outermost: an interrupted run has covered every setting about equally (and resumes)
+    tasks = [(config_dict, setting, strength, config.first_seed + i)
+             for i in range(config.worlds) for setting, strength in config.settings.items()]
+    with tracking.run("calibrate", {"config": config_dict, "jobs": jobs}, tracking_uri=tracking_uri,
+                      run_name="calibration") as run:
+        # spawned workers: a fork of this process (MLflow's threads, torch) is not safe to train in
+        with LocalExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
+                                unit="world", disable=not progress))
+        rows = assign_truth(pd.DataFrame([r for rec in records for r in rec["rows"]], columns=list(ROW_COLUMNS)))
+        summary = summarize(rows)
+        head = headline(summary)
+        write_text(out / "calibration_worlds.csv", rows.to_csv(index=False))
+        write_text(out / "calibration_summary.csv", summary.to_csv(index=False))
+        write_text(out / "calibration.md", markdown_table(summary))
+        save_figure(coverage_figure(summary), out / "calibration")
+        if write_truth:
+            for setting, table in truth_tables(records, rows, config.settings).items():
+                write_json(Path(write_truth) / f"{setting}.json", table)
+        for _, r in summary[summary["estimand"] == "population"].iterrows():
+            name = f"{r['setting']}.{r['decoder']}.{r['statistic']}"
+            run.log_metrics({f"{name}.coverage": r["coverage"], f"{name}.rejection_rate": r["rejection_rate"],
+                             f"{name}.bias": r["bias"], f"{name}.rmse": r["rmse"]})
+        run.log_metrics({**head, "n_worlds": len(tasks), "cpu_seconds_worlds": sum(r["cpu_seconds"] for r in records)})
+        for name in ("calibration_worlds.csv", "calibration_summary.csv", "calibration.md", "calibration.png"):
+            if (out / name).is_file():
+                run.log_artifact(out / name, "calibration")
+    return CalibrationResult(rows=rows, summary=summary, headline=head, output_root=out, run_id=run.run_id,
+                             seconds=time.perf_counter() - start)
