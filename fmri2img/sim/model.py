@@ -48,10 +48,6 @@ from fmri2img.sim.imagery_effects import (
 #: Voxel size of the func1pt8mm space in mm [NSD manual, "Betas"].
 VOXEL_MM = 1.8
 
-#: NSD-Imagery trials per stimulus and task in this synthetic design: 8 + 16 + 16 = 40 trials
-#: x 18 stimuli = 720 betas [NSDI: 720 betas per subject; the split by task is ours].
-IMAGERY_TRIALS_PER_STIMULUS = {"vision": 8, "imagery": 16, "attention": 16}
-
 #: Stimulus names of NSD-Imagery sets A (simple) and C (conceptual: these are the words shown);
 #: set B are six shared1000 images named ``complex1..6``. The names are this generator's own.
 IMAGERY_NAMES_A = ("hbar", "vbar", "ldiag", "rdiag", "cross", "ring")
@@ -368,26 +364,6 @@ def imagery_stimuli(design: Design) -> list[dict[str, Any]]:
     for stim, cue in zip(stimuli, IMAGERY_CUES):
         stim["cue"] = cue
     return stimuli
-
-
-def imagery_trials(seed: int, subject: str) -> list[tuple[int, int, str, int]]:
-    """Trial list (run, trial, task, stimulus index 0..17) of one subject, in beta order.
-
-    12 runs, 4 per stimulus set (run order shuffled); a run holds its set's 6 stimuli x (2 vision
-    + 4 imagery + 4 attention) = 60 trials in shuffled order.
-    """
-    rng = rng_for(seed, "imagery-design", subject)
-    runs_per_set = nsd_constants.IMAGERY_RUNS // len(nsd_constants.IMAGERY_SETS)
-    run_sets = rng.permutation(np.repeat(np.arange(len(nsd_constants.IMAGERY_SETS)), runs_per_set))
-    per_run = {task: n // runs_per_set for task, n in IMAGERY_TRIALS_PER_STIMULUS.items()}
-    trials = []
-    for run, set_idx in enumerate(run_sets, start=1):
-        block = [(task, set_idx * nsd_constants.IMAGERY_STIMULI_PER_SET + s)
-                 for s in range(nsd_constants.IMAGERY_STIMULI_PER_SET)
-                 for task, n in per_run.items() for _ in range(n)]
-        for t, j in enumerate(rng.permutation(len(block)), start=1):
-            trials.append((run, t, block[j][0], block[j][1]))
-    return trials
 
 
 def session_betas(
