@@ -208,11 +208,12 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
               "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
               # wall times vary run to run: they go to timings.json, never into metrics files
               **{k: v for k, v in work.extra.items() if "seconds" not in k and "/" not in k}})
+    ended, seconds = time.time(), time.perf_counter() - start  # the run's Duration: the cell's whole work
     run_id = log_cell_run(config, cell, parent_run_id=parent_run_id, tracking_uri=tracking_uri, key=key, meta=meta,
                           result=result, work=work, index=index, index_file=index_path(config, cell.subject),
-                          eval_dir=out, start_time=started, end_time=time.time())
+                          eval_dir=out, start_time=started, end_time=ended)
     extra = {k: v for k, v in work.extra.items() if "/" not in k}
     record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run_id,
-              "seconds": time.perf_counter() - start, "commands": cell_commands(config, cell), **extra}
+              "seconds": seconds, "commands": cell_commands(config, cell), **extra}
     write_json(marker, record)
     return {**record, "skipped": False}
