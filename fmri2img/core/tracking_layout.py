@@ -336,9 +336,14 @@ def _save_torch_model(model, path: str, info, example: np.ndarray, output: np.nd
         logging.getLogger(__name__).info("torch.export cannot trace %s (%s); saving it as pickle",
                                          type(model).__name__, str(exc).splitlines()[0][:120])
         shutil.rmtree(path, ignore_errors=True)
-        with warnings.catch_warnings():  # "pickle ... requires exercising caution": our own model
-            warnings.simplefilter("ignore")
+        # MLflow logs "pickle ... requires exercising caution" (a warning meant for untrusted models): ours
+        flavor_log = logging.getLogger("mlflow.pytorch")
+        level = flavor_log.level
+        flavor_log.setLevel(logging.ERROR)
+        try:
             mlflow.pytorch.save_model(model, path, serialization_format="pickle", **kwargs)
+        finally:
+            flavor_log.setLevel(level)
 
 
 def log_torch_model(client, run_id: str, model, input_example, *, name: str = "model",
