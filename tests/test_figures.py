@@ -437,3 +437,22 @@ def test_captions_name_the_interval_the_figures_draw(full_table):
     one = figure_captions(table[table["subject"] == "subj01"])
     assert "t-intervals" not in one and "bootstrap CIs over stimuli" in one
     assert "Filled markers: p_holm" in one
+
+
+def test_cell_figure_draws_the_cells_own_rows_with_the_baseline_and_curves():
+    import pandas as pd
+
+    from fmri2img.reporting.cell_figure import plot_cell
+
+    rng = np.random.default_rng(2)
+    rows = [r for r in _rows("subj01", rng, decoders=("mlp",), configs=["mixed"]) if r["metric"] == "cosine"]
+    table = pd.DataFrame(rows)
+    curves = {"fold0/val_cosine": [0.5, 0.6, 0.65], "fold1/val_cosine": [0.55, 0.6], "fold0/train_loss": [1.0, 0.5]}
+    fig = plot_cell(table, "mixed", curves, "subj01/mlp/mixed")
+    left, right = fig.axes
+    points = left.collections[1].get_offsets()  # vlines, then the scatter of the cell's values
+    mine = table[(table["configuration"] == "mixed") & (table["stimulus_type"] == "all")]
+    assert sorted(points[:, 1]) == sorted(mine["value"])  # not the baselines' rows
+    assert sorted(line.get_label() for line in right.get_lines()) == ["fold0", "fold1"]  # val_cosine only
+    texts = _drawn_texts(fig)
+    assert not [(a, b) for i, (a, p) in enumerate(texts) for b, q in texts[i + 1:] if _boxes_overlap(p, q)]

@@ -99,7 +99,7 @@ def log_cell_run(config: AblationConfig, cell: Cell, *, parent_run_id: str, trac
     intervals = {k: v for k, v in table_intervals(result.table, cell.configuration).items() if k in metrics}
     name = f"{cell.subject}/{cell.decoder}/{cell.configuration}"
     with tempfile.TemporaryDirectory() as tmp:
-        figure = save_figure(plot_cell(result.table, work.curves, name), Path(tmp) / "cell", formats=("png",))
+        figure = save_figure(plot_cell(result.table, cell.configuration, work.curves, name), Path(tmp) / "cell", formats=("png",))
         log = tracking_layout.CellLog(
             name=name, params=cell_params(config, cell, meta), metrics=metrics, intervals=intervals,
             curves=work.curves, figures=figure, cache_key=key, versions=package_versions(),
