@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-# torch and torchvision must be installed first, as this exact pair (see README, "Installation").
+# torch and torchvision must be installed first, as this exact pair (see README, "Two commands on a fresh machine").
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed-stamp
 
@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_demo.py
 
 ui: $(STAMP)
-	$(VENV)/bin/fmri2img ui
+	$(VENV)/bin/fmri2img ui --compare
 
 lock: $(STAMP)
 	$(PIP) freeze --exclude-editable | grep -v '^fmri2img' > requirements/constraints.txt.new

@@ -335,3 +335,124 @@ def test_significant_on_one_p_value_and_on_an_array():
     assert significant(ALPHA / 2) is True and significant(ALPHA) is False and significant(float("nan")) is False
     sig = significant(np.array([0.001, ALPHA, np.nan, 0.2, 0.049]))
     assert sig.dtype == bool and sig.tolist() == [True, False, False, False, True]
+
+
+# ----------------------------------------------------------------------------- layout: nothing overlaps
+def _drawn_texts(fig) -> list[tuple[str, np.ndarray]]:
+    """Every text the renderer draws, as (text, corners of its rotated box in pixels)."""
+    from unittest import mock
+
+    from matplotlib.text import Text
+
+    drawn, real = [], Text.draw
+
+    def draw(self, renderer):
+        real(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self, renderer))
+
+    with mock.patch.object(Text, "draw", draw):
+        fig.canvas.draw()
+    out = []
+    for text, renderer in drawn:
+        box = text.get_window_extent(renderer)
+        width, height, _ = renderer.get_text_width_height_descent(text.get_text(), text.get_fontproperties(),
+                                                                  ismath=False)
+        if "\n" in text.get_text():  # several lines: the unrotated box is the extent itself
+            width, height = (box.width, box.height) if text.get_rotation() % 180 == 0 else (box.height, box.width)
+        angle = np.deg2rad(text.get_rotation())
+        center = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+        u = np.array([np.cos(angle), np.sin(angle)]) * width / 2
+        v = np.array([-np.sin(angle), np.cos(angle)]) * height / 2
+        out.append((text.get_text(), np.array([center - u - v, center + u - v, center + u + v, center - u + v])))
+    return out
+
+
+def _boxes_overlap(p: np.ndarray, q: np.ndarray, tolerance: float = 0.5) -> bool:
+    """Separating-axis test of two rotated rectangles (corners in order), allowing ``tolerance`` pixels."""
+    for poly in (p, q):
+        for i in range(4):
+            edge = poly[(i + 1) % 4] - poly[i]
+            normal = np.array([-edge[1], edge[0]]) / (np.hypot(*edge) + 1e-12)
+            a, b = p @ normal, q @ normal
+            if a.max() - tolerance <= b.min() or b.max() - tolerance <= a.min():
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def full_table(tmp_path_factory) -> Path:
+    """The demo's size: 4 subjects x 3 decoders x 6 configurations, most cells significant."""
+    from fmri2img.core.vocab import CONFIGURATIONS
+
+    rng = np.random.default_rng(1)
+    rows = [r for s in ("subj01", "subj02", "subj05", "subj07")
+            for r in _rows(s, rng, decoders=("ridge", "mlp", "two_stage"), configs=list(CONFIGURATIONS))]
+    return _write_table(tmp_path_factory.mktemp("full") / "results_table.csv", rows)
+
+
+@pytest.mark.parametrize("subjects", [("subj01",), ("subj01", "subj02", "subj05", "subj07")])
+def test_no_text_overlaps_and_all_text_inside_the_figure(full_table, subjects):
+    from fmri2img.reporting.captions import figure_specs
+
+    table = read_results_table(full_table)
+    table = table[table["subject"].isin(subjects)]
+    for spec in figure_specs(table, "retrieval_at_1"):
+        fig = spec.plot()
+        texts = _drawn_texts(fig)
+        assert sum(t == "*" for t, _ in texts) > 0 or spec.name in ("retrieval_curves", "bar_overall_metric",
+                                                                     "bar_by_stimulus_type",
+                                                                     "clip_similarity_by_condition")
+        clashes = [(a, b) for i, (a, p) in enumerate(texts) for b, q in texts[i + 1:] if _boxes_overlap(p, q)]
+        assert not clashes, (spec.name, subjects, clashes[:5])
+        width, height = fig.bbox.width, fig.bbox.height
+        outside = [t for t, p in texts if p.min() < -1 or p[:, 0].max() > width + 1 or p[:, 1].max() > height + 1]
+        assert not outside, (spec.name, outside)
+
+
+def test_axes_show_the_compared_range_and_intervals_stay_in_bounds(full_table):
+    from fmri2img.reporting.figures import plot_clip_similarity_by_condition, plot_retrieval_curves
+
+    rows, _ = summary_rows(read_results_table(full_table))
+    fig = plot_clip_similarity_by_condition(rows)
+    cosine = rows[(rows["metric"] == "cosine") & (rows["stimulus_type"] == "all")
+                  & ~rows["configuration"].str.startswith("baseline_")]
+    for ax in fig.axes[:2]:
+        low, high = ax.get_ylim()
+        assert low > 0.0 and low <= cosine["value"].min()  # not from 0: the compared values fill the axis
+    fig = plot_retrieval_curves(rows)
+    ticks = {ax.get_title(loc="left"): [float(t) for t in ax.get_xticks()] for ax in fig.axes}
+    assert ticks["Ridge · imagery"] == [1.0, 5.0, 10.0]  # 18-image gallery: no K = 50
+    assert ticks["Ridge · shared1000"] == [1.0, 5.0, 10.0, 50.0]
+    for ax in fig.axes:  # interval bars (vertical segments) within [0, 1]
+        for collection in ax.collections:
+            for segment in collection.get_segments():
+                assert segment[:, 1].min() >= 0.0 and segment[:, 1].max() <= 1.0
+
+
+def test_captions_name_the_interval_the_figures_draw(full_table):
+    table = read_results_table(full_table)
+    several = figure_captions(table)
+    assert "t-intervals over subjects" in several and "bootstrap CIs over stimuli" not in several.split("## subject")[0]
+    one = figure_captions(table[table["subject"] == "subj01"])
+    assert "t-intervals" not in one and "bootstrap CIs over stimuli" in one
+    assert "Filled markers: p_holm" in one
+
+
+def test_cell_figure_draws_the_cells_own_rows_with_the_baseline_and_curves():
+    import pandas as pd
+
+    from fmri2img.reporting.cell_figure import plot_cell
+
+    rng = np.random.default_rng(2)
+    rows = [r for r in _rows("subj01", rng, decoders=("mlp",), configs=["mixed"]) if r["metric"] == "cosine"]
+    table = pd.DataFrame(rows)
+    curves = {"fold0/val_cosine": [0.5, 0.6, 0.65], "fold1/val_cosine": [0.55, 0.6], "fold0/train_loss": [1.0, 0.5]}
+    fig = plot_cell(table, "mixed", curves, "subj01/mlp/mixed")
+    left, right = fig.axes
+    points = left.collections[1].get_offsets()  # vlines, then the scatter of the cell's values
+    mine = table[(table["configuration"] == "mixed") & (table["stimulus_type"] == "all")]
+    assert sorted(points[:, 1]) == sorted(mine["value"])  # not the baselines' rows
+    assert sorted(line.get_label() for line in right.get_lines()) == ["fold0", "fold1"]  # val_cosine only
+    texts = _drawn_texts(fig)
+    assert not [(a, b) for i, (a, p) in enumerate(texts) for b, q in texts[i + 1:] if _boxes_overlap(p, q)]

@@ -74,18 +74,28 @@ def test_ablation_tree_runs_resume_and_figures(world, tmp_path, tracking_uri):
             img.verify()
     assert "\\toprule" in (figs / "table.tex").read_text()
 
-    # MLflow: one parent, one nested child per cell with comparable tags
+    # MLflow: the study run; its cells are direct children and nothing is nested deeper
     client = MlflowClient(tracking_uri)
     parent = client.get_run(result.run_id)
-    assert parent.info.status == "FINISHED"
-    exp = parent.info.experiment_id
-    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{result.run_id}'")
-    cells = [r for r in children if r.data.tags.get("fmri2img.stage") == "cell"]
-    assert len(cells) == len(CONFIGURATIONS)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fmri2img.role"] == "study"
+    h1 = hyp["decoders"]["ridge"]["H1"]
+    assert parent.data.tags["fmri2img.verdict.ridge.H1"] == (
+        f"direction: {h1['direction']}; roadmap magnitude: {h1['magnitude']}")
+    assert {"hypotheses.json", "report"} <= {f.path for f in client.list_artifacts(result.run_id)}
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {result.run_id}
+    cells = [r for r in children if r.data.tags.get("fmri2img.role") == "cell"]
+    assert sorted(r.data.params["configuration"] for r in cells) == sorted(CONFIGURATIONS)
+    keys = {f"subj01/ridge/{r['cell']['configuration']}": r["key"] for r in result.records}
     for run in cells:
-        assert run.info.status == "FINISHED"
-        assert {"subject", "decoder", "configuration", "test_domain"} <= set(run.data.tags)
-        assert any(k.startswith("imagery/") for k in run.data.metrics)
+        assert run.info.status == "FINISHED" and run.data.params["decoder"] == "ridge"
+        assert not [k for k in run.data.params if k.startswith(("versions.", "seed."))]
+        assert run.data.tags["fmri2img.cache_key"] == keys[run.info.run_name]
+        m = run.data.metrics
+        assert m["imagery/cosine_ci_low"] <= m["imagery/cosine"] <= m["imagery/cosine_ci_high"]
+        assert "cell.png" in {f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run.info.run_id, "figures")}
+        assert run.inputs.dataset_inputs and len(run.outputs.model_outputs) >= 1
 
     # resume: nothing reruns and the results do not change
     before = (sdir / "metrics_all.json").read_bytes()

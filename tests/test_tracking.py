@@ -75,11 +75,6 @@ def test_orphaned_runs_are_marked_killed(tracking_uri):
     assert client.get_run(live.info.run_id).info.status == "RUNNING"
 
 
-def test_ui_binds_loopback_by_default():
-    cmd = tracking.ui_command("sqlite:///x.db")
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-
-
 def test_log_history_logs_every_epoch_as_steps_in_one_batch(tracking_uri, monkeypatch):
     # the step is the record's epoch (here 10..13), not its position in the list
     history = [{"epoch": 10 + e, "val_loss": 1.0 / (e + 1), "val_cosine": 0.5 + e / 10, "note": "x"} for e in range(4)]

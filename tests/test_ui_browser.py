@@ -8,6 +8,7 @@ screenshot docs/img/mlflow_compare.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,16 +71,16 @@ def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"`fmri2img ui` printed no {prefix!r} line; rc={proc.poll()}")
 
 
-@pytest.fixture(scope="module")
-def server(study):
+@contextlib.contextmanager
+def _ui(uri: str, experiment: str, root: Path):
     """``fmri2img ui --compare`` on a free port; stopped with SIGTERM, and no process of it may remain."""
     port = _free_port()
-    out, err = study["root"] / "ui.out", study["root"] / "ui.err"
+    out, err = root / "ui.out", root / "ui.err"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         cli = subprocess.Popen(
-            [sys.executable, "-m", "fmri2img.cli.main", "ui", "--tracking-uri", study["uri"], "--experiment",
-             toy.EXPERIMENT, "--port", str(port), "--compare"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=study["root"], stdout=stdout, stderr=stderr)
+            [sys.executable, "-m", "fmri2img.cli.main", "ui", "--tracking-uri", uri, "--experiment",
+             experiment, "--port", str(port), "--compare"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=root, stdout=stdout, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     pgid = None
     try:
@@ -100,6 +101,12 @@ def server(study):
             left = ui_server.group_members(pgid)
             ui_server.stop_group(pgid, timeout=5)
             assert left == [], f"server processes left after SIGTERM: {left}"
+
+
+@pytest.fixture(scope="module")
+def server(study):
+    with _ui(study["uri"], toy.EXPERIMENT, study["root"]) as info:
+        yield info
 
 
 def _server_pids(cli_pid: int) -> list[int]:
@@ -235,3 +242,125 @@ def test_rest_api_shows_the_study_layout(study, server):
         [("decoder", study["cell_run_ids"][0], "LOGGED_MODEL_READY")]
     files = {f["path"] for f in _rest(base, f"artifacts/list?run_id={study['study_run_id']}")["files"]}
     assert {"report", "figures", "hypotheses.json"} <= files
+
+
+# ----------------------------------------------------------------------------- a real (tiny) ablation
+#: The tiny ablation: one subject, one decoder, three configurations (H1's, H2's and one of H3's).
+ABLATION_CONFIGURATIONS = ("perception_only", "mixed", "adapter_linear")
+ABLATION_EXPERIMENT = "test/ui-ablation"
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    """``run_ablation`` on the tiny world, logged to its own store (what ``make demo`` logs, smaller)."""
+    import torch
+    from _world import build_tiny
+
+    from fmri2img.evaluation.scoring import EvalOptions
+    from fmri2img.stages.ablation.executor import run_ablation
+    from fmri2img.stages.ablation.matrix import AblationConfig
+    from fmri2img.stages.adapt import AdaptConfig
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ui-ablation")
+    world = build_tiny(root / "world")
+    config = AblationConfig(
+        subjects=("subj01",), decoders=("ridge",), configurations=ABLATION_CONFIGURATIONS,
+        data_root=str(world["data"]), cache_root=str(world["cache"]), index_dir=str(world["cache"] / "indices"),
+        manifest_dir=str(world["manifests"]), checkpoint_root=str(root / "checkpoints"),
+        output_root=str(root / "out"), log_dir=str(root / "logs"), synthesize=False, figures=False,
+        adapt=AdaptConfig(epochs=3, lr_steps=1), eval=EvalOptions(n_boot=50, n_perm=50))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = run_ablation(config, tracking_uri=uri, experiment=ABLATION_EXPERIMENT, progress=False)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(ABLATION_EXPERIMENT).experiment_id
+    cells = client.search_runs([experiment_id], f"tags.`{layout.ROLE_TAG}` = '{layout.ROLE_CELL}'")
+    return {"uri": uri, "root": root, "result": result, "experiment_id": experiment_id, "client": client,
+            "cells": {r.info.run_name: r for r in cells}}
+
+
+@pytest.fixture(scope="module")
+def ablation_server(ablation):
+    with _ui(ablation["uri"], ABLATION_EXPERIMENT, ablation["root"]) as info:
+        yield info
+
+
+def test_ablation_compare_view_lists_its_cells_grouped_by_configuration_and_decoder(ablation, ablation_server,
+                                                                                   browser):
+    from selenium.webdriver.common.by import By
+
+    from fmri2img.stages.ablation.study_log import HEADLINE_METRICS
+
+    _open(browser, ablation_server["compare"], "Group: configuration")
+    for close in browser.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
+        close.click()
+    text = _wait_for_texts(browser, ablation_server["compare"], f"{len(ABLATION_CONFIGURATIONS)} matching runs",
+                           *HEADLINE_METRICS[:2], "subject")
+    groups = {e.get_attribute("textContent").strip() for e in browser.find_elements(By.XPATH, "//*[starts-with("
+              "normalize-space(text()), 'Group: ')]")}
+    assert groups == {f"Group: configuration: {c}, decoder: ridge" for c in ABLATION_CONFIGURATIONS}, groups
+    assert sorted(ablation["cells"]) == sorted(f"subj01/ridge/{c}" for c in ABLATION_CONFIGURATIONS)
+    assert all(name in text for name in ablation["cells"])  # groups are expanded: each cell is listed
+
+
+def test_ablation_cell_page_shows_its_figure(ablation, ablation_server, browser, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run = ablation["cells"]["subj01/ridge/adapter_linear"]
+    local = ablation["client"].download_artifacts(run.info.run_id, "figures/cell.png", str(tmp_path))
+    with Image.open(local) as image:
+        size = list(image.size)
+    url = layout.run_url(ablation_server["base"], ablation["experiment_id"], run.info.run_id, "figures/cell.png")
+    _open(browser, url, "cell.png")
+
+    def figure_shown(driver):
+        return [img for img in driver.find_elements(By.TAG_NAME, "img")
+                if driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img) == size]
+
+    assert WebDriverWait(browser, PAGE_TIMEOUT_S).until(figure_shown)
+
+
+def test_rest_api_shows_the_ablation_layout(ablation, ablation_server):
+    base, exp, result = ablation_server["base"], ablation["experiment_id"], ablation["result"]
+    runs = _rest(base, "runs/search", {"experiment_ids": [exp], "max_results": 1000})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
+    children = {rid for rid, t in tags.items() if layout.PARENT_TAG in t}
+    assert {tags[rid][layout.PARENT_TAG] for rid in children} == {result.run_id}  # nothing nested deeper
+    study = tags[result.run_id]
+    assert study[layout.ROLE_TAG] == layout.ROLE_STUDY
+    h1 = result.hypotheses["decoders"]["ridge"]["H1"]
+    assert study[f"{layout.VERDICT_TAG_PREFIX}ridge.H1"] == (
+        f"direction: {h1['direction']}; roadmap magnitude: {h1['magnitude']}")
+    files = {f["path"] for f in _rest(base, f"artifacts/list?run_id={result.run_id}")["files"]}
+    assert {"report", "hypotheses.json"} <= files
+    records = {f"subj01/ridge/{r['cell']['configuration']}": r for r in result.records}
+    for name, run in ablation["cells"].items():
+        full = _rest(base, f"runs/get?run_id={run.info.run_id}")["run"]
+        params = {p["key"]: p["value"] for p in full["data"]["params"]}
+        assert params["configuration"] == records[name]["cell"]["configuration"] and "decoder.alphas" in params
+        assert not [k for k in params if k.startswith(("versions.", "seed.", "key"))]
+        run_tags = {t["key"]: t["value"] for t in full["data"]["tags"]}
+        assert run_tags[layout.CACHE_KEY_TAG] == records[name]["key"] and layout.VERSIONS_TAG in run_tags
+        metrics = {m["key"]: m["value"] for m in full["data"]["metrics"]}
+        assert metrics["imagery/cosine_ci_low"] <= metrics["imagery/cosine"] <= metrics["imagery/cosine_ci_high"]
+        assert {d["dataset"]["name"] for d in full["inputs"]["dataset_inputs"]} == {"trial_index", "split_manifest"}
+        # the run lasts the cell's whole work (training, adaptation, evaluation): the seconds it recorded
+        duration = int(full["info"]["end_time"]) - int(full["info"]["start_time"])
+        assert abs(duration - records[name]["seconds"] * 1000) < 50, (duration, records[name]["seconds"])
+    models = _rest(base, "logged-models/search", {"experiment_ids": [exp], "max_results": 100})["models"]
+    sources = {}
+    for model in models:
+        assert model["info"]["status"] == "LOGGED_MODEL_READY"
+        sources.setdefault(model["info"]["source_run_id"], []).append(model["info"]["name"])
+    cell_ids = {r.info.run_id: name for name, r in ablation["cells"].items()}
+    named = {cell_ids[rid]: sorted(names) for rid, names in sources.items()}
+    assert named["subj01/ridge/perception_only"] == ["decoder"]
+    assert named["subj01/ridge/mixed"] == [f"decoder_fold{k}" for k in range(3)]
+    assert named["subj01/ridge/adapter_linear"] == [f"adapted_fold{k}" for k in range(3)]
+    curves = _rest(base, f"metrics/get-history?run_id={ablation['cells']['subj01/ridge/adapter_linear'].info.run_id}"
+                         "&metric_key=fold0/val_cosine")["metrics"]
+    assert len(curves) >= 1 and sorted(m["step"] for m in curves) == list(range(len(curves)))

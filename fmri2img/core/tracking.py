@@ -164,6 +164,24 @@ class Run:
             self.client.log_artifact(self.run_id, str(target), None if parent == "." else parent)
 
 
+class NullRun:
+    """A :class:`Run` that logs nothing (``run_id`` None): a stage whose caller logs its results
+    into a run of its own (an ablation cell) works in one of these."""
+
+    run_id = None
+    experiment_id = None
+    tracking_uri = None
+
+    def _ignore(self, *args, **kwargs) -> None:
+        return None
+
+    log_params = log_metrics = log_history = set_tags = log_artifact = log_artifacts = log_dict = _ignore
+
+
+#: The one :class:`NullRun` (it has no state).
+NULL_RUN = NullRun()
+
+
 @functools.lru_cache(maxsize=8)
 def _client(uri: str):
     """One client per store and process: opening a SQLite store (SQLAlchemy engine, schema
@@ -350,13 +368,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The ``mlflow ui`` command line for the store (bound to loopback unless told otherwise)."""
-    uri = resolve_tracking_uri(tracking_uri)
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-            "--port", str(port)]
 
 
 def log_artifacts_to_run(

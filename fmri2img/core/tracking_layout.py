@@ -16,8 +16,10 @@ tag name and URL format used here is documented, with the MLflow source it was r
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -319,12 +321,38 @@ def _read_table(path: Path):
     raise InputError(f"Cannot read {path} as a table; expected .parquet or .csv, or pass DatasetLog(frame=...).")
 
 
+def _save_torch_model(model, path: str, info, example: np.ndarray, output: np.ndarray) -> None:
+    """``mlflow.pytorch.save_model`` as ``pt2`` (loads without this package), else as ``pickle``: a module
+    with data-dependent checks in its forward (a condition adapter validating its condition ids) cannot
+    be traced by ``torch.export``, which raises (its error types are internal to torch)."""
+
+    import mlflow.pytorch
+
+    kwargs = {"mlflow_model": info, "input_example": example, "signature": infer_signature(example, output),
+              "pip_requirements": [f"torch=={metadata.version('torch')}"]}
+    try:
+        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **kwargs)
+    except Exception as exc:  # noqa: BLE001 - torch.export's errors have no public base class
+        logging.getLogger(__name__).info("torch.export cannot trace %s (%s); saving it as pickle",
+                                         type(model).__name__, str(exc).splitlines()[0][:120])
+        shutil.rmtree(path, ignore_errors=True)
+        # MLflow logs "pickle ... requires exercising caution" (a warning meant for untrusted models): ours
+        flavor_log = logging.getLogger("mlflow.pytorch")
+        level = flavor_log.level
+        flavor_log.setLevel(logging.ERROR)
+        try:
+            mlflow.pytorch.save_model(model, path, serialization_format="pickle", **kwargs)
+        finally:
+            flavor_log.setLevel(level)
+
+
 def log_torch_model(client, run_id: str, model, input_example, *, name: str = "model",
                     metrics: Mapping[str, float] | None = None) -> str:
     """Log a ``torch.nn.Module`` as an MLflow logged model of ``run_id`` with a signature inferred from
     ``input_example`` (array of shape (n_samples, n_features)); return its model id.
 
-    Saved as ``pt2`` (``torch.export``, MLflow 3's default), so it loads back without this package:
+    Saved as ``pt2`` (``torch.export``, MLflow 3's default), so it loads back without this package
+    (``pickle`` where ``torch.export`` cannot trace it):
     ``mlflow.pytorch.load_model(f"runs:/{run_id}/{name}")``. ``metrics`` (the run's final values) are
     linked to the model, so the "Models" tab shows them. This is what ``mlflow.pytorch.log_model(...,
     run_id=...)`` does (``mlflow/models/model.py``, ``Model.log``), through this client instead of the
@@ -332,7 +360,6 @@ def log_torch_model(client, run_id: str, model, input_example, *, name: str = "m
     default experiment instead of the run's (``mlflow/tracking/fluent.py``, ``_create_logged_model``).
     """
 
-    import mlflow.pytorch
     import torch
 
     example = np.asarray(input_example, dtype=np.float32)
@@ -343,9 +370,7 @@ def log_torch_model(client, run_id: str, model, input_example, *, name: str = "m
         info = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id,
                      model_id=logged.model_id)
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.pytorch.save_model(model, os.path.join(tmp, name), mlflow_model=info, input_example=example,
-                                      signature=infer_signature(example, output),
-                                      pip_requirements=[f"torch=={metadata.version('torch')}"])
+            _save_torch_model(model, os.path.join(tmp, name), info, example, output)
             client.log_model_artifacts(logged.model_id, os.path.join(tmp, name))
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         now = _ms(None)
@@ -406,8 +431,9 @@ def log_cell(client, experiment_id: str, parent_run_id: str, cell: CellLog) -> s
 def finish_study(client, run_id: str, *, report: str | os.PathLike | None = None,
                  figures: Sequence[str | os.PathLike] = (), hypotheses: Mapping[str, Any] | None = None,
                  verdicts: Mapping[str, str] = (), datasets: Sequence[DatasetLog] = (), status: str = "FINISHED",
-                 end_time: float | None = None) -> None:
-    """Attach the study's report, summary figures, ``hypotheses.json``, verdict tags and inputs; close it."""
+                 end_time: float | None = None, close: bool = True) -> None:
+    """Attach the study's report, summary figures, ``hypotheses.json``, verdict tags and inputs; close it
+    (``status``, ``end_time``) unless ``close`` is False (its owner closes it)."""
     if report is not None:
         log_files(client, run_id, [report], "report")
     log_files(client, run_id, figures, "figures")
@@ -416,7 +442,8 @@ def finish_study(client, run_id: str, *, report: str | os.PathLike | None = None
     for name, verdict in dict(verdicts).items():
         client.set_tag(run_id, VERDICT_TAG_PREFIX + name, str(verdict))
     log_datasets(client, run_id, datasets)
-    client.set_terminated(run_id, status=status, end_time=_ms(end_time))
+    if close:
+        client.set_terminated(run_id, status=status, end_time=_ms(end_time))
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,27 @@ def adapter_predictor(decoder, states: Mapping[int, dict], meta: Mapping) -> Pre
             fold_models[fold] = adapted_fn(decoder, module, config["condition"])
     return Predictor(fold_models=fold_models)
 
+
+
+class AdaptedModule(torch.nn.Module):
+    """``adapter(base(x), condition)`` as one module: a decoder's module followed by one fold's
+    adapter (what an adapter configuration decodes trials of ``condition`` with; logged as a model).
+
+    Parameters
+    ----------
+    base : torch.nn.Module
+        Maps betas of shape (n, n_voxels) to embeddings of shape (n, d).
+    adapter : torch.nn.Module
+        Called as ``adapter(y, condition=condition)``.
+    condition : int or None
+        A :data:`~fmri2img.core.vocab.CONDITION_IDS` value for condition adapters, else None.
+    """
+
+    def __init__(self, base: torch.nn.Module, adapter: torch.nn.Module, condition: int | None = None):
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+        self.condition = condition
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x), condition=self.condition)

@@ -32,6 +32,10 @@ from fmri2img.reporting.tables import (
 )
 
 
+#: ``subject`` label of the rows :func:`~fmri2img.reporting.tables.summary_rows` averages over subjects.
+MEAN_PREFIX = "mean of "
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
@@ -39,20 +43,22 @@ class FigureSpec:
     rows: pd.DataFrame  # the rows the figure draws (for the caption's test names)
     text: str
     subject_note: str
+    marks: str = "Asterisks"  # what marks a significant cell
 
 
 def caption(spec: FigureSpec) -> str:
     tests = tests_used(spec.rows)
     if tests:
-        sig = f"Asterisks: p_holm < {ALPHA} by {'; '.join(tests)} (p-values as given in {RESULTS_TABLE})."
+        sig = f"{spec.marks}: p_holm < {ALPHA} by {'; '.join(tests)} (p-values as given in {RESULTS_TABLE})."
     else:
         sig = "No p-values for these cells, so no significance marks."
     has_chance = np.isfinite(spec.rows["chance"].to_numpy(dtype=float)).any()
     chance = " Dotted black: chance level (K / gallery size for retrieval, 0.5 for two-way)." if has_chance else ""
+    means = spec.rows["subject"].astype(str).str.startswith(MEAN_PREFIX).any()
+    interval = ("95% t-intervals over subjects" if means else "95% bootstrap CIs over stimuli (ci_low, ci_high)")
     return (
-        f"## {spec.name}\n\n{spec.text} {spec.subject_note} Error bars: 95% CIs (ci_low, ci_high; "
-        f"bootstrap over stimuli unless stated otherwise).{chance} {sig} Missing bars/points: "
-        f"not applicable or not run.\n"
+        f"## {spec.name}\n\n{spec.text} {spec.subject_note} Error bars: {interval}, cut at the metric's "
+        f"bounds.{chance} {sig} Missing bars/points: not applicable or not run.\n"
     )
 
 
@@ -73,12 +79,14 @@ def figure_specs(table: pd.DataFrame, metric: str) -> list[FigureSpec]:
         FigureSpec("bar_by_stimulus_type", lambda: plot_bar_by_stimulus_type(rows, metric), main_types,
               f"{m} per stimulus type and configuration; panel rows are test sets, columns decoders.", note),
         FigureSpec("clip_similarity_by_condition", lambda: plot_clip_similarity_by_condition(rows), cosine,
-              "CLIP cosine between decoded and true embeddings per configuration and decoder, one panel per "
-              "test set. Dashed line: the mean-embedding baseline (a constant guess), the level any decoder "
-              "must beat.", note),
+              "CLIP cosine between decoded and true embeddings per configuration and decoder (points), one "
+              "panel per test set; the axis spans the compared range, not 0-1. Dashed line: the mean-embedding "
+              "baseline (a constant guess), the level any decoder must beat; the other baselines are left out.",
+              note),
         FigureSpec("retrieval_curves", lambda: plot_retrieval_curves(rows), retrieval,
-              "Retrieval@K against K per configuration; panel rows are test sets, columns decoders. "
-              "Dashed lines: baselines.", note),
+              "Retrieval@K against K per configuration; panel rows are test sets, columns decoders; each row "
+              "shows the K its gallery allows. Dashed lines: baselines. Filled markers: significant, hollow: "
+              "not.", note, marks="Filled markers"),
         FigureSpec("subject_breakdown", lambda: plot_subject_breakdown(spread, metric), per_subject,
               f"{m} per configuration for each subject ({subjects}); panel rows are test sets, columns decoders.",
               "Each subject's own rows."),

@@ -24,6 +24,7 @@ parameter counts, held-out fold scores).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -127,6 +128,10 @@ class AdaptResult:
     checkpoint: Path
     metadata: dict[str, Any]
     run_id: str | None = None
+    #: per-epoch records of the kept learning rate's fit, per fold
+    histories: dict[int, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    #: the trained module of each fold (adapter, or fine-tuned copy of the decoder's module)
+    modules: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
 def _fit_fold(config: AdaptConfig, base, train: Dataset, val: Dataset, lr: float, rng, *, desc: str,
@@ -203,8 +208,13 @@ def train_adapters(
     parent_run=None,
     progress: bool = True,
     memo: Memo | None = None,
+    track: bool = True,
 ) -> AdaptResult:
-    """Train one adapter (or fine-tuned copy) per held-out imagery fold; write ``adapter_best.pt``."""
+    """Train one adapter (or fine-tuned copy) per held-out imagery fold; write ``adapter_best.pt``.
+
+    Logs into an MLflow run of its own (a child of ``parent_run`` when given), or none with
+    ``track=False`` (an ablation cell logs the returned histories and modules into its own run).
+    """
     config.validate()
     index = read_index(index_path)
     subject = str(index["subject"].iloc[0])
@@ -220,10 +230,11 @@ def train_adapters(
     tags = {"subject": subject, "decoder": base_meta["decoder"], "configuration": f"adapter_{config.name}"
             if config.adapter != "finetune" else "finetune"}
     state: dict[str, torch.Tensor] = {}
-    fold_info = []
-    with tracking.run("adapt", params, tracking_uri=tracking_uri, experiment=experiment,
-                      run_name=f"adapt-{config.name}-{base_meta['decoder']}-{subject}", tags=tags,
-                      parent=parent_run) as run:
+    fold_info, histories, modules = [], {}, {}
+    opened = tracking.run("adapt", params, tracking_uri=tracking_uri, experiment=experiment,
+                          run_name=f"adapt-{config.name}-{base_meta['decoder']}-{subject}", tags=tags,
+                          parent=parent_run) if track else contextlib.nullcontext(tracking.NULL_RUN)
+    with opened as run:
         base = base_module(decoder).cpu().eval()
         base_hash = _state_hash(base)
         for p in base.parameters():
@@ -239,6 +250,7 @@ def train_adapters(
             for key, tensor in module.cpu().state_dict().items():
                 state[f"fold{fold}.{key}"] = tensor.detach().cpu().clone().contiguous()
             run.log_history(history, prefix=f"fold{fold}/")
+            histories[fold], modules[fold] = list(history), module
             fold_info.append({**_fold_record(fold, seconds, train, val_stimuli, lr, history, tried),
                               "train_cpu_seconds": cpu_seconds})
         weights = out_dir / ADAPTER_FILE
@@ -250,7 +262,8 @@ def train_adapters(
                          "parameter_overhead": metadata["parameter_overhead"],
                          "n_trainable_parameters": metadata["n_trainable_parameters"]})
         run.log_artifacts(out_dir, "adapter")
-    return AdaptResult(checkpoint=weights, metadata=metadata, run_id=run.run_id)
+    return AdaptResult(checkpoint=weights, metadata=metadata, run_id=run.run_id, histories=histories,
+                       modules=modules)
 
 
 def _metadata(config, checkpoint, base_meta, embeddings, subject, folds, fold_info, n_trainable, n_base,

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,10 @@ class TrainResult:
     checkpoint: Path
     metadata: dict[str, Any]
     run_id: str | None = None
+    #: per-epoch records of the fit (torch decoders; empty for ridge)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: the fitted decoder
+    decoder: Any = None
 
 
 def index_fingerprint(index_path: str | Path) -> dict[str, str | None]:
@@ -150,11 +155,15 @@ def train_decoder(
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
     memo: Memo | None = None,
+    track: bool = True,
+    run_tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on the trials of ``index_path``; write ``output_dir/best.pt``.
 
-    Returns the checkpoint path and its metadata. Runs inside one MLflow run (nested under
-    ``parent_run`` when given); ``memo`` keeps the sessions' z-scoring statistics for later calls.
+    Returns the checkpoint path, its metadata, the fitted decoder and its per-epoch history. Runs
+    inside one MLflow run (a child of ``parent_run`` when given, with extra ``run_tags``), or
+    none with ``track=False`` (an ablation cell logs the result into its own run); ``memo``
+    keeps the sessions' z-scoring statistics for later calls.
     """
     config.validate()
     index = read_index(index_path)
@@ -163,10 +172,11 @@ def train_decoder(
     embeddings = load_embedding_set(cache_root, config.embedding_set)
     params = {"stage": "train", "index": str(index_path), "subject": subject, "output_dir": str(output_dir),
               "config": dataclasses.asdict(config)}
-    tags = {"subject": subject, "decoder": config.model, "train_on": config.train_on}
-    with tracking.run("train", params, tracking_uri=tracking_uri, experiment=experiment,
-                      run_name=f"train-{config.model}-{subject}-{config.train_on}", tags=tags,
-                      parent=parent_run) as run:
+    tags = {"subject": subject, "decoder": config.model, "train_on": config.train_on, **(run_tags or {})}
+    opened = tracking.run("train", params, tracking_uri=tracking_uri, experiment=experiment,
+                          run_name=f"train-{config.model}-{subject}-{config.train_on}", tags=tags,
+                          parent=parent_run) if track else contextlib.nullcontext(tracking.NULL_RUN)
+    with opened as run:
         train, val = training_data(index, cache_root, embeddings, memo=memo, **config.data_rules())
         decoder = make_decoder(config.model, **config.decoder_kwargs())
         if hasattr(decoder, "progress"):
@@ -205,7 +215,8 @@ def train_decoder(
         checkpoint = save_checkpoint(decoder, output_dir, metadata)
         metadata = read_json(Path(checkpoint).parent / METADATA_FILE)  # with weights_sha256
         run.log_artifacts(output_dir, "checkpoint")
-    return TrainResult(checkpoint=Path(checkpoint), metadata=metadata, run_id=run.run_id)
+    return TrainResult(checkpoint=Path(checkpoint), metadata=metadata, run_id=run.run_id,
+                       history=list(getattr(decoder, "history_", []) or []), decoder=decoder)
 
 
 def _mean_cosine(pred: np.ndarray, true: np.ndarray) -> float:

@@ -11,19 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from fmri2img.core import tracking
+from fmri2img.core import tracking_layout
 from fmri2img.core.constants import DEFAULT_SUBJECTS, SYNTHETIC_TRUTH_EMBEDDINGS
 from fmri2img.core.errors import ConfigError, MissingInputError
 from fmri2img.core.files import read_json, sha256_file, sha256_json, write_json
 from fmri2img.core.memo import Memo
-from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONDITION_IDS
+from fmri2img.data.betas import load_betas
 from fmri2img.data.index import build_index
 from fmri2img.data.schema import read_index
 from fmri2img.data.trials import imagery_folds
 from fmri2img.embeddings.cache import load_embedding_set, set_dir, synthetic_truth_set
 from fmri2img.models.checkpoint import METADATA_FILE, WEIGHTS_FILE, load_adapters, load_checkpoint
-from fmri2img.models.predictors import Predictor, adapter_predictor, decoder_fn
+from fmri2img.models.predictors import AdaptedModule, Predictor, adapter_predictor, base_module, decoder_fn
 from fmri2img.sim.world import write_world
+from fmri2img.stages.ablation.cell_log import EXAMPLE_ROWS, CellWork, history_curves, log_cell_run
 from fmri2img.stages.ablation.matrix import (
     AblationConfig,
     Cell,
@@ -38,6 +40,11 @@ from fmri2img.stages.ablation.matrix import (
 from fmri2img.stages.adapt import train_adapters
 from fmri2img.stages.evaluate import evaluate_predictor
 from fmri2img.stages.train import train_decoder
+
+#: Per-epoch history of a perception-only checkpoint's training, next to its weights.
+HISTORY_FILE = "history.json"
+#: Role tag of the perception-only checkpoints' training runs (children of the ablation run, not cells).
+ROLE_CHECKPOINT = "checkpoint"
 
 
 def ensure_inputs(config: AblationConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -92,7 +99,9 @@ def ensure_base_checkpoint(config: AblationConfig, subject: str, decoder: str, f
             return out / "best.pt"
     result = train_decoder(index_path(config, subject), out, cfg, cache_root=config.cache_root,
                            tracking_uri=parent_run.tracking_uri, parent_run=parent_run, progress=progress,
-                           extra_metadata={"ablation_key": key}, memo=memo)
+                           extra_metadata={"ablation_key": key}, memo=memo,
+                           run_tags={tracking_layout.ROLE_TAG: ROLE_CHECKPOINT})
+    write_json(out / HISTORY_FILE, result.history)  # the cells built on it show this curve
     return result.checkpoint
 
 
@@ -125,40 +134,51 @@ def cell_key(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any]) ->
     return sha256_json(key_parts)
 
 
-def _mixed_predictor(config, cell, index, run, progress, memo) -> tuple[Predictor, dict[str, Any]]:
+def _mixed_predictor(config, cell, index, example, progress, memo) -> tuple[Predictor, CellWork]:
     """One model per held-out imagery fold (H2), each trained on the other folds' imagery too."""
-    fold_models, seconds = {}, 0.0
+    fold_models, work, seconds = {}, CellWork(), 0.0
     for fold in imagery_folds(index):
         cfg = train_config(config, cell.decoder, train_on="mixed", holdout_fold=fold,
                            imagery_weight=config.imagery_weight)
         out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
         result = train_decoder(index_path(config, cell.subject), out, cfg, cache_root=config.cache_root,
-                               tracking_uri=run.tracking_uri, parent_run=run, progress=progress, memo=memo)
+                               progress=progress, memo=memo, track=False)
         fold_model, _ = load_checkpoint(result.checkpoint, expected_decoder=cell.decoder)
         fold_models[fold] = decoder_fn(fold_model)
         seconds += result.metadata["train_seconds"]
-    return Predictor(fold_models=fold_models), {"train_seconds_total": seconds}
+        work.curves.update(history_curves(result.history, f"fold{fold}/"))
+        work.models[f"decoder_fold{fold}"] = (base_module(fold_model), example)
+        work.artifacts[f"fold{fold}"] = [out / METADATA_FILE]
+    work.extra["train_seconds_total"] = seconds
+    return Predictor(fold_models=fold_models), work
 
 
-def _adapter_predictor(config, cell, decoder, run, progress, memo) -> tuple[Predictor, dict[str, Any]]:
+def _adapter_predictor(config, cell, decoder, example, progress, memo) -> tuple[Predictor, CellWork]:
     """Per-fold adapters (or fine-tuned copies) on the perception-only checkpoint (H3)."""
     base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
     kind, cond = ADAPTER_CONFIGURATIONS[cell.configuration]
     acfg = dataclasses.replace(config.adapt, adapter=kind, condition=cond, device=config.device)
     result = train_adapters(index_path(config, cell.subject), base_ckpt, adapter_dir(config, cell), acfg,
-                            model_type=cell.decoder, cache_root=config.cache_root, tracking_uri=run.tracking_uri,
-                            parent_run=run, progress=progress, memo=memo)
+                            model_type=cell.decoder, cache_root=config.cache_root, progress=progress, memo=memo,
+                            track=False)
     states, ameta = load_adapters(result.checkpoint, base_ckpt, kind)
-    extra = {k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters", "n_base_parameters",
-                                   "parameter_overhead")}
+    work = CellWork(extra={k: ameta[k] for k in ("train_seconds_total", "n_trainable_parameters",
+                                                 "n_base_parameters", "parameter_overhead")})
     # fold models that never beat their initial state on the validation stimuli (the identity
     # adapter, the unchanged decoder copy): the report names such no-ops
-    extra["n_fold_models"] = len(ameta["fold_details"])
-    extra["n_folds_kept_initial"] = sum(f.get("best_epoch") == -1 for f in ameta["fold_details"])
+    work.extra["n_fold_models"] = len(ameta["fold_details"])
+    work.extra["n_folds_kept_initial"] = sum(f.get("best_epoch") == -1 for f in ameta["fold_details"])
     # H3 chooses among adapters on these (their folds' validation stimuli), never on test scores
-    extra["val_cosine_mean"] = float(np.mean([f["best_val_cosine"] for f in ameta["fold_details"]]))
-    extra["train_cpu_seconds_total"] = ameta.get("train_cpu_seconds_total")
-    return adapter_predictor(decoder, states, ameta), extra
+    work.extra["val_cosine_mean"] = float(np.mean([f["best_val_cosine"] for f in ameta["fold_details"]]))
+    work.extra["train_cpu_seconds_total"] = ameta.get("train_cpu_seconds_total")
+    condition = CONDITION_IDS["imagery"] if cond else None
+    for fold, module in result.modules.items():
+        work.curves.update(history_curves(result.histories[fold], f"fold{fold}/"))
+        work.models[f"{'decoder' if kind == 'finetune' else 'adapted'}_fold{fold}"] = (
+            module if kind == "finetune" else AdaptedModule(base_module(decoder), module, condition), example)
+        work.extra[f"fold{fold}/lr"] = next(f["lr"] for f in ameta["fold_details"] if f["fold"] == fold)
+    work.artifacts["adapter"] = [result.checkpoint.parent / "metadata.json"]
+    return adapter_predictor(decoder, states, ameta), work
 
 
 def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, progress, out, memo) -> dict[str, Any]:
@@ -168,32 +188,37 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
         record = read_json(marker)
         if record.get("key") == key:
             return {**record, "skipped": True}
+    started, start = time.time(), time.perf_counter()
     base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
-    parent = tracking.attach(parent_run_id, tracking_uri)
     index = read_index(index_path(config, cell.subject))
-    tags = {"subject": cell.subject, "decoder": cell.decoder, "configuration": cell.configuration,
-            "test_domain": config.mode, "cell": cell.name}
-    start = time.perf_counter()
-    with tracking.run("cell", {"cell": dataclasses.asdict(cell), "key": key}, tracking_uri=tracking_uri,
-                      run_name=f"{cell.subject}/{cell.name}", tags=tags, parent=parent) as run:
-        decoder, meta = load_checkpoint(base_ckpt, expected_decoder=cell.decoder)
-        embeddings = load_embedding_set(config.cache_root, meta["embedding_set"])
-        if cell.configuration == "perception_only":
-            predictor, extra = Predictor(single=decoder_fn(decoder)), {}
-        elif cell.configuration == "mixed":
-            predictor, extra = _mixed_predictor(config, cell, index, run, progress, memo)
-        else:
-            predictor, extra = _adapter_predictor(config, cell, decoder, run, progress, memo)
-        evaluate_predictor(
-            index, predictor, embeddings, out, decoder=cell.decoder, configuration=cell.configuration,
-            n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,
-            cache_root=config.cache_root, run=run, memo=memo,
-            info={"cell": cell.name, "index": str(index_path(config, cell.subject)),
-                  "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
-                  # wall times vary run to run: they go to timings.json, never into metrics files
-                  **{k: v for k, v in extra.items() if "seconds" not in k}})
-        run.log_metrics({k: v for k, v in extra.items() if isinstance(v, (int, float))})
-        record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run.run_id,
-                  "seconds": time.perf_counter() - start, "commands": cell_commands(config, cell), **extra}
-        write_json(marker, record)
+    decoder, meta = load_checkpoint(base_ckpt, expected_decoder=cell.decoder)
+    embeddings = load_embedding_set(config.cache_root, meta["embedding_set"])
+    example = load_betas(index, config.cache_root, rows=np.arange(EXAMPLE_ROWS), zscore=meta.get("zscore", True),
+                         memo=memo)
+    if cell.configuration == "perception_only":
+        predictor = Predictor(single=decoder_fn(decoder))
+        work = CellWork(models={"decoder": (base_module(decoder), example)})
+    elif cell.configuration == "mixed":
+        predictor, work = _mixed_predictor(config, cell, index, example, progress, memo)
+    else:
+        predictor, work = _adapter_predictor(config, cell, decoder, example, progress, memo)
+    history = base_ckpt.parent / HISTORY_FILE
+    if history.is_file():  # the perception-only checkpoint's training, which every cell starts from
+        work.curves.update(history_curves(read_json(history), "base/"))
+    result = evaluate_predictor(
+        index, predictor, embeddings, out, decoder=cell.decoder, configuration=cell.configuration,
+        n_voxels=meta["n_voxels"], mode=config.mode, zscore=meta.get("zscore", True), options=config.eval,
+        cache_root=config.cache_root, memo=memo,
+        info={"cell": cell.name, "index": str(index_path(config, cell.subject)),
+              "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
+              # wall times vary run to run: they go to timings.json, never into metrics files
+              **{k: v for k, v in work.extra.items() if "seconds" not in k and "/" not in k}})
+    ended, seconds = time.time(), time.perf_counter() - start  # the run's Duration: the cell's whole work
+    run_id = log_cell_run(config, cell, parent_run_id=parent_run_id, tracking_uri=tracking_uri, key=key, meta=meta,
+                          result=result, work=work, index=index, index_file=index_path(config, cell.subject),
+                          eval_dir=out, start_time=started, end_time=ended)
+    extra = {k: v for k, v in work.extra.items() if "/" not in k}
+    record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run_id,
+              "seconds": seconds, "commands": cell_commands(config, cell), **extra}
+    write_json(marker, record)
     return {**record, "skipped": False}

@@ -33,6 +33,7 @@ from fmri2img.core.logs import get_logger, log_to_file, stage_log
 from fmri2img.core.memo import Memo
 from fmri2img.stages.ablation.cells import ensure_base_checkpoint, ensure_inputs, run_cell
 from fmri2img.stages.ablation.matrix import AblationConfig, Cell, subject_dir, write_stage_configs
+from fmri2img.stages.ablation.study_log import finish_study_run, start_study_run
 from fmri2img.stages.ablation.summary import collect_subject, write_summary
 from fmri2img.stages.report import MLFLOW_RUN_FILE, make_figures
 
@@ -177,6 +178,7 @@ def _report(config: AblationConfig, pool, run, records, stage_configs, log) -> t
         mapper = pool.map if pool is not None else map
         for folder in mapper(_figures_task, [str(f) for f in folders]):
             log.info("figures %s/figures", folder)
+    finish_study_run(run, summary_dir, hypotheses)
     return summary_dir, hypotheses
 
 
@@ -201,6 +203,7 @@ def run_ablation(
     with stage_log(config.log_dir, "ablate") as log_path, tracking.run(
             "ablate", params, tracking_uri=tracking_uri, experiment=experiment, run_name="ablation",
             tags={"n_orphaned_runs_marked": len(orphans)}) as run:
+        start_study_run(run)
         log.info("ablation run %s: %d subjects x %d decoders x %d configurations; %d orphaned runs marked KILLED",
                  run.run_id, len(config.subjects), len(config.decoders), len(config.configurations), len(orphans))
         write_json(Path(config.output_root) / MLFLOW_RUN_FILE, {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
