@@ -37,8 +37,9 @@ from fmri2img.data.predictions import PredictionSet, check_ids, load_images, rea
 from fmri2img.data.schema import read_index
 from fmri2img.data.trials import test_set_rows
 from fmri2img.embeddings.cache import load_embedding_set
-from fmri2img.embeddings.features import FeatureWeights, battery_features
+from fmri2img.embeddings.features import FeatureWeights, battery_features_sets
 from fmri2img.evaluation import field_metrics, resampling
+from fmri2img.evaluation.metrics import TWO_WAY_CHANCE
 from fmri2img.reporting.field_report import battery_frame, battery_rows, format_battery_markdown
 from fmri2img.stages.evaluate import image_loader
 from fmri2img.stages.reconstruct import grid_figure
@@ -124,25 +125,47 @@ def _groups(index: pd.DataFrame, test_set: str) -> dict[str, list[str]]:
     return out
 
 
-def _image_battery(index: pd.DataFrame, load_truth, files: Mapping[str, Path], ids: list[str],
-                   weights: FeatureWeights, opts: BatteryOptions) -> dict[str, dict[str, Any]]:
-    """The battery of one group: reconstructions of ``ids`` found in ``files`` vs their ground truth."""
-    names = [*field_metrics.PIXEL_METRICS, *field_metrics.FEATURE_METRICS]
+def _group_images(index: pd.DataFrame, load_truth, files: Mapping[str, Path], ids: list[str]):
+    """(reconstructions, ground truths, stimuli scored) of one group, or the reason it cannot be scored."""
     have = [s for s in ids if s in files]
     refs = index.drop_duplicates("stimulus_id").set_index("stimulus_id")["image_ref"]
     if not have:
-        return {m: field_metrics.not_computed("no reconstruction of these stimuli in the predictions") for m in names}
+        return "no reconstruction of these stimuli in the predictions"
     if load_truth is None or not all(isinstance(refs.get(s), str) for s in have):
-        return {m: field_metrics.not_computed("these stimuli have no ground-truth image (conceptual set C is "
-                                              "cued by a word)") for m in names}
-    recons, truths = load_images([files[s] for s in have]), load_truth(have)
-    features = battery_features(recons, truths, weights, device=opts.device, batch_size=opts.batch_size, progress=True)
-    out = field_metrics.score_battery(recons, truths, features, size=opts.image_size, n_boot=opts.n_boot,
-                                      n_perm=opts.n_perm, seed=opts.seed, chance_pairs=opts.chance_pairs, progress=True)
-    if len(have) < len(ids):
-        for rec in out.values():
-            rec["note"] = "; ".join(filter(None, [rec["note"], f"{len(have)} of {len(ids)} stimuli reconstructed"]))
-    return out
+        return "these stimuli have no ground-truth image (conceptual set C is cued by a word)"
+    return load_images([files[s] for s in have]), load_truth(have), have
+
+
+def _not_computed(metric: str, reason: str) -> dict[str, Any]:
+    """The not-computed record of a battery metric, with its direction and (two-way) chance."""
+    kind = field_metrics.FEATURE_METRICS.get(metric, ("pixel", ""))[0]
+    return field_metrics.not_computed(reason, higher_is_better=kind != "distance",
+                                      chance=TWO_WAY_CHANCE if kind == "two_way" else None)
+
+
+def _score_groups(jobs: list[tuple[str, str, Any, int]], weights: FeatureWeights, opts: BatteryOptions,
+                  source: str) -> list[dict[str, Any]]:
+    """Battery rows of each (test set, group, images or reason, n stimuli); networks loaded once for all."""
+    names = [*field_metrics.PIXEL_METRICS, *field_metrics.FEATURE_METRICS]
+    scorable = [job for job in jobs if not isinstance(job[2], str)]
+    features = battery_features_sets([(recons, truths) for _, _, (recons, truths, _), _ in scorable], weights,
+                                     device=opts.device, batch_size=opts.batch_size, progress=True)
+    feats = {(t, g): f for (t, g, _, _), f in zip(scorable, features)}
+    rows = []
+    for test_set, group, images, n_ids in tqdm(jobs, desc="battery", unit="group", leave=False):
+        if isinstance(images, str):
+            records = {m: _not_computed(m, images) for m in names}
+        else:
+            recons, truths, have = images
+            records = field_metrics.score_battery(recons, truths, feats[test_set, group], size=opts.image_size,
+                                                  n_boot=opts.n_boot, n_perm=opts.n_perm, seed=opts.seed,
+                                                  chance_pairs=opts.chance_pairs, progress=True)
+            if len(have) < n_ids:
+                partial = f"{len(have)} of {n_ids} stimuli reconstructed"
+                for rec in records.values():
+                    rec["note"] = "; ".join(filter(None, [rec["note"], partial]))
+        rows += battery_rows(records, source=source, test_set=test_set, stimulus_group=group)
+    return rows
 
 
 def _retrieval(preds: PredictionSet, cache_root: str | Path, embedding_set: str | None,
@@ -172,7 +195,7 @@ def score_prediction_set(index: pd.DataFrame, preds: PredictionSet, weights: Fea
     """The battery rows (:data:`~fmri2img.reporting.field_report.FIELD_COLUMNS`) of a predictions folder."""
     data_root = index.attrs.get("data_root")
     load_truth = image_loader(index, data_root) if data_root and Path(data_root).is_dir() else None
-    rows = []
+    jobs, retrieval = [], []
     for test_set in preds.test_sets:
         groups = _groups(index, test_set)
         known = [s for ids in groups.values() for s in ids]
@@ -180,12 +203,12 @@ def score_prediction_set(index: pd.DataFrame, preds: PredictionSet, weights: Fea
             check_ids(list(given), known, test_set, preds.root)
         files = preds.images.get(test_set)
         if files:
-            for group, ids in tqdm(groups.items(), desc=f"battery {test_set}", unit="group", leave=False):
-                records = _image_battery(index, load_truth, files, ids, weights, opts)
-                rows += battery_rows(records, source=source, test_set=test_set, stimulus_group=group)
+            jobs += [(test_set, group, _group_images(index, load_truth, files, ids), len(ids))
+                     for group, ids in groups.items()]
         if test_set == RETRIEVAL_TEST_SET:
-            rows += battery_rows(_retrieval(preds, cache_root, embedding_set, opts), source=source,
-                                 test_set=test_set, stimulus_group="all")
+            retrieval = battery_rows(_retrieval(preds, cache_root, embedding_set, opts), source=source,
+                                     test_set=test_set, stimulus_group="all")
+    rows = _score_groups(jobs, weights, opts, source) + retrieval
     return battery_frame(rows)
 
 
