@@ -76,7 +76,8 @@ def test_ground_truth_latents_render_at_ceiling(world, tmp_path, tracking_uri):
     assert sorted(read_predictions(rec).images["shared1000"]) == sorted(ids)
     out = tmp_path / "ev"
     r = _invoke(["eval", "--index", str(world["subj01"]), "--predictions", str(rec), "--output-dir", str(out),
-                 "--n-way", "20", "--cache-root", str(world["cache"]), *FAST], tracking_uri)
+                 "--n-way", "20", "--embedding-set", "synthetic-truth", "--cache-root", str(world["cache"]), *FAST],
+                tracking_uri)
     assert r.exit_code == 0, r.output
     table = pd.read_csv(out / "field_table.csv")
     for metric in PIXEL_METRICS:
