@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
 from fmri2img.core.tracking import _client
-from fmri2img.data.predictions import EMBEDDINGS_FILE, read_predictions
+from fmri2img.data.predictions import EMBEDDINGS_FILE, load_images, read_predictions
 from fmri2img.embeddings.cache import load_embedding_set
 from fmri2img.evaluation.field_metrics import FEATURE_METRICS, PIXEL_METRICS
 from fmri2img.models.reconstruct import RECONSTRUCTION_BACKENDS
@@ -167,3 +167,29 @@ def test_bad_inputs_exit_2_with_one_line(world, checkpoint, tmp_path, tracking_u
         lines = r.output.strip().splitlines()
         assert r.exit_code == 2, (name, r.output)
         assert len(lines) == 1 and expected[name] in lines[0], (name, r.output)
+
+
+def test_reconstruct_with_a_tiny_unclip_pipeline(world, tmp_path, tracking_uri):
+    """The unclip backend through the CLI: a tiny random pipeline (no download), CPU, 16 px."""
+    pytest.importorskip("diffusers")
+    from test_reconstruct import TINY_DIM, _tiny_unclip
+
+    pipe = _tiny_unclip(tmp_path)
+    ids = ["img-A-hbar", "img-A-vbar", "img-A-cross"]
+    npz = _write_npz(tmp_path / "in", ids, "imagery", np.random.default_rng(0).standard_normal((3, TINY_DIM)))
+    args = ["reconstruct", "--index", str(world["subj01"]), "--embeddings", str(npz), "--backend", "unclip",
+            "--pipeline-dir", str(pipe), "--steps", "2", "--image-size", "16", "--seed", "3",
+            "--cache-root", str(world["cache"])]
+    r = _invoke([*args, "--output-dir", str(tmp_path / "a")], tracking_uri)
+    assert r.exit_code == 0, r.output
+    got = read_predictions(tmp_path / "a")
+    assert sorted(got.images["imagery"]) == sorted(ids)
+    images = load_images([got.images["imagery"][s] for s in ids])
+    assert images.shape == (3, 16, 16, 3)
+    assert _invoke([*args, "--output-dir", str(tmp_path / "b")], tracking_uri).exit_code == 0  # seeded: same bytes
+    for s in ids:
+        assert (tmp_path / "a" / "images" / "imagery" / f"{s}.png").read_bytes() == \
+            (tmp_path / "b" / "images" / "imagery" / f"{s}.png").read_bytes()
+    wrong = _write_npz(tmp_path / "wrong", ids, "imagery", np.ones((3, TINY_DIM + 1)))
+    r = _invoke([*args[:4], str(wrong), *args[5:], "--output-dir", str(tmp_path / "c")], tracking_uri)
+    assert r.exit_code == 2 and f"takes {TINY_DIM}-D" in r.output, r.output

@@ -22,6 +22,7 @@ def command(
     output_dir: Path = typer.Option(..., "--output-dir", help="Predictions folder to write (docs/comparing.md)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Decoder checkpoint whose test predictions to render."),
     embeddings: Path = typer.Option(None, "--embeddings", help="Or: an embeddings.npz of predictions to render."),
+    embedding_set: str = typer.Option(None, "--embedding-set", help="With --embeddings: their model's cache tag."),
     model_type: str = typer.Option(None, "--model-type", help="Expected decoder (ridge|mlp|two_stage); checked."),
     adapter_checkpoint: Path = typer.Option(None, "--adapter-checkpoint", help="From `fmri2img adapt`."),
     adapter_type: str = typer.Option(None, "--adapter-type", help="Expected adapter type; checked."),
@@ -43,7 +44,8 @@ def command(
     given = {"pipeline_dir": pipeline_dir, "device": device.value if device else None, "seed": seed,
              "num_inference_steps": steps, "image_size": image_size, "embedding_norm": embedding_norm}
     params = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
-    info = reconstruct(index, output_dir, checkpoint=checkpoint, embeddings=embeddings, backend=backend.value,
+    info = reconstruct(index, output_dir, checkpoint=checkpoint, embeddings=embeddings,
+                       embedding_set=embedding_set, backend=backend.value,
                        backend_params=params, mode=mode.value, cache_root=cache_root, tracking_uri=tracking_uri,
                        experiment=experiment, model_type=model_type, adapter_checkpoint=adapter_checkpoint,
                        adapter_type=adapter_type)

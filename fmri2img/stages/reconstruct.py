@@ -138,7 +138,8 @@ def grid_figure(index: pd.DataFrame, images: Mapping[str, Mapping[str, np.ndarra
 
 
 def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: str | Path | None = None,
-                embeddings: str | Path | None = None, backend: str = "synthetic",
+                embeddings: str | Path | None = None, embedding_set: str | None = None,
+                backend: str = "synthetic",
                 backend_params: Mapping[str, Any] | None = None, mode: str = "both",
                 cache_root: str | Path = DEFAULT_CACHE_ROOT, tracking_uri: str | None = None,
                 experiment: str = DEFAULT_EXPERIMENT, **predictor_args: Any) -> dict[str, Any]:
@@ -153,6 +154,9 @@ def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: s
     checkpoint, embeddings : path
         Exactly one: a decoder checkpoint (``predictor_args``: ``adapter_checkpoint``, ``adapter_type``,
         ``model_type``), or an ``embeddings.npz`` of the contract.
+    embedding_set : str, optional
+        With ``embeddings``: the cache tag of their model, recorded in ``reconstruct.json`` (``eval
+        --predictions`` then scores the 300-way retrieval against it). A checkpoint records its own.
     backend : {"synthetic", "unclip"}
     backend_params : mapping
         Keyword arguments of the backend's class (unclip: ``pipeline_dir``, ``device``, ``seed``...).
@@ -190,7 +194,7 @@ def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: s
         info = _write(output_dir, index, stimuli, images)
         info.update({"backend": backend, "backend_params": run_params["backend_params"], "subject": subject,
                      "index": str(index_path), "source": str(checkpoint or embeddings),
-                     "embedding_set": meta.get("embedding_set"), "decoder": meta.get("decoder")})
+                     "embedding_set": meta.get("embedding_set", embedding_set), "decoder": meta.get("decoder")})
         write_json(Path(output_dir) / "reconstruct.json", info)
         run.log_metrics({f"n_images/{name}": n for name, n in info["n_images"].items()})
         run.log_artifacts(output_dir, "reconstruct")
