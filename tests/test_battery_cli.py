@@ -75,9 +75,11 @@ def test_ground_truth_latents_render_at_ceiling(world, tmp_path, tracking_uri):
     assert r.exit_code == 0, r.output
     assert sorted(read_predictions(rec).images["shared1000"]) == sorted(ids)
     out = tmp_path / "ev"
+    small = tmp_path / "battery.yaml"  # the ceiling holds at any side; 64 px keeps the test fast
+    small.write_text("image_size: 64\nchance_pairs: 30\n")
     r = _invoke(["eval", "--index", str(world["subj01"]), "--predictions", str(rec), "--output-dir", str(out),
-                 "--n-way", "20", "--embedding-set", "synthetic-truth", "--cache-root", str(world["cache"]), *FAST],
-                tracking_uri)
+                 "--battery-config", str(small), "--n-way", "20", "--embedding-set", "synthetic-truth",
+                 "--cache-root", str(world["cache"]), *FAST], tracking_uri)
     assert r.exit_code == 0, r.output
     table = pd.read_csv(out / "field_table.csv")
     for metric in PIXEL_METRICS:
@@ -156,10 +158,11 @@ def test_bad_inputs_exit_2_with_one_line(world, checkpoint, tmp_path, tracking_u
         "embedding dimension": ["reconstruct", "--index", idx, "--embeddings", str(wrong_dim)],
         "missing unclip folder": ["reconstruct", "--index", idx, "--checkpoint", str(checkpoint), "--backend", "unclip",
                                   "--pipeline-dir", str(tmp_path / "sd-unclip")],
-        "unclip without folder": ["reconstruct", "--index", idx, "--checkpoint", str(checkpoint), "--backend", "unclip"],
+        "unclip without folder": ["reconstruct", "--index", idx, "--checkpoint", str(checkpoint),
+                                  "--backend", "unclip"],
     }
-    expected = {"unknown stimulus id": "nsd-99999", "non-square image": "square RGB", "corrupt weights file": "corrupt.pth",
-                "no predictions folder": "absent", "both sources": "exactly one", "embedding dimension": "3 dimensions",
+    expected = {"unknown stimulus id": "nsd-99999", "non-square image": "square RGB",
+                "corrupt weights file": "corrupt.pth", "no predictions folder": "absent", "both sources": "exactly one", "embedding dimension": "3 dimensions",
                 "missing unclip folder": "sd-unclip", "unclip without folder": "--pipeline-dir"}
     for name, args in cases.items():
         out = ["--output-dir", str(tmp_path / f"out-{name.replace(' ', '_')}"), "--cache-root", cache]
