@@ -162,7 +162,8 @@ def test_bad_inputs_exit_2_with_one_line(world, checkpoint, tmp_path, tracking_u
                                   "--backend", "unclip"],
     }
     expected = {"unknown stimulus id": "nsd-99999", "non-square image": "square RGB",
-                "corrupt weights file": "corrupt.pth", "no predictions folder": "absent", "both sources": "exactly one", "embedding dimension": "3 dimensions",
+                "corrupt weights file": "corrupt.pth", "no predictions folder": "absent", "both sources": "exactly one",
+                "embedding dimension": "3 dimensions",
                 "missing unclip folder": "sd-unclip", "unclip without folder": "--pipeline-dir"}
     for name, args in cases.items():
         out = ["--output-dir", str(tmp_path / f"out-{name.replace(' ', '_')}"), "--cache-root", cache]
