@@ -26,6 +26,8 @@ def test_round_trip(tmp_path):
     assert got.embeddings["shared1000"][0] == ["nsd-00001", "nsd-00002"]
     np.testing.assert_array_equal(got.embeddings["shared1000"][1], emb["shared1000"][1])
     np.testing.assert_array_equal(P.load_images([got.images["imagery"]["img-A-hbar"]])[0], image)
+    alone = P.read_predictions(tmp_path / P.EMBEDDINGS_FILE)  # an NPZ file: its embeddings only
+    assert alone.test_sets == ["shared1000", "imagery"] and not alone.images
 
 
 def test_refusals(tmp_path):

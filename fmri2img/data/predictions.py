@@ -87,7 +87,8 @@ def _read_embeddings(path: Path) -> dict[str, tuple[list[str], np.ndarray]]:
 
 
 def read_predictions(folder: str | Path) -> PredictionSet:
-    """Read the index of a predictions folder (embeddings loaded, images listed).
+    """Read the index of a predictions folder (embeddings loaded, images listed); a path to an ``.npz``
+    file instead reads those embeddings alone.
 
     Raises
     ------
@@ -97,6 +98,8 @@ def read_predictions(folder: str | Path) -> PredictionSet:
         Unknown test set, malformed NPZ, a file in ``images/`` that is not ``<test_set>/<id>.png``.
     """
     root = Path(folder)
+    if root.is_file() and root.suffix == ".npz":
+        return PredictionSet(root.parent, embeddings=_read_embeddings(root))
     if not root.is_dir():
         raise MissingInputError(f"Predictions folder not found: {root}; expected {EMBEDDINGS_FILE} and/or "
                                 f"{IMAGES_DIR}/<test_set>/<stimulus_id>.png (docs/comparing.md).")
