@@ -19,7 +19,7 @@ def command(
     index: Path = typer.Option(..., "--index", help="Trial index Parquet."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Decoder checkpoint (best.pt or its folder)."),
     predictions: Path = typer.Option(None, "--predictions",
-                                     help="Or: a predictions folder (any model's) scored with the field's battery."),
+                                     help="Or: a predictions folder or .npz (any model's): the field's battery."),
     feature_weights: Path = typer.Option(None, "--feature-weights", help="Battery: YAML of local network weights."),
     battery_config: Path = typer.Option(None, "--battery-config", help="Battery: YAML BatteryOptions."),
     embedding_set: str = typer.Option(None, "--embedding-set", help="Battery: ground-truth embeddings of 300-way."),
