@@ -35,13 +35,23 @@ PERCENT_METRICS = ("alexnet2", "alexnet5", "inception_v3", "clip")
 GRID_CELL_IN = 1.1
 
 
+def _label(metric: str) -> str:
+    """Display label; n-way retrieval of any n (``retrieval_image_20`` -> ``Image retrieval (20-way)``)."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    parts = metric.split("_")
+    if len(parts) == 3 and parts[0] == "retrieval" and parts[2].isdigit():
+        return f"{parts[1].capitalize()} retrieval ({parts[2]}-way)"
+    return metric
+
+
 def battery_rows(records: Mapping[str, Mapping[str, Any]], *, source: str, test_set: str,
                  stimulus_group: str) -> list[dict[str, Any]]:
     """Tidy rows (:data:`FIELD_COLUMNS`) of one battery (metric name -> record)."""
     rows = []
     for metric, rec in records.items():
         rows.append({"source": source, "test_set": test_set, "stimulus_group": stimulus_group, "metric": metric,
-                     "label": METRIC_LABELS.get(metric, metric), "value": rec["value"], "ci_low": rec["ci_low"],
+                     "label": _label(metric), "value": rec["value"], "ci_low": rec["ci_low"],
                      "ci_high": rec["ci_high"], "chance": rec["chance"], "n": rec["n"], "p_value": rec["p_value"],
                      "higher_is_better": rec["higher_is_better"], "note": rec["note"]})
     return rows
