@@ -116,6 +116,7 @@ def read_predictions(folder: str | Path) -> PredictionSet:
                 raise InputError(f"Unexpected file {bad}; expected only <stimulus_id>.png images in {entry}.")
             if files:
                 out.images[entry.name] = {f.stem: f for f in files}
+        out.images = {name: out.images[name] for name in TEST_SETS if name in out.images}  # report order
     if not out.test_sets:
         raise MissingInputError(f"{root} holds no predictions: expected {EMBEDDINGS_FILE} and/or "
                                 f"{IMAGES_DIR}/<test_set>/<stimulus_id>.png (docs/comparing.md).")

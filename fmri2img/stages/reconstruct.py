@@ -122,7 +122,9 @@ def grid_figure(index: pd.DataFrame, images: Mapping[str, Mapping[str, np.ndarra
     the first shared1000 ones; at most :data:`GRID_MAX_STIMULI`. Ground truths are read from the index's
     data root when it is there.
     """
-    stimuli = index.drop_duplicates("stimulus_id").set_index("stimulus_id")
+    # an NSD image reused as NSD-Imagery set B is labelled with its imagery type ("complex")
+    imagery_first = np.argsort((index["dataset"] != "nsdimagery").to_numpy(), kind="stable")
+    stimuli = index.iloc[imagery_first].drop_duplicates("stimulus_id").set_index("stimulus_id")
     imagery = [name for name in images if name != "shared1000"]
     shown = imagery or list(images)
     ids = list(dict.fromkeys(s for name in shown for s in images[name]))
