@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, handle_errors
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, fail, handle_errors
 from fmri2img.core.config import load_config, override
 from fmri2img.core.constants import DEFAULT_CACHE_ROOT
 from fmri2img.core.vocab import MODES
@@ -17,7 +17,14 @@ Mode = choices("Mode", MODES)
 @handle_errors
 def command(
     index: Path = typer.Option(..., "--index", help="Trial index Parquet."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Decoder checkpoint (best.pt or its folder)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Decoder checkpoint (best.pt or its folder)."),
+    predictions: Path = typer.Option(None, "--predictions",
+                                     help="Or: a predictions folder or .npz (any model's): the field's battery."),
+    feature_weights: Path = typer.Option(None, "--feature-weights", help="Battery: YAML of local network weights."),
+    battery_config: Path = typer.Option(None, "--battery-config", help="Battery: YAML BatteryOptions."),
+    embedding_set: str = typer.Option(None, "--embedding-set", help="Battery: ground-truth embeddings of 300-way."),
+    source: str = typer.Option(None, "--source", help="Battery: model name in the tables (default: folder name)."),
+    n_way: int = typer.Option(None, "--n-way", help="Battery: gallery of MindEye2's retrieval (default 300)."),
     model_type: str = typer.Option(None, "--model-type", help="Expected decoder (ridge|mlp|two_stage); checked."),
     mode: Mode = typer.Option(Mode("both"), "--mode", help="Which test sets to score."),
     split: str = typer.Option("test", "--split", help="Evaluated split (test)."),
@@ -33,7 +40,14 @@ def command(
     tracking_uri: str = TrackingUriOption,
     experiment: str = ExperimentOption,
 ) -> None:
-    """Score a decoder on perception (shared1000, matched vision) and imagery test trials."""
+    """Score a decoder on perception (shared1000, matched vision) and imagery test trials, or a predictions
+    folder with the field's battery (--predictions)."""
+    if (checkpoint is None) == (predictions is None):
+        fail("Give exactly one of --checkpoint (a decoder of this toolkit) or --predictions (a predictions folder).")
+    if predictions is not None:
+        _score_folder(index, predictions, output_dir, feature_weights, battery_config, embedding_set, source, n_way,
+                      n_boot, n_perm, cache_root, tracking_uri, experiment)
+        return
     from fmri2img.evaluation.scoring import EvalOptions
     from fmri2img.stages.evaluate import evaluate_checkpoint
 
@@ -45,3 +59,17 @@ def command(
         cache_root=cache_root, tracking_uri=tracking_uri, experiment=experiment,
     )
     echo(f"Wrote {output_dir}/metrics.json ({result.info['configuration']}, {len(result.table)} numbers).")
+
+
+def _score_folder(index, predictions, output_dir, feature_weights, battery_config, embedding_set, source, n_way,
+                  n_boot, n_perm, cache_root, tracking_uri, experiment) -> None:
+    """``eval --predictions``: the field's battery on a predictions folder."""
+    from fmri2img.stages.battery import BatteryOptions, score_predictions
+
+    base = load_config(BatteryOptions, battery_config) if battery_config else BatteryOptions()
+    options = override(base, n_way=n_way, n_boot=n_boot, n_perm=n_perm)
+    table = score_predictions(index, predictions, output_dir, feature_weights=feature_weights, options=options,
+                              embedding_set=embedding_set, source=source, cache_root=cache_root,
+                              tracking_uri=tracking_uri, experiment=experiment)
+    computed = int(table["value"].notna().sum())
+    echo(f"Wrote {output_dir}/field_table.csv ({computed} of {len(table)} metrics computed).")

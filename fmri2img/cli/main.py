@@ -11,7 +11,7 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 import typer  # noqa: E402
 
 from fmri2img import __version__  # noqa: E402
-from fmri2img.cli import ablate, adapt, calibrate, embed, figures, index, synth, train, ui  # noqa: E402
+from fmri2img.cli import ablate, adapt, calibrate, embed, figures, index, reconstruct, synth, train, ui  # noqa: E402
 from fmri2img.cli import eval as evaluate  # noqa: E402  (the module is named after the command)
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def _root(
 # --- command registry: one line per command ----------------------------------------------
 for name, module in (("ui", ui), ("figures", figures), ("embed", embed), ("index", index), ("train", train),
                      ("eval", evaluate), ("adapt", adapt), ("ablate", ablate), ("synth", synth),
-                     ("calibrate", calibrate)):
+                     ("calibrate", calibrate), ("reconstruct", reconstruct)):
     app.command(name, help=module.command.__doc__)(module.command)
 # --- end of command registry -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,24 +350,43 @@ def battery_features(recons: Any, truths: Any, weights: FeatureWeights, *, devic
         str: why the metric is not computed (``"weights for alexnet not found at PATH"``). The input
         of :func:`fmri2img.evaluation.field_metrics.score_battery`.
     """
+    return battery_features_sets([(recons, truths)], weights, device=device, batch_size=batch_size,
+                                 progress=progress)[0]
 
-    check_images(recons, "reconstructions")
-    check_images(truths, "ground-truth images")
-    out: dict[str, Any] = {}
+
+def battery_features_sets(pairs: Sequence[tuple[Any, Any]], weights: FeatureWeights, *, device: str = "cpu",
+                          batch_size: int = DEFAULT_EMBED_BATCH_SIZE, progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`battery_features` of several (reconstructions, ground truths) sets, each network loaded once.
+
+    Parameters
+    ----------
+    pairs : sequence of (recons, truths), uint8 or float arrays of shape (n_k, H_k, H_k, 3)
+        Image sizes may differ between sets (each network resizes its input).
+
+    Returns
+    -------
+    list of dicts, one per pair, as :func:`battery_features`.
+    """
+    for recons, truths in pairs:
+        check_images(recons, "reconstructions")
+        check_images(truths, "ground-truth images")
+    out: list[dict[str, Any]] = [{} for _ in pairs]
     for network, spec in FIELD_NETWORKS.items():
         reason = weights.missing_reason(network)
         if reason:
-            out.update({metric: reason for metric, _ in spec.nodes})
+            for entry in out:
+                entry.update({metric: reason for metric, _ in spec.nodes})
             continue
         net = load_network(network, weights, device)
-        rec = net.extract(recons, batch_size, progress)
-        gt = net.extract(truths, batch_size, progress)
-        out.update({metric: (rec[metric], gt[metric]) for metric, _ in spec.nodes})
+        for entry, (recons, truths) in zip(out, pairs):
+            rec = net.extract(recons, batch_size, progress)
+            gt = net.extract(truths, batch_size, progress)
+            entry.update({metric: (rec[metric], gt[metric]) for metric, _ in spec.nodes})
         del net
     return out
 
 
 __all__ = [
     "FIELD_CLIP_MODEL", "FIELD_NETWORKS", "IMAGENET_MEAN", "IMAGENET_STD", "METRIC_NETWORK", "FeatureNetwork",
-    "FeatureWeights", "NetworkSpec", "battery_features", "load_network",
+    "FeatureWeights", "NetworkSpec", "battery_features", "battery_features_sets", "load_network",
 ]
