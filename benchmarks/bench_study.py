@@ -10,9 +10,10 @@ Writes a synthetic subject (``fmri2img synth --scale nsd --sessions N --format h
 fewest sessions that show ``--train-images`` distinct training images, computed from the world's
 design), then runs ``fmri2img ablate`` on it with ``--jobs`` local workers. Prints wall time, busy
 CPU seconds of the machine (``/proc/stat``: the workers are forked by a fork server, so this
-process's rusage misses them; measure on a quiet machine) and the peak resident memory of the
-command's whole process tree (sampled), per stage: synthesis, inputs (index + embeddings), the
-perception-only checkpoints, the cells, reports and figures; then each configuration's cell seconds
+process's rusage misses them; measure on a quiet machine), the peak memory of the command's whole
+process tree (sampled proportional set size: shared pages count once) and, with ``--device cuda``,
+of the GPUs (``nvidia-smi``), per stage: synthesis, inputs (index + embeddings), the perception-only
+checkpoints, the cells, reports and figures; then each configuration's cell seconds
 (summed over decoders, one worker's time). Ends with one machine-readable line ``study_wall_s=<x>``:
 the ``ablate`` command, world on disk to reports (synthesis excluded: a real study starts from the
 downloaded release).
@@ -74,52 +75,70 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Resident memory of ``root_pid`` and all its descendants (Linux /proc)."""
-    parents, rss = {}, {}
+def tree_memory_bytes(root_pid: int) -> int:
+    """Memory of ``root_pid`` and all its descendants: the sum of their proportional set sizes
+    (Linux ``/proc/<pid>/smaps_rollup``), so that pages a fork server shares with its workers count
+    once, not once per worker as a sum of RSS would."""
+    parents = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry.name)] = int(stat[1])
-            rss[int(entry.name)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    tree, frontier = {root_pid}, [root_pid]
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root_pid}, {root_pid}
     while frontier:
-        children = [pid for pid, ppid in parents.items() if ppid in frontier and pid not in tree]
-        tree.update(children)
-        frontier = children
-    return sum(rss.get(pid, 0) for pid in tree)
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in tree}
+        tree |= frontier
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total
 
 
-def monitored(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list]:
-    """Run ``cmd``; return its result and samples ``(unix time, machine CPU s, tree RSS bytes)``."""
-    samples: list[tuple[float, float, int]] = []
+def gpu_memory_bytes() -> int:
+    """Memory in use on the machine's GPUs (``nvidia-smi``), 0 without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(int(v) for v in out.split()) * 2**20
+
+
+def monitored(cmd: list[str], cwd: Path, env: dict[str, str],
+              gpu: bool = False) -> tuple[subprocess.CompletedProcess, list]:
+    """Run ``cmd``; return its result and samples ``(unix time, machine CPU s, tree memory bytes,
+    GPU memory bytes (0 unless ``gpu``))``."""
+    samples: list[tuple[float, float, int, int]] = []
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            samples.append((time.time(), machine_cpu_seconds(), tree_rss_bytes(proc.pid)))
+            samples.append((time.time(), machine_cpu_seconds(), tree_memory_bytes(proc.pid),
+                            gpu_memory_bytes() if gpu else 0))
             done.wait(SAMPLE_S)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     out, err = proc.communicate()
-    samples.append((time.time(), machine_cpu_seconds(), 0))
+    samples.append((time.time(), machine_cpu_seconds(), 0, 0))
     done.set()
     thread.join()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), samples
 
 
-def _between(samples: list, t0: float, t1: float) -> tuple[float, float]:
-    """Machine CPU seconds and peak tree RSS (bytes) between unix times t0 and t1."""
+def _between(samples: list, t0: float, t1: float) -> tuple[float, float, float]:
+    """Machine CPU seconds, the process tree's and the GPUs' peak memory (bytes) between unix times t0 and t1."""
     times = np.array([s[0] for s in samples])
     cpu = np.interp([t0, t1], times, [s[1] for s in samples])
-    inside = [s[2] for s in samples if t0 - SAMPLE_S <= s[0] <= t1 + SAMPLE_S] or [0]
-    return float(cpu[1] - cpu[0]), float(max(inside))
+    inside = [s for s in samples if t0 - SAMPLE_S <= s[0] <= t1 + SAMPLE_S] or [(0, 0, 0, 0)]
+    return float(cpu[1] - cpu[0]), float(max(s[2] for s in inside)), float(max(s[3] for s in inside))
 
 
 def _stamp(line: str) -> float:
@@ -166,7 +185,7 @@ def run_study(workdir: Path, args: argparse.Namespace) -> int:
                       + (TINY_CONFIG if args.tiny else ""))
     ablate_cmd = [*cli, "ablate", "--config", str(config), "--data-root", str(workdir / "data"),
                   "--jobs", str(args.jobs), "--executor", "local"]
-    done, samples = monitored(ablate_cmd, workdir, env)
+    done, samples = monitored(ablate_cmd, workdir, env, gpu=args.device == "cuda")
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
         return done.returncode
@@ -175,22 +194,23 @@ def run_study(workdir: Path, args: argparse.Namespace) -> int:
     bounds = stage_bounds(log_path, start, end)
     for stage, t0, t1 in bounds:
         rows.append((stage, t0, t1, *_between(samples, t0, t1)))
-    cpu_total, rss_total = _between(samples, start, end)
+    cpu_total, mem_total, gpu_total = _between(samples, start, end)
     # the rest: interpreter start and imports before the log's first line, MLflow's close and exit after the last
     rest_wall = (bounds[0][1] - start) + (end - bounds[-1][2])
-    rows.append(("interpreter, MLflow run, exit", 0.0, rest_wall, cpu_total - sum(r[3] for r in rows[1:]), rss_total))
-    print(f"fmri2img ablate, one subject ({scale} scale, {sessions} sessions, hdf5), device={args.device}, "
+    rest_cpu = cpu_total - sum(r[3] for r in rows[1:])
+    rows.append(("interpreter, MLflow run, exit", 0.0, rest_wall, rest_cpu, mem_total, gpu_total))
+    print(f"fmri2img ablate, one subject ({scale} scale, sessions={sessions}, hdf5), device={args.device}, "
           f"jobs={args.jobs}, on {os.cpu_count()} CPUs")
-    print(f"{'stage':40s} {'wall s':>9s} {'CPU s':>9s} {'peak RSS GB':>12s}")
-    for stage, t0, t1, cpu, rss in rows:
-        print(f"{stage:40s} {t1 - t0:9.1f} {cpu:9.1f} {rss / 1e9:12.2f}")
+    print(f"{'stage':40s} {'wall s':>9s} {'CPU s':>9s} {'peak PSS GB':>12s} {'peak GPU GB':>12s}")
+    for stage, t0, t1, cpu, mem, gpu in rows:
+        print(f"{stage:40s} {t1 - t0:9.1f} {cpu:9.1f} {mem / 1e9:12.2f} {gpu / 1e9:12.2f}")
     per_config: dict[str, float] = defaultdict(float)
     for cell, record in json.loads((workdir / "outputs" / "imagery_ablations" / SUBJECT / "timings.json")
                                    .read_text()).items():
         per_config[cell.split("__")[-1]] += record.get("cell_seconds") or 0.0
     for configuration, seconds in sorted(per_config.items()):
         print(f"  cells {configuration:32s} {seconds:9.1f}  (summed over decoders, one worker's seconds)")
-    print(f"{'total ablate':40s} {end - start:9.1f} {cpu_total:9.1f} {rss_total / 1e9:12.2f}")
+    print(f"{'total ablate':40s} {end - start:9.1f} {cpu_total:9.1f} {mem_total / 1e9:12.2f} {gpu_total / 1e9:12.2f}")
     print(f"study_wall_s={end - start:.1f}")
     return 0
 

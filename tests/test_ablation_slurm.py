@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _slurm import run
+from _slurm import run, sacct_states
 from _world import build_tiny
 from mlflow.tracking import MlflowClient
 
@@ -31,14 +31,23 @@ from fmri2img.core.executors import SlurmResources, TaskFailedError
 from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.stages.ablation.executor import run_ablation
 from fmri2img.stages.ablation.matrix import AblationConfig
-from fmri2img.stages.ablation.workers import slurm_folder
+from fmri2img.stages.ablation.workers import SLURM_JOB_NAME, slurm_folder
 from fmri2img.stages.adapt import AdaptConfig
 
 SERVER_START_S = 90.0  # `mlflow server` imports MLflow and migrates its store before it answers
 POLL_S = 0.5
+WAIT_S = 30.0  # how long the test waits for the cluster to do something
 #: A cell task's submitit log (``<array id>_<task>_0_log.err``); the checkpoint stage is a single job
 #: (``<job id>_0_log.err``), which this does not match.
 ARRAY_TASK_LOG = re.compile(r"^(\d+_\d+)_0_log\.err$")
+
+
+def _wait_for(predicate, what: str, timeout_s: float = WAIT_S):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.2)
 
 
 def _free_port() -> int:
@@ -109,7 +118,7 @@ def _cancel_first_cell_task(folder: Path, cancelled: list[str], stop: threading.
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_slurm_ablation_survives_a_killed_task_and_equals_local(slurm_cluster, world, tmp_path, tracking_server):
     local = _config(world, tmp_path / "local")
     run_ablation(local, jobs=1, tracking_uri=f"sqlite:///{tmp_path / 'local.db'}", progress=False)
@@ -131,14 +140,22 @@ def test_slurm_ablation_survives_a_killed_task_and_equals_local(slurm_cluster, w
     assert cancelled and error.job_id == cancelled[0] and error.state.startswith("CANCELLED")
     assert f"Slurm job {error.job_id} ended CANCELLED" in str(error) and error.log_path in str(error)
     assert "\n" not in str(error)
-    assert not run("squeue", "-h", "-n", "fmri2img-ablate", "-o", "%i").stdout.split()  # the rest was cancelled
+    # the rest of the cells' array was cancelled (scancel returns before Slurm has ended the tasks)
+    array_id = error.job_id.split("_")[0]
+    _wait_for(lambda: not [j for j in run("squeue", "-h", "-n", SLURM_JOB_NAME, "-o", "%i").stdout.split()
+                           if j.startswith(f"{array_id}_")], f"array {array_id} to leave the queue")
+    assert all(state.split()[0] in ("CANCELLED", "COMPLETED") for state in sacct_states(array_id).values())
 
     again = run_ablation(on_slurm, tracking_uri=tracking_server, progress=False, slurm_poll_s=POLL_S)
     # task 0 of the cells' array is the first cell in submission order (adapter_linear): redone now
     assert {r["cell"]["configuration"]: r["skipped"] for r in again.records}["adapter_linear"] is False
-    for name in ("results_table.csv", "metrics_all.json"):
-        assert (tmp_path / "slurm" / "out" / "subj01" / name).read_bytes() == \
-            (tmp_path / "local" / "out" / "subj01" / name).read_bytes(), name
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    table = "out/subj01/results_table.csv"
+    assert (slurm_dir / table).read_bytes() == (local_dir / table).read_bytes()
+    # metrics_all.json also names each cell's checkpoint and index files: equal up to the output root
+    metrics = "out/subj01/metrics_all.json"
+    assert (slurm_dir / metrics).read_text().replace(str(slurm_dir), "<root>") == \
+        (local_dir / metrics).read_text().replace(str(local_dir), "<root>")
     # the cells' runs reached the tracking server, as children of the ablation run
     client = MlflowClient(tracking_server)
     children = client.search_runs([client.get_run(again.run_id).info.experiment_id],

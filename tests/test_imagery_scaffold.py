@@ -260,3 +260,31 @@ def test_markdown_table_matches_the_reference():
     expected = _markdown_table_reference(table, metrics)
     assert markdown_table(table, metrics) == expected
     assert "n/a" in expected and "99.000" not in expected
+
+
+def test_ablate_without_jobs_uses_every_available_core(world, tmp_path, tracking_uri):
+    """`fmri2img ablate` with no --jobs runs as many local workers as the process may use cores."""
+    import os
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from fmri2img.cli.main import app
+
+    cfg = _config(world, tmp_path, configurations=("perception_only",), figures=False)
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items()
+                                    if k in ("subjects", "decoders", "configurations", "data_root", "cache_root",
+                                             "index_dir", "manifest_dir", "checkpoint_root", "output_root",
+                                             "log_dir", "synthesize", "figures")}))
+    result = CliRunner().invoke(app, ["ablate", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    from fmri2img.core.constants import DEFAULT_EXPERIMENT
+
+    cores = len(os.sched_getaffinity(0))
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id],
+                               "tags.mlflow.runName = 'ablation'")
+    assert run.data.params["jobs"] == str(cores)
+    log = next((tmp_path / "logs").glob("ablate-*.log")).read_text()
+    assert f"on {cores} local worker(s)" in log
