@@ -163,11 +163,22 @@ def test_slurm_ablation_survives_a_killed_task_and_equals_local(slurm_cluster, w
     assert "ridge__adapter_linear" in {r.data.tags.get("cell") for r in children}
 
 
-def test_slurm_refuses_a_sqlite_tracking_store(world, tmp_path):
-    cfg = _config(world, tmp_path, executor="slurm")
+def test_slurm_refuses_a_sqlite_tracking_store(tmp_path):
+    """Before any work, with one line and exit code 2 (the CLI's bad-input code)."""
+    from typer.testing import CliRunner
+
+    from fmri2img.cli.main import app
+
+    cfg = AblationConfig(output_root=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), executor="slurm")
     with pytest.raises(ConfigError, match="needs an MLflow tracking server.*sqlite:///"):
         run_ablation(cfg, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False)
-    assert not slurm_folder(cfg).exists()
+    config = tmp_path / "ablation.yaml"
+    config.write_text(f"output_root: {tmp_path / 'out'}\nlog_dir: {tmp_path / 'logs'}\n")
+    result = CliRunner().invoke(app, ["ablate", "--config", str(config), "--executor", "slurm",
+                                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "Error: executor 'slurm' needs an MLflow tracking server" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
 
 
 def test_unknown_slurm_key_is_refused_with_the_allowed_keys(tmp_path):
