@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, line", [
     ("bench_ridge.py", r"^speedup_vs_best_peer=[0-9.]+$"),
     ("bench_demo.py", r"^demo_wall_s=[0-9.]+$"),
+    ("bench_study.py", r"^study_wall_s=[0-9.]+$"),
 ])
 def test_benchmark_runs_tiny(script, line, tmp_path):
     out = subprocess.run([sys.executable, str(BENCH / script), "--tiny"], capture_output=True, text=True,

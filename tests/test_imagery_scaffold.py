@@ -177,12 +177,12 @@ def test_worker_log_records_reach_the_ablation_log(tmp_path):
     import logging
 
     from fmri2img.core.logs import stage_log
-    from fmri2img.stages.ablation.executor import _executor
+    from fmri2img.stages.ablation.workers import local_executor
 
     with stage_log(tmp_path, "ablate") as log_path:
         logging.getLogger("fmri2img.ablate").info("parent line")
-        with _executor(2, log_path) as pool:
-            pool.submit(logging.getLogger("fmri2img.models.loop").warning, "worker line").result()
+        with local_executor(2, log_path) as pool:
+            list(pool.map(logging.getLogger("fmri2img.models.loop").warning, ["worker line"]))
     lines = log_path.read_text().splitlines()
     assert any(line.endswith("INFO fmri2img.ablate: parent line") for line in lines)
     assert any(line.endswith("WARNING fmri2img.models.loop: worker line") for line in lines), lines
@@ -194,13 +194,13 @@ def test_workers_see_the_parents_environment(monkeypatch):
     import multiprocessing
     import os
 
-    from fmri2img.stages.ablation.executor import _executor, _mp_context, start_worker_server
+    from fmri2img.stages.ablation.workers import local_executor, mp_context, start_worker_server
 
     if "forkserver" in multiprocessing.get_all_start_methods():
-        assert _mp_context().get_start_method() == "forkserver"
+        assert mp_context().get_start_method() == "forkserver"
     start_worker_server(2)
     monkeypatch.setenv("FMRI2IMG_TEST_WORKER_ENV", "set after the server started")
-    with _executor(2) as pool:
+    with local_executor(2) as pool:
         seen = list(pool.map(os.getenv, ["FMRI2IMG_TEST_WORKER_ENV"] * 4))
     assert seen == ["set after the server started"] * 4
 
@@ -211,12 +211,12 @@ def test_cell_tasks_run_their_thread_pools_single_threaded(monkeypatch):
     import numpy as np
     from threadpoolctl import threadpool_info
 
-    import fmri2img.stages.ablation.executor as executor
+    import fmri2img.stages.ablation.workers as workers
 
     np.dot(np.ones((64, 64)), np.ones((64, 64)))  # numpy's BLAS is loaded
-    monkeypatch.setattr(executor, "run_cell", lambda *args, **kwargs: [p["num_threads"] for p in threadpool_info()])
-    inside = executor._run_cell_task(())
-    assert inside and set(inside) == {executor.TASK_THREADS}
+    monkeypatch.setattr(workers, "run_cell", lambda *args, **kwargs: [p["num_threads"] for p in threadpool_info()])
+    inside = workers.run_cell_task(())
+    assert inside and set(inside) == {workers.TASK_THREADS}
 
 
 def _markdown_table_reference(table, metrics):
@@ -270,3 +270,31 @@ def test_markdown_table_matches_the_reference():
     expected = _markdown_table_reference(table, metrics)
     assert markdown_table(table, metrics) == expected
     assert "n/a" in expected and "99.000" not in expected
+
+
+def test_ablate_without_jobs_uses_every_available_core(world, tmp_path, tracking_uri):
+    """`fmri2img ablate` with no --jobs runs as many local workers as the process may use cores."""
+    import os
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from fmri2img.cli.main import app
+
+    cfg = _config(world, tmp_path, configurations=("perception_only",), figures=False)
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in dataclasses.asdict(cfg).items()
+                                    if k in ("subjects", "decoders", "configurations", "data_root", "cache_root",
+                                             "index_dir", "manifest_dir", "checkpoint_root", "output_root",
+                                             "log_dir", "synthesize", "figures")}))
+    result = CliRunner().invoke(app, ["ablate", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    from fmri2img.core.constants import DEFAULT_EXPERIMENT
+
+    cores = len(os.sched_getaffinity(0))
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id],
+                               "tags.mlflow.runName = 'ablation'")
+    assert run.data.params["jobs"] == str(cores)
+    log = next((tmp_path / "logs").glob("ablate-*.log")).read_text()
+    assert f"on {cores} local worker(s)" in log

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
-from fmri2img.cli._common import ExperimentOption, TrackingUriOption, echo, handle_errors
+from fmri2img.cli._common import ExperimentOption, TrackingUriOption, choices, echo, handle_errors
 from fmri2img.core.config import load_config, override
+from fmri2img.core.vocab import EXECUTORS
 
 DEFAULT_CONFIG = Path("projects/imagery/configs/ablation.yaml")
+Executor = choices("Executor", EXECUTORS)
 
 
 @handle_errors
@@ -20,7 +22,10 @@ def command(
     configuration: list[str] = typer.Option(None, "--configuration", help="Configurations (repeatable)."),
     data_root: str = typer.Option(None, "--data-root", help="NSD release or synthetic world root."),
     output_root: str = typer.Option(None, "--output-dir", help="Default: outputs/imagery_ablations."),
-    jobs: int = typer.Option(1, "--jobs", help="Cells run in parallel worker processes."),
+    executor: Executor = typer.Option(None, "--executor", help="Where the cells run: local (a process pool) or "
+                                      "slurm (job arrays; needs a tracking server); default: the config's."),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="Local worker processes; default: the cores available "
+                             "to this process. Slurm: the config's slurm.array_parallelism instead."),
     force: bool = typer.Option(False, "--force", help="Rerun every cell even if its inputs are unchanged."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures."),
     tracking_uri: str = TrackingUriOption,
@@ -34,7 +39,8 @@ def command(
     base = load_config(AblationConfig, config) if config.exists() or config != DEFAULT_CONFIG else AblationConfig()
     cfg = override(base, subjects=tuple(subject) if subject else None, decoders=tuple(decoder) if decoder else None,
                    configurations=tuple(configuration) if configuration else None, data_root=data_root,
-                   output_root=output_root, figures=False if no_figures else None)
+                   output_root=output_root, figures=False if no_figures else None,
+                   executor=executor.value if executor else None)
     result = run_ablation(cfg, jobs=jobs, force=force, tracking_uri=tracking_uri, experiment=experiment)
     skipped = sum(r["skipped"] for r in result.records)
     echo(f"Ablation done in {result.seconds:.1f} s: {len(result.records)} cells ({skipped} reused).")

@@ -64,6 +64,9 @@ WORLD_SCALES = ("demo", "nsd")
 #: Where models run.
 DEVICES = ("cpu", "cuda")
 
+#: Where a stage's tasks run (fmri2img.core.executors): a process pool here, or Slurm job arrays.
+EXECUTORS = ("local", "slurm")
+
 #: Columns of every results_table.csv (docs/contracts.md section 6), in order; the first six name a cell.
 RESULTS_COLUMNS = ("subject", "decoder", "configuration", "test_set", "stimulus_type", "metric",
                    "value", "ci_low", "ci_high", "chance", "n", "p_value", "p_holm")

@@ -19,5 +19,6 @@ code's hash) last; a rerun skips cells whose key is unchanged; ``force`` reruns 
 loses only the cell in progress (every file is written atomically).
 
 Modules: :mod:`.matrix` (config, cells, paths, keys, commands), :mod:`.cells` (the work),
-:mod:`.summary` (tables and hypotheses), :mod:`.executor` (:func:`~.executor.run_ablation`).
+:mod:`.summary` (tables and hypotheses), :mod:`.workers` (where tasks run: a local process pool
+or Slurm job arrays), :mod:`.executor` (:func:`~.executor.run_ablation`).
 """

@@ -24,7 +24,8 @@ from fmri2img.core.constants import (
     SYNTHETIC_TRUTH_EMBEDDINGS,
 )
 from fmri2img.core.errors import ConfigError
-from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS, MODES
+from fmri2img.core.executors import SlurmResources
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS, EXECUTORS, MODES
 from fmri2img.data.nsd_constants import subject_number
 from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.stages.adapt import AdaptConfig
@@ -68,6 +69,8 @@ class AblationConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     figures: bool = True
+    executor: str = "local"  # where checkpoints and cells run: local (process pool) or slurm (job arrays)
+    slurm: SlurmResources = field(default_factory=SlurmResources)  # per task, for executor: slurm
 
     def validate(self) -> None:
         for subject in self.subjects:
@@ -87,6 +90,9 @@ class AblationConfig:
         if self.folds < 2:
             raise ConfigError(f"Invalid folds={self.folds}; expected at least 2 imagery folds.")
         check_positive("imagery_weight", self.imagery_weight)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"Invalid executor {self.executor!r}; choose one of {', '.join(map(repr, EXECUTORS))}.")
+        self.slurm.validate()
         self.adapt.validate()
         self.eval.validate()
 
