@@ -32,7 +32,6 @@ def command(
     experiment: str = ExperimentOption,
 ) -> None:
     """Run the perception-vs-imagery matrix: decoders x configurations x test domains, with reports."""
-    from fmri2img.core.tracking import resolve_tracking_uri
     from fmri2img.stages.ablation.executor import run_ablation
     from fmri2img.stages.ablation.matrix import AblationConfig
 
@@ -45,5 +44,4 @@ def command(
     skipped = sum(r["skipped"] for r in result.records)
     echo(f"Ablation done in {result.seconds:.1f} s: {len(result.records)} cells ({skipped} reused).")
     echo(f"Results: {result.output_root}/<subject>/results_table.md; summary: {result.summary_dir}/report.md")
-    echo(f"MLflow UI: fmri2img ui   (or: mlflow ui --backend-store-uri {resolve_tracking_uri(tracking_uri)} "
-         "--host 127.0.0.1), then open http://127.0.0.1:5000")
+    echo("Compare the cells in the MLflow UI: fmri2img ui --compare   (then open the URL it prints)")
