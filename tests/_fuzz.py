@@ -21,7 +21,9 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import logging
 import math
+import os
 import re
 import time
 import zlib
@@ -32,7 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -45,6 +47,8 @@ from fmri2img.core.tracking import TAG_ERROR
 SLOW_FACTOR = 10
 #: Each fuzz test runs twice: the default (CI) run and the ``slow`` one.
 SCALES = [pytest.param(1, id="default"), pytest.param(SLOW_FACTOR, id="slow", marks=pytest.mark.slow)]
+#: Set to 1 to skip shrinking (a first failure is reported as found: quicker while hunting crashes).
+NO_SHRINK_ENV = "FMRI2IMG_FUZZ_NO_SHRINK"
 #: "At most a few lines on stderr" (issue 25); the CLI wrapper prints exactly one for its own errors.
 MAX_STDERR_LINES = 3
 
@@ -199,6 +203,8 @@ def check_cli(args: list[str], *, names: Sequence[str], workdir: Path, store: st
               outputs: Sequence[Path] = (), label: str = "") -> Outcome:
     """Run ``fmri2img <args>`` in-process and assert the fuzz property (module docstring)."""
     start_ms = int(time.time() * 1000) - 1
+    for name in ("fmri2img", "fmri2img.data"):  # a handler left on an earlier command's (closed) stderr
+        logging.getLogger(name).handlers.clear()  # would print a logging traceback: one process per run in use
     result = runner.invoke(app, [*args, "--tracking-uri", store])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"{label}: crash {type(result.exception).__name__}") from result.exception
@@ -229,9 +235,11 @@ def run_fuzz(name: str, strategy: st.SearchStrategy, check: Callable[[Any], None
     """Run ``check`` on ``examples`` draws of ``strategy`` with a seed fixed by ``name``
     (deterministic: no example database, no deadline, same draws on every machine)."""
 
+    phases = [p for p in Phase if p not in (Phase.shrink, Phase.explain)] if os.environ.get(NO_SHRINK_ENV) else list(Phase)
+
     @seed(zlib.crc32(name.encode()))
     @settings(max_examples=examples, database=None, deadline=None, derandomize=False, print_blob=False,
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), phases=phases)
     @given(strategy)
     def fuzz(case):
         check(case)

@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
+from scipy.io.matlab import MatReadError
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants
@@ -94,7 +95,7 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
         mat = scipy.io.loadmat(path, variable_names=("masterordering", "subjectim", "sharedix"))
     except NotImplementedError:
         raise CorruptFileError(f"{path} is a MATLAB v7.3 file; expected MATLAB v5 (as released by NSD).") from None
-    except (ValueError, OSError, TypeError, EOFError) as exc:
+    except (ValueError, OSError, TypeError, EOFError, MatReadError) as exc:
         raise CorruptFileError(f"Cannot read {path} as a MATLAB file: {exc}.") from None
     for key in ("masterordering", "subjectim", "sharedix"):
         if key not in mat:

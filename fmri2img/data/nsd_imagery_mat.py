@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 import scipy.sparse
+from scipy.io.matlab import MatReadError
 
 from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError
 from fmri2img.data import nsd_constants
@@ -63,10 +64,13 @@ def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...
     try:
         mat = scipy.io.loadmat(path, variable_names=[name])
     except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
-        with h5py.File(path, "r") as fh:
-            shape = tuple(reversed(fh[name].shape)) if name in fh else ()
+        try:
+            with h5py.File(path, "r") as fh:
+                shape = tuple(reversed(fh[name].shape)) if name in fh else ()
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise CorruptFileError(f"Cannot read {path} as a MATLAB v7.3 (HDF5) file: {exc}.") from None
         return _cells_v73(path, name), shape
-    except (ValueError, TypeError, OSError, EOFError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, MatReadError) as exc:
         raise CorruptFileError(f"Cannot read {path} as a MATLAB file (truncated or corrupt?): {exc}.") from None
     if name not in mat:
         raise InputError(f"{path} has no variable {name!r}; expected the NSD-Imagery {name}.")
