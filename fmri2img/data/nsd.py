@@ -28,11 +28,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import scipy.io
-from scipy.io.matlab import MatReadError
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants
+from fmri2img.data.nsd_imagery_mat import loadmat_v5
 
 #: Largest |percent signal change| that NSD's int16 x 300 encoding can express (32767 / 300).
 FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE
@@ -91,18 +90,15 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"File not found: {path}; expected nsd_expdesign.mat.")
-    try:
-        mat = scipy.io.loadmat(path, variable_names=("masterordering", "subjectim", "sharedix"))
-    except NotImplementedError:
-        raise CorruptFileError(f"{path} is a MATLAB v7.3 file; expected MATLAB v5 (as released by NSD).") from None
-    except (ValueError, OSError, TypeError, EOFError, MatReadError) as exc:
-        raise CorruptFileError(f"Cannot read {path} as a MATLAB file: {exc}.") from None
+    mat = loadmat_v5(path, ("masterordering", "subjectim", "sharedix"))
+    if mat is None:
+        raise CorruptFileError(f"{path} is a MATLAB v7.3 file; expected MATLAB v5 (as released by NSD).")
     for key in ("masterordering", "subjectim", "sharedix"):
         if key not in mat:
             raise CorruptFileError(f"{path} has no variable {key!r}; expected masterordering, subjectim, sharedix.")
-    order = np.asarray(mat["masterordering"]).astype(np.int64).ravel()
-    subjectim = np.asarray(mat["subjectim"]).astype(np.int64)
-    sharedix = np.asarray(mat["sharedix"]).astype(np.int64).ravel()
+    order, subjectim, sharedix = (_whole_numbers(mat[key], key, path)
+                                  for key in ("masterordering", "subjectim", "sharedix"))
+    order, sharedix = order.ravel(), sharedix.ravel()
     if subjectim.ndim != 2 or subjectim.shape[0] != len(nsd_constants.ALL_SUBJECTS):
         raise CorruptFileError(f"{path}: subjectim has shape {subjectim.shape}; expected (8, n_images).")
     if order.size == 0 or order.min() < 1 or order.max() > subjectim.shape[1]:
@@ -112,6 +108,18 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
     if subjectim.min() < 1 or sharedix.size == 0 or sharedix.min() < 1:
         raise CorruptFileError(f"{path}: subjectim and sharedix must hold 1-based 73k ids.")
     return ExpDesign(masterordering=order, subjectim=subjectim, sharedix=sharedix)
+
+
+def _whole_numbers(value, key: str, path: Path, what: str = "variable") -> np.ndarray:
+    """A MATLAB variable or table column as int64; refuse text, cells, NaN/Inf and values beyond int32."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        raise CorruptFileError(f"{path}: {what} {key!r} holds {array.dtype} values (text, NaN or Inf); "
+                               "expected finite integers.")
+    if array.size and (np.abs(array).max() > np.iinfo(np.int32).max or (array != np.round(array)).any()):
+        raise CorruptFileError(f"{path}: {what} {key!r} holds non-integer or out-of-range values; "
+                               "expected integer ids.")
+    return array.astype(np.int64)
 
 
 def nsd_trials(design: ExpDesign, subject: str, n_trials: int) -> pd.DataFrame:
@@ -160,7 +168,8 @@ def read_stim_info(path: str | os.PathLike) -> pd.DataFrame:
 
 def check_stim_info(stim_info: pd.DataFrame, design: ExpDesign, path: str = "nsd_stim_info_merged.csv") -> None:
     """Raise :class:`MismatchError` if the CSV's ``shared1000`` flags disagree with ``sharedix``."""
-    flagged = np.sort(stim_info.loc[stim_info["shared1000"].astype(bool), "nsdId"].to_numpy(np.int64))
+    ids = _whole_numbers(stim_info["nsdId"].to_numpy(), "nsdId", Path(path), "column")
+    flagged = np.sort(ids[stim_info["shared1000"].astype(bool).to_numpy()])
     if not np.array_equal(flagged, design.shared_nsd_ids()):
         raise MismatchError(
             f"{path}: {flagged.size} images flagged shared1000 but nsd_expdesign.mat lists "
@@ -185,6 +194,8 @@ def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     for column in ("SESSION", "RUN", "TRIAL", "73KID"):
         if column not in table.columns:
             raise CorruptFileError(f"{path} has no column {column!r}; expected SUBJECT SESSION RUN TRIAL 73KID ...")
+    for column in ("SESSION", "RUN", "TRIAL", "73KID"):
+        table[column] = _whole_numbers(table[column].to_numpy(), column, path, "column")
     table = table.sort_values(["SESSION", "RUN", "TRIAL"], kind="stable")
     within = table.groupby("SESSION").cumcount().to_numpy()
     return pd.DataFrame(

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import scipy.io
 import scipy.sparse
-from scipy.io.matlab import MatReadError
 
 from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError
 from fmri2img.data import nsd_constants
@@ -48,6 +47,23 @@ def _deref(obj) -> object:
     return value.T
 
 
+def loadmat_v5(path: Path, names: tuple[str, ...]) -> dict | None:
+    """``scipy.io.loadmat`` of ``names`` from a MATLAB v5 file; ``None`` for a v7.3 (HDF5) file.
+
+    The one reader of MATLAB v5 bytes: on damaged files scipy raises many types (``MatReadError``,
+    ``ValueError``, ``EOFError``, even ``UnboundLocalError``, found by fuzzing), all turned into
+    :class:`CorruptFileError` naming the file.
+    """
+    try:
+        return scipy.io.loadmat(path, variable_names=list(names))
+    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
+        return None
+    except Exception as exc:  # noqa: BLE001 - any decoding failure of a damaged file, see above
+        raise CorruptFileError(
+            f"Cannot read {path} as a MATLAB file (truncated or corrupt?): {type(exc).__name__}: {exc}."
+        ) from None
+
+
 def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...]]:
     """The elements of MATLAB cell variable ``name`` and the cell's shape, any MAT version.
 
@@ -61,17 +77,14 @@ def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"File not found: {path}; expected a MATLAB file with variable {name!r}.")
-    try:
-        mat = scipy.io.loadmat(path, variable_names=[name])
-    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
+    mat = loadmat_v5(path, (name,))
+    if mat is None:
         try:
             with h5py.File(path, "r") as fh:
                 shape = tuple(reversed(fh[name].shape)) if name in fh else ()
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise CorruptFileError(f"Cannot read {path} as a MATLAB v7.3 (HDF5) file: {exc}.") from None
         return _cells_v73(path, name), shape
-    except (ValueError, TypeError, OSError, EOFError, MatReadError) as exc:
-        raise CorruptFileError(f"Cannot read {path} as a MATLAB file (truncated or corrupt?): {exc}.") from None
     if name not in mat:
         raise InputError(f"{path} has no variable {name!r}; expected the NSD-Imagery {name}.")
     value = mat[name]
