@@ -251,3 +251,66 @@ def test_mutations_reach_the_parsers(world):
     raw = (world["data"] / DATA_FILES["mask"]).read_bytes()
     inner = gzip.decompress(raw)
     assert inner[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")  # sizeof_hdr 348: a NIfTI-1 header
+
+
+# --- permissions: unreadable input, unwritable output folder or tracking store ----------------------
+
+
+def _denied(path: Path, mode: int, probe: Callable[[], object]) -> None:
+    """chmod ``path`` to ``mode``; skip when the OS still allows ``probe`` (root ignores permissions)."""
+    path.chmod(mode)
+    try:
+        probe()
+    except PermissionError:
+        return
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    pytest.skip(f"chmod {mode:o} does not deny access here (running as root?): cannot test a permission error")
+
+
+def test_unreadable_config(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "train.yaml"
+    shutil.copy(world["configs"] / "train.yaml", config)
+    _denied(config, 0o000, config.read_bytes)
+    outcome = check_cli(["train", "--config", str(config), "--index", str(world[SUBJ])], names=("train.yaml",),
+                        workdir=tmp_path, store=world["store"])
+    assert outcome.exit_code == 2
+
+
+def test_unwritable_output_folder(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    _denied(parent, 0o555, lambda: (parent / "probe").write_text("x"))
+    outcome = check_cli(["train", "--index", str(world[SUBJ]), "--model", "ridge", "--output-dir",
+                         str(parent / "ckpt"), "--cache-root", str(world["cache"])], names=("locked",),
+                        workdir=tmp_path, store=world["store"], outputs=[parent / "ckpt"])
+    assert outcome.exit_code == 2
+
+
+def test_unwritable_tracking_store(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    _denied(folder, 0o555, lambda: (folder / "probe").write_text("x"))
+    outcome = check_cli(["index", "--subject", SUBJ, "--data-root", str(world["data"]), "--cache-root",
+                         str(tmp_path / "cache"), "--output", str(tmp_path / "out" / "i.parquet"), "--manifest-dir",
+                         str(tmp_path / "m"), "--no-progress"], names=("store",), workdir=tmp_path,
+                        store=f"sqlite:///{folder / 'mlflow.db'}", outputs=[tmp_path / "out" / "i.parquet"],
+                        store_usable=False)
+    assert outcome.exit_code == 2
+
+
+@pytest.mark.parametrize("where", ["output", "store"])
+def test_output_or_store_under_a_regular_file(world, tmp_path, monkeypatch, where):
+    """The unwritable locations that also fail as root: a regular file where a folder is needed."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    out = blocker / "eval" if where == "output" else tmp_path / "eval"
+    store = f"sqlite:///{blocker / 'mlflow.db'}" if where == "store" else world["store"]
+    args = ["eval", "--index", str(world[SUBJ]), "--checkpoint", str(world["ckpt"] / "best.pt"), "--output-dir",
+            str(out), "--cache-root", str(world["cache"]), "--n-boot", "20", "--n-perm", "20"]
+    outcome = check_cli(args, names=("a_file",), workdir=tmp_path, store=store, outputs=[out / "metrics.json"],
+                        store_usable=where == "output")
+    assert outcome.exit_code == 2
