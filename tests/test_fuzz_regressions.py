@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -150,6 +152,34 @@ def test_pair_list_bad_element_type(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptFileError, match="C_pair_list.mat"):
         read_release(fx.root, fx.subject, progress=False)
+
+
+def test_pair_list_unknown_element_type_no_segfault(tmp_path):
+    """A MAT v5 element type of 25 (miDOUBLE's 9 with bit 4 flipped) crashed scipy.io.loadmat with a
+    segmentation fault (slow fuzz run); now refused before scipy sees it. Run in a child process, so a
+    regression fails this test instead of killing the test run."""
+    fx = build_release(tmp_path / "release")
+    path = fx.path("pair_list", stim_set="C")
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"\t\x00\x00\x00\x08\x00\x00\x00")] = 25  # the first miDOUBLE tag
+    path.write_bytes(bytes(raw))
+    code = ("import sys; from fmri2img.data.nsd_imagery_mat import read_pair_list\n"
+            "try:\n    read_pair_list(sys.argv[1], 'C')\nexcept Exception as exc:\n    print(type(exc).__name__, exc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.returncode  # -11: segmentation fault
+    assert proc.stdout.startswith("CorruptFileError") and "data type 25" in proc.stdout, proc.stdout
+
+
+def test_compressed_mat_still_reads(tmp_path):
+    """The element walk follows miCOMPRESSED elements (MATLAB's default since v7)."""
+    import numpy as np
+    import scipy.io
+
+    from fmri2img.data.matfile import loadmat_v5
+
+    scipy.io.savemat(tmp_path / "c.mat", {"x": np.arange(6.0).reshape(2, 3), "c": np.array(["ab", "cd"])},
+                     do_compression=True)
+    assert loadmat_v5(tmp_path / "c.mat", ("x",))["x"].tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_checkpoint_params_not_a_mapping(world, tmp_path):

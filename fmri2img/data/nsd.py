@@ -31,7 +31,7 @@ import pandas as pd
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants
-from fmri2img.data.nsd_imagery_mat import loadmat_v5
+from fmri2img.data.matfile import loadmat_v5
 
 #: Largest |percent signal change| that NSD's int16 x 300 encoding can express (32767 / 300).
 FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE

@@ -13,11 +13,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import scipy.io
 import scipy.sparse
 
 from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError
 from fmri2img.data import nsd_constants
+from fmri2img.data.matfile import loadmat_v5
 
 
 def _cells_v73(path: Path, name: str) -> list:
@@ -45,23 +45,6 @@ def _deref(obj) -> object:
     if obj.attrs.get("MATLAB_class", b"") in (b"char", "char"):
         return "".join(map(chr, value.T.ravel()))
     return value.T
-
-
-def loadmat_v5(path: Path, names: tuple[str, ...]) -> dict | None:
-    """``scipy.io.loadmat`` of ``names`` from a MATLAB v5 file; ``None`` for a v7.3 (HDF5) file.
-
-    The one reader of MATLAB v5 bytes: on damaged files scipy raises many types (``MatReadError``,
-    ``ValueError``, ``EOFError``, even ``UnboundLocalError``, found by fuzzing), all turned into
-    :class:`CorruptFileError` naming the file.
-    """
-    try:
-        return scipy.io.loadmat(path, variable_names=list(names))
-    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
-        return None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure of a damaged file, see above
-        raise CorruptFileError(
-            f"Cannot read {path} as a MATLAB file (truncated or corrupt?): {type(exc).__name__}: {exc}."
-        ) from None
 
 
 def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...]]:
