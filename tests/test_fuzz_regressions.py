@@ -170,6 +170,24 @@ def test_pair_list_unknown_element_type_no_segfault(tmp_path):
     assert proc.stdout.startswith("CorruptFileError") and "data type 25" in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize(("edit", "raw_error"), [
+    (lambda raw: raw[:1016] + b"\xff\xfe" + raw[1016:], RuntimeError),  # "bad symbol table node signature"
+    (lambda raw: raw[:962] + bytes([raw[962] ^ 0x20]) + raw[963:], KeyError),  # "message not aligned"
+], ids=["inserted_bytes", "bit_flip"])
+def test_stimuli_hdf5_damage_h5py_reports_as_key_or_runtime_error(tmp_path, edit, raw_error):
+    """h5py raises KeyError / RuntimeError (not OSError) on these damaged nsd_stimuli.hdf5 (slow fuzz run)."""
+    import h5py
+
+    fx = build_release(tmp_path / "release")
+    path = fx.path("stimuli")
+    path.write_bytes(edit(path.read_bytes()))
+    with pytest.raises(raw_error):  # the library's own behaviour: what the reader must translate
+        with h5py.File(path, "r") as fh:
+            _ = "imgBrick" in fh and fh["imgBrick"].shape
+    with pytest.raises(CorruptFileError, match="nsd_stimuli.hdf5"):
+        read_release(fx.root, fx.subject, progress=False)
+
+
 def test_compressed_mat_still_reads(tmp_path):
     """The element walk follows miCOMPRESSED elements (MATLAB's default since v7)."""
     import numpy as np

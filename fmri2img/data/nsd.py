@@ -41,6 +41,9 @@ READ_CHUNK_BYTES = 128 * 1024 * 1024
 
 #: Errors that a truncated or corrupt (gzipped) NIfTI raises somewhere inside nibabel.
 _NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError)
+#: Errors h5py raises on a damaged HDF5 file: OSError (superblock), KeyError and RuntimeError (object
+#: headers, symbol tables: "message not aligned", "bad symbol table node signature"; found by fuzzing).
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 
 
 def check_root(data_root: str | os.PathLike) -> Path:
@@ -217,7 +220,9 @@ def count_stimulus_images(path: str | os.PathLike) -> int:
             if "imgBrick" not in fh:
                 raise CorruptFileError(f"{path} has no dataset 'imgBrick'; expected NSD's nsd_stimuli.hdf5.")
             shape = fh["imgBrick"].shape
-    except OSError as exc:
+    except CorruptFileError:
+        raise
+    except HDF5_ERRORS as exc:
         raise CorruptFileError(f"Cannot open {path} as HDF5: {exc}.") from None
     if len(shape) != 4 or shape[-1] != 3:
         raise CorruptFileError(f"{path}: imgBrick has shape {shape}; expected (n_images, H, W, 3).")
@@ -322,7 +327,9 @@ def inspect_betas(path: str | os.PathLike) -> BetaInfo:
                 if "betas" not in fh:
                     raise CorruptFileError(f"{path} has no dataset 'betas'; expected NSD's betas_sessionNN.hdf5.")
                 shape, dtype = fh["betas"].shape, np.dtype(fh["betas"].dtype)
-        except OSError as exc:
+        except CorruptFileError:
+            raise
+        except HDF5_ERRORS as exc:
             raise CorruptFileError(f"Cannot open {path} as HDF5 (truncated or corrupt?): {exc}.") from None
         if len(shape) != 4:
             raise InputError(f"Expected 4D betas (trials, Z, Y, X), got shape {shape} from {path.name}.")
