@@ -40,7 +40,9 @@ FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE
 READ_CHUNK_BYTES = 128 * 1024 * 1024
 
 #: Errors that a truncated or corrupt (gzipped) NIfTI raises somewhere inside nibabel.
-_NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError)
+#: nibabel's HeaderDataError: a header field it cannot decode ("data code 132 not recognized"; found by fuzzing).
+_NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError,
+                 nib.spatialimages.HeaderDataError)
 #: Errors h5py raises on a damaged HDF5 file: OSError (superblock), KeyError and RuntimeError (object
 #: headers, symbol tables: "message not aligned", "bad symbol table node signature"; found by fuzzing).
 HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
