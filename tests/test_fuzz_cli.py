@@ -118,7 +118,9 @@ INDEX_TARGETS = [
 TRAIN_TARGETS = [
     Target("index_parquet", f"indices/{SUBJ}.parquet", "cache", _binary, "train"),
     Target("index_sidecar", f"indices/{SUBJ}.parquet.sha256", "cache", _text, "train"),
-    Target("embedding_ids", "clip/synthetic-truth/ids.json", "cache", json_mutation, "train"),
+    # an id changed inside ids.json shows as a stimulus missing from the set, named by its tag (folder name)
+    Target("embedding_ids", "clip/synthetic-truth/ids.json", "cache", json_mutation, "train",
+           names=("'synthetic-truth'",)),
     Target("embedding_npy", "clip/synthetic-truth/embeddings.npy", "cache", _binary, "train"),
     Target("embedding_meta", "clip/synthetic-truth/meta.json", "cache", json_mutation, "train"),
 ]
