@@ -42,8 +42,10 @@ def test_failed_and_killed_status(tracking_uri):
     with pytest.raises(KeyboardInterrupt):
         with tracking.run("unit", tracking_uri=tracking_uri, experiment="t/status"):
             raise KeyboardInterrupt
-    statuses = sorted(r.info.status for r in mlflow.search_runs(experiment_names=["t/status"], output_format="list"))
-    assert statuses == ["FAILED", "KILLED"]
+    runs = sorted(mlflow.search_runs(experiment_names=["t/status"], output_format="list"), key=lambda r: r.info.status)
+    assert [r.info.status for r in runs] == ["FAILED", "KILLED"]
+    assert runs[0].data.tags[tracking.TAG_ERROR] == "ValueError: bad"  # why it failed, visible in the UI
+    assert tracking.TAG_ERROR not in runs[1].data.tags
 
 
 def test_nested_runs(tracking_uri):

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from fmri2img.core.errors import ConfigError, Fmri2imgError, MissingInputError
-from fmri2img.core.files import plain_data, write_text
+from fmri2img.core.files import plain_data, read_text, write_text
 
 T = TypeVar("T")
 
@@ -108,9 +108,10 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"Config file not found: {path}; expected a YAML file.")
+    text = read_text(path, "a YAML config (UTF-8 text)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"Cannot parse {path} as YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}.")

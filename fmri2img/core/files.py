@@ -144,14 +144,37 @@ def write_json(final: str | os.PathLike, obj: Any) -> Path:
     return write_text(final, dumps_json(obj))
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; missing or undecodable files raise the package's errors."""
+def read_bytes(path: str | os.PathLike, what: str = "a file") -> bytes:
+    """The bytes of ``path``; a missing, unreadable or non-regular file raises the package's errors
+    (naming the file and ``what`` was expected) instead of an ``OSError`` traceback."""
     path = Path(path)
     if not path.is_file():
-        raise MissingInputError(f"File not found: {path}; expected a JSON file.")
+        raise MissingInputError(f"File not found: {path}; expected {what}.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return path.read_bytes()
+    except OSError as exc:  # permission denied, I/O error, a folder swapped in since the check
+        raise CorruptFileError(f"Cannot read {path}: {exc.strerror or exc}; expected {what}, readable.") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "a UTF-8 text file") -> str:
+    """The text of ``path`` decoded as UTF-8; bytes that are not UTF-8 raise :class:`CorruptFileError`
+    naming the file and the offset (not a ``UnicodeDecodeError`` traceback)."""
+    data = read_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(
+            f"{path} is not UTF-8 text (byte {data[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            f"expected {what}."
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; missing or undecodable files raise the package's errors."""
+    text = read_text(path, "a JSON file")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CorruptFileError(f"Cannot parse {path} as JSON: {exc}.") from None
 
 

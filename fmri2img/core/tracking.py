@@ -52,6 +52,10 @@ MAX_PARAM_CHARS = 6000
 TAG_PID = "fmri2img.pid"
 TAG_HOST = "fmri2img.host"
 TAG_STAGE = "fmri2img.stage"
+#: Tag of a FAILED run: the error's type and text (what the CLI printed), so the UI shows why it failed.
+TAG_ERROR = "fmri2img.error"
+#: MLflow's limit on a tag value (``MAX_TAG_VAL_LENGTH`` in ``mlflow/utils/validation.py``).
+MAX_TAG_CHARS = 8000
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -304,6 +308,10 @@ def run(
         status = "FINISHED"
     except (KeyboardInterrupt, _Terminated):
         status = "KILLED"
+        raise
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # the run still ends FAILED if the store refuses the tag
+            client.set_tag(handle.run_id, TAG_ERROR, f"{type(exc).__name__}: {exc}"[:MAX_TAG_CHARS])
         raise
     finally:
         with contextlib.suppress(Exception):

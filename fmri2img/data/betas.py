@@ -176,7 +176,7 @@ def build_beta_cache(
     _save_if_changed(folder / "voxels.npy", voxels)
     _save_if_changed(folder / "valid.npy", valid)
     meta_path = folder / "meta.json"
-    if not (meta_path.is_file() and meta_path.read_text(encoding="utf-8") == dumps_json(meta)):
+    if not (meta_path.is_file() and meta_path.read_bytes() == dumps_json(meta).encode("utf-8")):
         write_json(meta_path, meta)
     invalid_by_file = {rel: len(entries[rel]["invalid_voxels"]) for rel in beta_files}
     return BetaCache(folder, int(voxels.shape[0]), int(valid.sum()), invalid_by_file, sorted(todo))

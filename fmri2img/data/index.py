@@ -62,6 +62,8 @@ def hash_sources(
             known = read_json(memo)
         except InputError:
             known = {}
+        if not isinstance(known, dict):  # a damaged memo only costs re-hashing
+            known = {}
     result, updated = {}, {}
     for rel in sorted(set(relatives)):
         path = source_path(data_root, rel)
@@ -69,7 +71,8 @@ def hash_sources(
             raise MissingInputError(f"File not found: {path}; expected it in the NSD layout (docs/nsd_data.md).")
         stat = path.stat()
         entry = known.get(rel)
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        if (isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+                and isinstance(entry.get("sha256"), str)):
             digest = entry["sha256"]
         else:
             digest = sha256_file(path)

@@ -28,10 +28,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import scipy.io
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants
+from fmri2img.data.matfile import loadmat_v5
 
 #: Largest |percent signal change| that NSD's int16 x 300 encoding can express (32767 / 300).
 FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE
@@ -40,7 +40,12 @@ FLOAT_PSC_MAX_ABS = float(np.iinfo(np.int16).max) / nsd_constants.BETA_SCALE
 READ_CHUNK_BYTES = 128 * 1024 * 1024
 
 #: Errors that a truncated or corrupt (gzipped) NIfTI raises somewhere inside nibabel.
-_NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError)
+#: nibabel's HeaderDataError: a header field it cannot decode ("data code 132 not recognized"; found by fuzzing).
+_NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError,
+                 nib.spatialimages.HeaderDataError)
+#: Errors h5py raises on a damaged HDF5 file: OSError (superblock), KeyError and RuntimeError (object
+#: headers, symbol tables: "message not aligned", "bad symbol table node signature"; found by fuzzing).
+HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError)
 
 
 def check_root(data_root: str | os.PathLike) -> Path:
@@ -90,18 +95,15 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"File not found: {path}; expected nsd_expdesign.mat.")
-    try:
-        mat = scipy.io.loadmat(path, variable_names=("masterordering", "subjectim", "sharedix"))
-    except NotImplementedError:
-        raise CorruptFileError(f"{path} is a MATLAB v7.3 file; expected MATLAB v5 (as released by NSD).") from None
-    except (ValueError, OSError, TypeError, EOFError) as exc:
-        raise CorruptFileError(f"Cannot read {path} as a MATLAB file: {exc}.") from None
+    mat = loadmat_v5(path, ("masterordering", "subjectim", "sharedix"))
+    if mat is None:
+        raise CorruptFileError(f"{path} is a MATLAB v7.3 file; expected MATLAB v5 (as released by NSD).")
     for key in ("masterordering", "subjectim", "sharedix"):
         if key not in mat:
             raise CorruptFileError(f"{path} has no variable {key!r}; expected masterordering, subjectim, sharedix.")
-    order = np.asarray(mat["masterordering"]).astype(np.int64).ravel()
-    subjectim = np.asarray(mat["subjectim"]).astype(np.int64)
-    sharedix = np.asarray(mat["sharedix"]).astype(np.int64).ravel()
+    order, subjectim, sharedix = (_whole_numbers(mat[key], key, path)
+                                  for key in ("masterordering", "subjectim", "sharedix"))
+    order, sharedix = order.ravel(), sharedix.ravel()
     if subjectim.ndim != 2 or subjectim.shape[0] != len(nsd_constants.ALL_SUBJECTS):
         raise CorruptFileError(f"{path}: subjectim has shape {subjectim.shape}; expected (8, n_images).")
     if order.size == 0 or order.min() < 1 or order.max() > subjectim.shape[1]:
@@ -111,6 +113,18 @@ def read_expdesign(path: str | os.PathLike) -> ExpDesign:
     if subjectim.min() < 1 or sharedix.size == 0 or sharedix.min() < 1:
         raise CorruptFileError(f"{path}: subjectim and sharedix must hold 1-based 73k ids.")
     return ExpDesign(masterordering=order, subjectim=subjectim, sharedix=sharedix)
+
+
+def _whole_numbers(value, key: str, path: Path, what: str = "variable") -> np.ndarray:
+    """A MATLAB variable or table column as int64; refuse text, cells, NaN/Inf and values beyond int32."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        raise CorruptFileError(f"{path}: {what} {key!r} holds {array.dtype} values (text, NaN or Inf); "
+                               "expected finite integers.")
+    if array.size and (np.abs(array).max() > np.iinfo(np.int32).max or (array != np.round(array)).any()):
+        raise CorruptFileError(f"{path}: {what} {key!r} holds non-integer or out-of-range values; "
+                               "expected integer ids.")
+    return array.astype(np.int64)
 
 
 def nsd_trials(design: ExpDesign, subject: str, n_trials: int) -> pd.DataFrame:
@@ -159,7 +173,8 @@ def read_stim_info(path: str | os.PathLike) -> pd.DataFrame:
 
 def check_stim_info(stim_info: pd.DataFrame, design: ExpDesign, path: str = "nsd_stim_info_merged.csv") -> None:
     """Raise :class:`MismatchError` if the CSV's ``shared1000`` flags disagree with ``sharedix``."""
-    flagged = np.sort(stim_info.loc[stim_info["shared1000"].astype(bool), "nsdId"].to_numpy(np.int64))
+    ids = _whole_numbers(stim_info["nsdId"].to_numpy(), "nsdId", Path(path), "column")
+    flagged = np.sort(ids[stim_info["shared1000"].astype(bool).to_numpy()])
     if not np.array_equal(flagged, design.shared_nsd_ids()):
         raise MismatchError(
             f"{path}: {flagged.size} images flagged shared1000 but nsd_expdesign.mat lists "
@@ -184,6 +199,8 @@ def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     for column in ("SESSION", "RUN", "TRIAL", "73KID"):
         if column not in table.columns:
             raise CorruptFileError(f"{path} has no column {column!r}; expected SUBJECT SESSION RUN TRIAL 73KID ...")
+    for column in ("SESSION", "RUN", "TRIAL", "73KID"):
+        table[column] = _whole_numbers(table[column].to_numpy(), column, path, "column")
     table = table.sort_values(["SESSION", "RUN", "TRIAL"], kind="stable")
     within = table.groupby("SESSION").cumcount().to_numpy()
     return pd.DataFrame(
@@ -205,7 +222,9 @@ def count_stimulus_images(path: str | os.PathLike) -> int:
             if "imgBrick" not in fh:
                 raise CorruptFileError(f"{path} has no dataset 'imgBrick'; expected NSD's nsd_stimuli.hdf5.")
             shape = fh["imgBrick"].shape
-    except OSError as exc:
+    except CorruptFileError:
+        raise
+    except HDF5_ERRORS as exc:
         raise CorruptFileError(f"Cannot open {path} as HDF5: {exc}.") from None
     if len(shape) != 4 or shape[-1] != 3:
         raise CorruptFileError(f"{path}: imgBrick has shape {shape}; expected (n_images, H, W, 3).")
@@ -310,7 +329,9 @@ def inspect_betas(path: str | os.PathLike) -> BetaInfo:
                 if "betas" not in fh:
                     raise CorruptFileError(f"{path} has no dataset 'betas'; expected NSD's betas_sessionNN.hdf5.")
                 shape, dtype = fh["betas"].shape, np.dtype(fh["betas"].dtype)
-        except OSError as exc:
+        except CorruptFileError:
+            raise
+        except HDF5_ERRORS as exc:
             raise CorruptFileError(f"Cannot open {path} as HDF5 (truncated or corrupt?): {exc}.") from None
         if len(shape) != 4:
             raise InputError(f"Expected 4D betas (trials, Z, Y, X), got shape {shape} from {path.name}.")

@@ -37,11 +37,16 @@ def _read_tsv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
 
 
 def _ints(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    try:
-        return table[column].astype(np.int64).to_numpy()
-    except (ValueError, TypeError):
-        bad = next(v for v in table[column] if not str(v).strip().lstrip("-").isdigit())
-        raise CorruptFileError(f"{path}: column {column!r} has value {bad!r}; expected an integer.") from None
+    """Column ``column`` as int64; values that are no integer, or outside the index's int32, are refused."""
+    text = table[column].str.strip()
+    valid = text.str.fullmatch(r"-?[0-9]{1,10}")
+    values = pd.to_numeric(text.where(valid), errors="coerce")
+    valid &= values.abs() <= np.iinfo(np.int32).max
+    if not valid.all():
+        bad = table[column][~valid].iloc[0]
+        raise CorruptFileError(f"{path}: column {column!r} has value {bad!r}; expected an integer "
+                               f"(at most {np.iinfo(np.int32).max} in magnitude).")
+    return values.to_numpy(np.int64)
 
 
 def read_trials(path: str | os.PathLike) -> pd.DataFrame:

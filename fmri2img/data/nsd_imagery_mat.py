@@ -13,11 +13,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import scipy.io
 import scipy.sparse
 
 from fmri2img.core.errors import CorruptFileError, InputError, MissingInputError
 from fmri2img.data import nsd_constants
+from fmri2img.data.matfile import loadmat_v5
+from fmri2img.data.nsd import HDF5_ERRORS
 
 
 def _cells_v73(path: Path, name: str) -> list:
@@ -31,7 +32,9 @@ def _cells_v73(path: Path, name: str) -> list:
                 raise InputError(f"{path}: variable {name!r} is no cell array; expected a MATLAB cell.")
             # h5py shape is MATLAB's reversed, so C-order over it is MATLAB's column-major order
             return [_deref(fh[ref]) for ref in refs.ravel()]
-    except OSError as exc:
+    except InputError:
+        raise
+    except HDF5_ERRORS as exc:
         raise CorruptFileError(f"Cannot open {path} as a MATLAB v7.3 (HDF5) file: {exc}.") from None
 
 
@@ -60,14 +63,14 @@ def load_cells(path: str | os.PathLike, name: str) -> tuple[list, tuple[int, ...
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"File not found: {path}; expected a MATLAB file with variable {name!r}.")
-    try:
-        mat = scipy.io.loadmat(path, variable_names=[name])
-    except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
-        with h5py.File(path, "r") as fh:
-            shape = tuple(reversed(fh[name].shape)) if name in fh else ()
+    mat = loadmat_v5(path, (name,))
+    if mat is None:
+        try:
+            with h5py.File(path, "r") as fh:
+                shape = tuple(reversed(fh[name].shape)) if name in fh else ()
+        except HDF5_ERRORS as exc:
+            raise CorruptFileError(f"Cannot read {path} as a MATLAB v7.3 (HDF5) file: {exc}.") from None
         return _cells_v73(path, name), shape
-    except (ValueError, TypeError, OSError, EOFError) as exc:
-        raise CorruptFileError(f"Cannot read {path} as a MATLAB file (truncated or corrupt?): {exc}.") from None
     if name not in mat:
         raise InputError(f"{path} has no variable {name!r}; expected the NSD-Imagery {name}.")
     value = mat[name]

@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
+from fmri2img.core.errors import CorruptFileError, Fmri2imgError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd
 
 #: Side of the square both images are resized to before correlating them (pixels).
@@ -201,7 +201,9 @@ def verify_set_b_ids(targets: dict[str, Path], stimuli_hdf5: str | os.PathLike, 
                 raise CorruptFileError(f"{stimuli_hdf5} has no 4D dataset 'imgBrick'; expected (73000, 425, 425, 3).")
             for name in tqdm(sorted(targets), desc="set B ids", disable=not progress, leave=False):
                 correlations[name], best[name] = _match(name, targets[name], fh["imgBrick"])
-    except OSError as exc:
+    except Fmri2imgError:
+        raise
+    except nsd.HDF5_ERRORS as exc:
         raise CorruptFileError(f"Cannot open {stimuli_hdf5} as HDF5 (truncated or corrupt?): {exc}.") from None
     return _settle_convention(targets, correlations, best, stimuli_hdf5.name)
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fmri2img import __version__
 from fmri2img.core.errors import ChecksumError, CorruptFileError, MissingInputError, SchemaError
-from fmri2img.core.files import atomic_path, sha256_file, write_text
+from fmri2img.core.files import atomic_path, read_text, sha256_file, write_text
 
 #: 2 (issue 19): NSD-Imagery rows carry ``run_trial``, ``epoch``, ``cue``, ``button``, ``rt``, ``is_correct``.
 SCHEMA_VERSION = 2
@@ -185,7 +185,8 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
     if check_checksum:
         if not sidecar.is_file():
             raise MissingInputError(f"Checksum sidecar not found: {sidecar}; expected it next to the index.")
-        recorded = sidecar.read_text(encoding="utf-8").split()[0] if sidecar.stat().st_size else ""
+        words = read_text(sidecar, "a SHA-256 sidecar ('<hex digest>  <file name>')").split()
+        recorded = words[0] if words else ""
         if recorded != digest:
             raise ChecksumError(
                 f"Index {path} changed since it was written: SHA-256 {digest[:12]}..., "
@@ -195,7 +196,10 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise CorruptFileError(f"Cannot read {path} as Parquet: {exc}".splitlines()[0]) from None
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    try:
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path}: Parquet metadata is not UTF-8 ({exc.reason}); rebuild the index.") from None
     version = meta.get(META_SCHEMA_VERSION)
     if version != str(SCHEMA_VERSION):
         raise SchemaError(f"{path}: schema version {version!r}, expected {SCHEMA_VERSION!r}; rebuild the index.")
@@ -206,8 +210,10 @@ def read_index(path: str | os.PathLike, *, check_checksum: bool = True) -> pd.Da
     frame = table.to_pandas(types_mapper=_PANDAS_INTS.get)
     try:
         sources = json.loads(meta[META_SOURCES])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise SchemaError(f"{path}: metadata {META_SOURCES} is not JSON: {exc}.") from None
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise SchemaError(f"{path}: metadata {META_SOURCES} is not a mapping of file -> SHA-256; rebuild the index.")
     frame.attrs.update(
         schema_version=int(version),
         version=meta[META_VERSION],

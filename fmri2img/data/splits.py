@@ -191,7 +191,7 @@ def write_manifest(manifest: dict[str, Any], path: str | os.PathLike) -> str:
     path = Path(path)
     text = dumps_json(manifest)
     digest = sha256_bytes(text.encode("utf-8"))
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+    if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):  # bytes: a damaged file is rewritten
         write_text(path, text)
     write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest

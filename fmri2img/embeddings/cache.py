@@ -38,6 +38,8 @@ CLIP_SUBDIR = "clip"
 EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.json"
 META_FILE = "meta.json"
+#: Keys of ids.json, one list each, aligned with the rows of embeddings.npy.
+IDS_KEYS = ("stimulus_ids", "content_sha256", "modality")
 
 #: Meta keys that identify the model that made a set; sets differing in any of them never mix.
 IDENTITY_KEYS = ("model", "pretrained", "checkpoint_sha256", "init", "open_clip_version")
@@ -332,9 +334,13 @@ def load_embedding_set(cache_root: str | Path, tag: str, mmap: bool = False) -> 
         )
         raise MissingInputError(f"Embedding set {tag!r} not found at {folder}; create it with `{how}`.")
     meta = read_json(folder / META_FILE)
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{folder / META_FILE} holds a {type(meta).__name__}; expected a JSON object.")
     ids = read_json(folder / IDS_FILE)
+    if not isinstance(ids, dict) or not all(isinstance(ids.get(k), list) for k in IDS_KEYS):
+        raise CorruptFileError(f"{folder / IDS_FILE} is not an object of lists; expected keys {', '.join(IDS_KEYS)}.")
     path = folder / EMBEDDINGS_FILE
-    expected_sha = meta.get("embeddings_sha256") if isinstance(meta, dict) else None
+    expected_sha = meta.get("embeddings_sha256")
     if expected_sha is not None and sha256_file(path) != expected_sha:
         raise ChecksumError(
             f"{path} does not match {folder / META_FILE} (torn write?); rerun `fmri2img embed` with --rebuild."
@@ -354,7 +360,7 @@ def load_embedding_set(cache_root: str | Path, tag: str, mmap: bool = False) -> 
             f"{folder / IDS_FILE} lacks {exc}; expected keys stimulus_ids, content_sha256, modality."
         ) from None
     except InputError as exc:
-        raise CorruptFileError(f"{folder}: {exc}") from None
+        raise CorruptFileError(f"{folder} ({IDS_FILE}, {EMBEDDINGS_FILE}): {exc}") from None
     if meta.get("tag") != tag:
         raise CorruptFileError(f"{folder / META_FILE} says tag {meta.get('tag')!r}; expected {tag!r}.")
     return emb

@@ -40,6 +40,15 @@ METADATA_KEYS = (
 _AUTO_KEYS = ("decoder", "params", "versions", "weights_sha256")
 
 
+#: Types of the metadata entries :func:`load_checkpoint` uses (a damaged file is refused, not half-used).
+METADATA_TYPES = {"decoder": str, "params": dict, "n_voxels": int, "embedding_set": str, "weights_sha256": str,
+                  "dim": int}
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
 def _check_state(state: Any, source: str) -> dict:
     if not isinstance(state, dict) or not state:
         raise CorruptFileError(f"{source} is not a flat dict of tensors (got {type(state).__name__}).")
@@ -154,6 +163,10 @@ def load_checkpoint(
     missing = [k for k in ("decoder", "params", "n_voxels", "embedding_set", "weights_sha256") if k not in meta]
     if missing:
         raise CorruptFileError(f"{meta_path} lacks {', '.join(missing)}; expected checkpoint metadata (contracts §5).")
+    wrong = [key for key, kind in METADATA_TYPES.items() if key in meta and not _is(meta[key], kind)]
+    if wrong:
+        raise CorruptFileError(f"{meta_path}: {wrong[0]} is {meta[wrong[0]]!r}; expected a "
+                               f"{METADATA_TYPES[wrong[0]].__name__} (checkpoint metadata, contracts §5).")
     checks = (
         ("decoder", expected_decoder, meta["decoder"]),
         ("voxel count", expected_n_voxels, meta["n_voxels"]),
@@ -167,7 +180,10 @@ def load_checkpoint(
     params = dict(meta["params"])
     if device is not None and "device" in params:
         params["device"] = device
-    decoder = make_decoder(meta["decoder"], **params)
+    try:
+        decoder = make_decoder(meta["decoder"], **params)
+    except (TypeError, ValueError) as exc:  # unknown or mistyped params (InputError/ConfigError are ValueErrors)
+        raise CorruptFileError(f"{meta_path}: params do not build a {meta['decoder']} decoder: {exc}") from None
     kwargs = {}
     signature = inspect.signature(decoder.load_state_dict).parameters
     if "n_features" in signature:
