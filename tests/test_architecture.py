@@ -28,7 +28,6 @@ LAZY_IMPORTS = {
     ("fmri2img.cli.*", "fmri2img.stages.*"):
         "a command imports the stage it runs: every stage together imports torch, MLflow, pingouin and "
         "matplotlib (~6 s), which `fmri2img --help` and option errors must not wait for",
-    ("fmri2img.cli.*", "fmri2img.core.tracking"): "MLflow (~2 s), only for the commands that print its URI",
     ("fmri2img.cli.eval", "fmri2img.evaluation.scoring"): "pingouin (~1.9 s) via the statistics",
     ("fmri2img.stages.embed", "fmri2img.embeddings.clip"):
         "open_clip and torch (~4.4 s), only when a CLIP model has to encode something",
