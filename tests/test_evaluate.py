@@ -238,3 +238,17 @@ def test_cosine_matched_is_absent_without_matched_perception(world):
     res = score({"imagery": preds["imagery"]}, truth, mean, subject="s", decoder="ridge",
                 configuration="perception_only", options=_opts())
     assert "cosine_matched" not in res.per_stimulus.columns
+
+
+def test_a_full_memo_evicting_entries_does_not_lose_this_calls_intervals(world):
+    """Regression: a long-lived worker (calibrate runs many worlds in one process) filled the memo;
+    putting new intervals evicted ones this call had found there (KeyError)."""
+    truth, preds, mean = world
+    small = Memo(max_items=3)
+    full = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts(),
+                 memo=small)
+    fresh = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts())
+    assert full.table.equals(fresh.table)
+    again = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts(),
+                  memo=small)
+    assert again.table.equals(fresh.table)

@@ -155,9 +155,8 @@ class _CIBatch:
 
     :meth:`add` registers a record (a :func:`_row` dict) and its per-item values of shape (n,);
     :meth:`compute` fills ``ci_low``/``ci_high`` of every record with n >= 2 (values of one length
-    are bootstrapped as one (m, n) block by :func:`fmri2img.evaluation.stats.bootstrap_mean_cis`,
-    whose row i is exactly the interval of row i alone). With a ``memo``, the interval of a value
-    vector is computed once (the baselines' are the same in every cell of a subject).
+    are bootstrapped as one (m, n) block by :func:`~fmri2img.evaluation.resampling.bootstrap_mean_cis`,
+    row i exactly the interval of row i alone); with a ``memo``, once per value vector.
     """
 
     def __init__(self, opts: EvalOptions, memo: Memo | None) -> None:
@@ -177,16 +176,18 @@ class _CIBatch:
                    hashlib.blake2b(values.tobytes(), digest_size=16).digest())
             keyed.append((record, key))
             values_of.setdefault(key, values)
-        by_size: dict[int, list[tuple]] = {}
-        for key in self.memo.missing("bootstrap_ci", [key for _, key in keyed]):
+        found = {k: self.memo["bootstrap_ci", k] for k in values_of if ("bootstrap_ci", k) in self.memo}
+        by_size: dict[int, list[tuple]] = {}  # (a full memo may evict entries as others go in: use `found`)
+        for key in (k for k in values_of if k not in found):
             by_size.setdefault(key[2], []).append(key)
         for keys in by_size.values():
             cis = bootstrap_mean_cis(np.stack([values_of[k] for k in keys]), n_boot=self.opts.n_boot,
                                      seed=self.opts.seed)
             for key, (low, high) in zip(keys, cis):
-                self.memo.put("bootstrap_ci", key, (float(low), float(high)))
+                found[key] = (float(low), float(high))
+                self.memo.put("bootstrap_ci", key, found[key])
         for record, key in keyed:
-            record["ci_low"], record["ci_high"] = self.memo["bootstrap_ci", key]
+            record["ci_low"], record["ci_high"] = found[key]
         self.pending = []
 
 
