@@ -37,7 +37,9 @@ def test_null_truth_is_exact_and_planted_truth_is_leave_one_out():
     assert summary.loc["null", "rejection_rate"] == pytest.approx(1 / 3)
     # planted: truths 0.5, 0.4, 0.3 -> covered, covered, not covered; bias mean(est - truth)
     assert summary.loc["s", "n_covered"] == 2
-    assert summary.loc["s", "bias"] == pytest.approx(np.mean([0.2 - 0.5, 0.4 - 0.4, 0.6 - 0.3]))
+    assert np.isnan(summary.loc["s", "bias"])  # a leave-one-out truth: mean error 0 by construction
+    assert summary.loc["null", "bias"] == pytest.approx(np.mean([0.0, 0.1, -0.1]))
+    assert summary.loc["s", "rmse"] == pytest.approx(np.sqrt(np.mean([0.3**2, 0.0, 0.3**2])))
     lo, hi = stats.binomtest(2, 3).proportion_ci(method="exact")
     assert (summary.loc["s", "coverage_ci_low"], summary.loc["s", "coverage_ci_high"]) == pytest.approx((lo, hi))
     head = calibration.headline(summary.reset_index())

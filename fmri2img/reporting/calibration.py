@@ -12,6 +12,7 @@ from fmri2img.evaluation.calibration import NULL_VALUES
 #: What the issue asks of the intervals: coverage >= 90% of nominal 95%, null rejections 5% +/- 3%.
 COVERAGE_TARGET = 0.90
 FPR_TARGET = (0.02, 0.08)
+NOMINAL_FPR = 0.05
 
 LABELS = {"h1_ratio": "H1 ratio", "h2_specific_gain": "H2 specific gain", "h3_specific_gain": "H3 specific gain"}
 
@@ -24,12 +25,13 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
     """Coverage, rejection rate (FPR in the null world, power elsewhere), bias and RMSE per statistic."""
     part = summary[summary["estimand"] == estimand].sort_values(["strength", "decoder", "statistic"])
     lines = ["| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] | "
-             "rejects null value (count) [95% CI] | bias | RMSE | mean CI width | meets target |",
+             "rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in part.iterrows():
         null = r["strength"] == 1.0
-        ok_cov = r["coverage"] >= COVERAGE_TARGET
-        ok_fpr = FPR_TARGET[0] <= r["rejection_rate"] <= FPR_TARGET[1] if null else True
+        # consistent: the count's interval reaches the target (few worlds cannot establish more)
+        ok_cov = r["coverage_ci_high"] >= COVERAGE_TARGET
+        ok_fpr = r["rejection_ci_low"] <= NOMINAL_FPR <= r["rejection_ci_high"] if null else True
         flag = "yes" if ok_cov and ok_fpr else "**no**"
         lines.append(
             f"| {r['setting']} | {r['strength']:g} | {r['decoder']} | {LABELS.get(r['statistic'], r['statistic'])} "
@@ -37,7 +39,8 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
             f"[{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
             f"| {_pct(r['rejection_rate'])} ({r['n_rejected']}/{r['n_defined']}) "
             f"[{_pct(r['rejection_ci_low'])}, {_pct(r['rejection_ci_high'])}]{' (FPR)' if null else ' (power)'} "
-            f"| {r['bias']:+.4f} | {r['rmse']:.4f} | {r['mean_width']:.4f} | {flag} |")
+            f"| {'n/a' if not np.isfinite(r['bias']) else format(r['bias'], '+.4f')} | {r['rmse']:.4f} "
+            f"| {r['mean_width']:.4f} | {flag} |")
     return "\n".join(lines) + "\n"
 
 
