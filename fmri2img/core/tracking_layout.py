@@ -331,10 +331,12 @@ def _save_torch_model(model, path: str, info, example: np.ndarray, output: np.nd
     kwargs = {"mlflow_model": info, "input_example": example, "signature": infer_signature(example, output),
               "pip_requirements": [f"torch=={metadata.version('torch')}"]}
     try:
+        if not getattr(model, "export_traceable", True):  # the module says torch.export cannot trace it
+            raise TypeError(f"{type(model).__name__} is not traceable by torch.export")
         mlflow.pytorch.save_model(model, path, serialization_format="pt2", **kwargs)
     except Exception as exc:  # noqa: BLE001 - torch.export's errors have no public base class
-        logging.getLogger(__name__).info("torch.export cannot trace %s (%s); saving it as pickle",
-                                         type(model).__name__, str(exc).splitlines()[0][:120])
+        logging.getLogger(__name__).debug("torch.export cannot trace %s (%s); saving it as pickle",
+                                          type(model).__name__, str(exc).splitlines()[0][:120])
         shutil.rmtree(path, ignore_errors=True)
         # MLflow logs "pickle ... requires exercising caution" (a warning meant for untrusted models): ours
         flavor_log = logging.getLogger("mlflow.pytorch")

@@ -159,6 +159,9 @@ class AdaptedModule(torch.nn.Module):
         self.base = base
         self.adapter = adapter
         self.condition = condition
+        # a condition adapter checks its condition ids in forward (data-dependent): torch.export
+        # cannot trace it, and a failed trace prints its whole graph; log it as pickle directly
+        self.export_traceable = condition is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.adapter(self.base(x), condition=self.condition)
