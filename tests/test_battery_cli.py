@@ -136,20 +136,27 @@ def _png(path, size=(8, 8)):
     Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(path)
 
 
+def _simple_ids(index_path, n):
+    """The first ``n`` set A (simple) stimulus ids of the index, as the release names them."""
+    rows = pd.read_parquet(index_path, columns=["stimulus_id", "stimulus_type"])
+    return sorted(rows.loc[rows["stimulus_type"] == "simple", "stimulus_id"].unique())[:n]
+
+
 def test_bad_inputs_exit_2_with_one_line(world, checkpoint, tmp_path, tracking_uri):
     idx, cache = str(world["subj01"]), str(world["cache"])
+    first, second = _simple_ids(idx, 2)
     unknown = tmp_path / "unknown"
     _png(unknown / "images" / "imagery" / "nsd-99999.png")
     wrong_shape = tmp_path / "wrong_shape"
-    _png(wrong_shape / "images" / "imagery" / "img-A-hbar.png", size=(8, 6))
-    wrong_dim = _write_npz(tmp_path / "wrong_dim", ["img-A-hbar"], "imagery", np.ones((1, 3)))
+    _png(wrong_shape / "images" / "imagery" / f"{first}.png", size=(8, 6))
+    wrong_dim = _write_npz(tmp_path / "wrong_dim", [first], "imagery", np.ones((1, 3)))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     weights = tmp_path / "weights.yaml"
     weights.write_text(f"alexnet: {corrupt}\n")
     good = tmp_path / "good"
-    _png(good / "images" / "imagery" / "img-A-hbar.png")
-    _png(good / "images" / "imagery" / "img-A-vbar.png")
+    _png(good / "images" / "imagery" / f"{first}.png")
+    _png(good / "images" / "imagery" / f"{second}.png")
     cases = {
         "unknown stimulus id": ["eval", "--index", idx, "--predictions", str(unknown)],
         "non-square image": ["eval", "--index", idx, "--predictions", str(wrong_shape)],
@@ -180,7 +187,7 @@ def test_reconstruct_with_a_tiny_unclip_pipeline(world, tmp_path, tracking_uri):
     from test_reconstruct import TINY_DIM, _tiny_unclip
 
     pipe = _tiny_unclip(tmp_path)
-    ids = ["img-A-hbar", "img-A-vbar", "img-A-cross"]
+    ids = _simple_ids(world["subj01"], 3)
     npz = _write_npz(tmp_path / "in", ids, "imagery", np.random.default_rng(0).standard_normal((3, TINY_DIM)))
     args = ["reconstruct", "--index", str(world["subj01"]), "--embeddings", str(npz), "--backend", "unclip",
             "--pipeline-dir", str(pipe), "--steps", "2", "--image-size", "16", "--seed", "3",
