@@ -34,8 +34,10 @@ DATA_FILES = {  # release-relative paths of the files `fmri2img index` reads
     "responses": f"nsddata/ppdata/{SUBJ}/behav/responses.tsv",
     "stim_info": "nsddata/experiments/nsd/nsd_stim_info_merged.csv",
     "expdesign": "nsddata/experiments/nsd/nsd_expdesign.mat",
-    "imagery_trials": f"nsddata/experiments/nsdimagery/nsdimagery_trials_{SUBJ}.tsv",
-    "imagery_stimuli": "nsddata_stimuli/stimuli/nsdimagery/stimuli.tsv",
+    "imagery_behaviour": f"nsddata/bdata/nsdimagery/nsdimagery_{SUBJ}_visA.tsv",
+    "imagery_design": "nsddata/experiments/nsdimagery/designmatrixGLMsingle.mat",
+    "imagery_betas_nifti": f"nsddata_betas/ppdata/{SUBJ}/func1pt8mm/nsdimagerybetas_fithrf_GLMdenoise_RR/"
+                           "betas_nsdimagery.nii.gz",
     "mask": f"nsddata/ppdata/{SUBJ}/func1pt8mm/roi/nsdgeneral.nii.gz",
     "betas_nifti": f"nsddata_betas/ppdata/{SUBJ}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session01.nii.gz",
     "betas_hdf5": f"nsddata_betas/ppdata/{SUBJ}/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session01.hdf5",
@@ -61,6 +63,10 @@ def world(tmp_path_factory):
     img = nib.load(paths["data"] / DATA_FILES["betas_nifti"])
     with h5py.File(paths["data"] / DATA_FILES["betas_hdf5"], "w") as fh:  # NSD's layout: (trials, Z, Y, X)
         fh.create_dataset("betas", data=np.asarray(img.dataobj).transpose(3, 2, 1, 0), chunks=True)
+    imagery = nib.load(paths["data"] / DATA_FILES["imagery_betas_nifti"])  # --beta-format covers NSD-Imagery too
+    with h5py.File((paths["data"] / DATA_FILES["imagery_betas_nifti"]).with_suffix("").with_suffix(".hdf5"),
+                   "w") as fh:
+        fh.create_dataset("betas", data=np.asarray(imagery.dataobj).transpose(3, 2, 1, 0), chunks=True)
     ckpt = train_decoder(paths[SUBJ], root / "ckpt", TrainConfig(model="ridge"), cache_root=paths["cache"],
                          tracking_uri=store, progress=False).checkpoint
     configs = root / "configs"
@@ -105,9 +111,8 @@ INDEX_TARGETS = [
     Target("responses", DATA_FILES["responses"], "data", _text, "index"),
     Target("stim_info", DATA_FILES["stim_info"], "data", _text, "index"),
     Target("expdesign", DATA_FILES["expdesign"], "data", _binary, "index"),
-    Target("imagery_trials", DATA_FILES["imagery_trials"], "data", _text, "index"),
-    # a row's empty image cell is reported by stimulus id and the expected PNG folder (nsdimagery/)
-    Target("imagery_stimuli", DATA_FILES["imagery_stimuli"], "data", _text, "index", names=("nsdimagery",)),
+    Target("imagery_behaviour", DATA_FILES["imagery_behaviour"], "data", _text, "index"),
+    Target("imagery_design", DATA_FILES["imagery_design"], "data", _binary, "index"),
     Target("mask", DATA_FILES["mask"], "data", _nifti, "index"),
     Target("betas_nifti", DATA_FILES["betas_nifti"], "data", _nifti, "index", ("--beta-format", "nifti")),
     Target("betas_hdf5", DATA_FILES["betas_hdf5"], "data", _hdf5, "index", ("--beta-format", "hdf5")),

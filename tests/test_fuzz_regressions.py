@@ -16,14 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from _fuzz import check_cli
 from _imagery_release import build_release
+from _nsd_fixtures import write_hand_tables
 from _world import build_tiny
 
 from fmri2img.core.errors import CorruptFileError
 from fmri2img.core.files import sha256_file
+from fmri2img.data import nsd_constants
 from fmri2img.data.nsd_imagery_release import read_release
 
 SUBJ = "subj01"
-TRIALS_REL = f"nsddata/experiments/nsdimagery/nsdimagery_trials_{SUBJ}.tsv"
+TRIALS_NAME = f"nsdimagery_trials_{SUBJ}.tsv"  # the hand-written override table (write_hand_tables)
 EXPDESIGN_REL = "nsddata/experiments/nsd/nsd_expdesign.mat"
 RESPONSES_REL = f"nsddata/ppdata/{SUBJ}/behav/responses.tsv"
 
@@ -34,10 +36,12 @@ def world(tmp_path_factory):
     return {**build_tiny(root / "w"), "store": f"sqlite:///{root / 'mlflow.db'}"}
 
 
-def _index(world, tmp: Path, names: tuple[str, ...], data: Path | None = None, expect_exit: int = 2):
+def _index(world, tmp: Path, names: tuple[str, ...], data: Path | None = None, expect_exit: int = 2,
+           extra: tuple[str, ...] = ()):
     out = tmp / "out" / f"{SUBJ}.parquet"
     args = ["index", "--subject", SUBJ, "--data-root", str(data or world["data"]), "--cache-root",
-            str(tmp / "cache"), "--output", str(out), "--manifest-dir", str(tmp / "manifests"), "--no-progress"]
+            str(tmp / "cache"), "--output", str(out), "--manifest-dir", str(tmp / "manifests"), "--no-progress",
+            *extra]
     outcome = check_cli(args, names=names, workdir=tmp, store=world["store"], outputs=[out] if expect_exit else [])
     assert outcome.exit_code == expect_exit, outcome.stderr
     return outcome
@@ -74,13 +78,16 @@ def test_checksum_memo_not_an_object(world, tmp_path):
 
 
 def test_imagery_trial_number_beyond_int32(world, tmp_path):
-    """A run number of 2**31 crashed with a pandas TypeError (int64 -> Int32) in the index frame."""
+    """A run number of 2**31 in the hand-written trial table (``--imagery-trials``) crashed with a pandas
+    TypeError (int64 -> Int32) in the index frame."""
     data = _data_copy(world, tmp_path)
-    lines = (data / TRIALS_REL).read_text().splitlines()
+    write_hand_tables(data, SUBJ)
+    trials = data / nsd_constants.IMAGERY_TRIALS.format(subject=SUBJ)
+    lines = trials.read_text().splitlines()
     header, first = lines[0].split("\t"), lines[1].split("\t")
     first[header.index("run")] = "2147483648"
-    (data / TRIALS_REL).write_text("\n".join([lines[0], "\t".join(first), *lines[2:]]) + "\n")
-    outcome = _index(world, tmp_path, (Path(TRIALS_REL).name,), data)
+    trials.write_text("\n".join([lines[0], "\t".join(first), *lines[2:]]) + "\n")
+    outcome = _index(world, tmp_path, (TRIALS_NAME,), data, extra=("--imagery-trials", str(trials)))
     assert "'run'" in outcome.stderr and "2147483648" in outcome.stderr
 
 
