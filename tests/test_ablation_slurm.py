@@ -160,7 +160,8 @@ def test_slurm_ablation_survives_a_killed_task_and_equals_local(slurm_cluster, w
     client = MlflowClient(tracking_server)
     children = client.search_runs([client.get_run(again.run_id).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{again.run_id}'")
-    assert "ridge__adapter_linear" in {r.data.tags.get("cell") for r in children}
+    assert "subj01/ridge/adapter_linear" in {r.info.run_name for r in children}, \
+        [r.info.run_name for r in children]
 
 
 def test_slurm_refuses_a_sqlite_tracking_store(tmp_path):
