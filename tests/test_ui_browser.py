@@ -22,6 +22,7 @@ from pathlib import Path
 
 import _toy_study as toy
 import pytest
+from _procs import children
 
 from fmri2img.core import tracking_layout as layout
 from fmri2img.core import ui_server
@@ -88,7 +89,7 @@ def _ui(uri: str, experiment: str, root: Path):
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ui_server.wait_until_up(f"{base}/health", cli, timeout=1) and time.monotonic() < deadline:
             pass
-        servers = _server_pids(cli.pid)
+        servers = children(cli.pid)
         pgid = servers[0] if len(servers) == 1 else None
         yield {"base": base, "compare": compare}
     finally:
@@ -107,19 +108,6 @@ def _ui(uri: str, experiment: str, root: Path):
 def server(study):
     with _ui(study["uri"], toy.EXPERIMENT, study["root"]) as info:
         yield info
-
-
-def _server_pids(cli_pid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == cli_pid:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _procs import children
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -112,19 +113,6 @@ def test_stop_group_kills_processes_that_ignore_sigterm():
     assert ui_server.group_members(proc.pid) == [] and time.monotonic() - started < 10
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 @pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_the_server_and_all_its_workers(tmp_path, signum, expected):
     uri = _store(tmp_path / "m.db")
@@ -143,7 +131,7 @@ def test_signal_stops_the_server_and_all_its_workers(tmp_path, signum, expected)
                         break
             except OSError:
                 time.sleep(0.5)
-        servers = _children(cli.pid)
+        servers = children(cli.pid)
         pgid = servers[0] if len(servers) == 1 else None
         assert pgid is not None, (servers, cli.poll())
         assert os.getpgid(pgid) == pgid != os.getpgid(cli.pid)  # the server has its own group
