@@ -79,6 +79,22 @@ IMAGERY_TRIALS = "nsddata/experiments/nsdimagery/nsdimagery_trials_{subject}.tsv
 IMAGERY_STIMULI_DIR = "nsddata_stimuli/stimuli/nsdimagery"
 IMAGERY_STIMULI_TABLE = IMAGERY_STIMULI_DIR + "/stimuli.tsv"
 
+# --- Regions of interest and voxel reliability [NSD manual, "ROIs" and "Betas"] ---------------------
+#: ROI label volumes (func1pt8mm, same grid as the betas): value > 0 a label code, 0 not labelled,
+#: -1 outside the brain.
+PRF_VISUALROIS = "nsddata/ppdata/{subject}/func1pt8mm/roi/prf-visualrois.nii.gz"
+STREAMS = "nsddata/ppdata/{subject}/func1pt8mm/roi/streams.nii.gz"
+#: Label tables (``<code> <name>`` per line) where the release has them; codes below otherwise.
+PRF_VISUALROIS_CTAB = "nsddata/freesurfer/{subject}/label/prf-visualrois.mgz.ctab"
+STREAMS_CTAB = "nsddata/freesurfer/{subject}/label/streams.mgz.ctab"
+#: Label codes of prf-visualrois and streams as published [NSD manual, "ROIs"].
+PRF_VISUALROIS_CODES = {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"}
+STREAMS_CODES = {1: "early", 2: "midventral", 3: "midlateral", 4: "midparietal", 5: "ventral", 6: "lateral",
+                 7: "parietal"}
+#: Per-voxel noise-ceiling SNR of the betas (all trials, all sessions); NC(n) = 100 ncsnr^2 / (ncsnr^2 + 1/n)
+#: for the mean of n trials [Allen et al. 2022, Methods, "Noise ceiling"].
+NCSNR = BETAS_DIR + "/ncsnr.nii.gz"
+
 
 def subject_number(subject: str) -> int:
     """``'subj01'`` -> 1. Raises :class:`~fmri2img.core.errors.InputError` for unknown subjects."""
