@@ -27,6 +27,11 @@ def command(
         help="Mixed: share of the training folds' imagery stimuli held out for early stopping (default 0.25)."),
     output_dir: Path = typer.Option(None, "--output-dir", help="Default: checkpoints/<model>/<subject>."),
     embeddings: str = typer.Option(None, "--embeddings", help="Embedding set tag (default: synthetic-truth)."),
+    region: str = typer.Option(
+        None, "--region", help="Voxels to decode from: nsdgeneral (default), V1, V2, V3, hV4, early, midventral, "
+        "midlateral, midparietal, ventral, lateral, parietal, or a union such as V1+V2+V3 (docs/regions.md)."),
+    voxel_selection: str = typer.Option(
+        None, "--voxel-selection", help="Within the region: all (default), ncsnr>=T or top-K (by the release's ncsnr)."),
     epochs: int = typer.Option(None, "--epochs", help="Torch decoders: maximum epochs."),
     lr: float = typer.Option(None, "--lr", help="Torch decoders: learning rate."),
     batch_size: int = typer.Option(None, "--batch-size", help="Torch decoders: batch size."),
@@ -43,7 +48,7 @@ def command(
     cfg = override(
         base, model=model.value if model else None, train_on=train_on.value if train_on else None,
         holdout_fold=holdout_fold, imagery_weight=imagery_weight, imagery_val_fraction=imagery_val_fraction,
-        embedding_set=embeddings,
+        embedding_set=embeddings, region=region, voxel_selection=voxel_selection,
         epochs=epochs, lr=lr, batch_size=batch_size, device=device,
     )
     result = train_decoder(index, output_dir, cfg, cache_root=cache_root, tracking_uri=tracking_uri,

@@ -79,3 +79,9 @@ METRICS = (
 
 #: Image metrics of reconstruction by retrieval.
 IMAGE_METRICS = ("ssim", "pixcorr", "pixel_mse")
+
+#: The region and voxel selection every stage decodes from unless told otherwise
+#: (fmri2img.data.regions lists the others); results tables of a region axis add these columns.
+DEFAULT_REGION = "nsdgeneral"
+DEFAULT_VOXEL_SELECTION = "all"
+REGION_COLUMNS = ("region", "voxel_selection")

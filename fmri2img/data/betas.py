@@ -3,24 +3,30 @@
 Layout: ``<cache_root>/betas/<subject>/<key>/`` with
 
 * one ``<beta_file with / replaced by __>.npy`` per source file: float32 (n_volumes, n_voxels),
-  percent signal change of the ``nsdgeneral`` voxels, rows in file order. Plain ``.npy`` because
+  percent signal change of the cache's voxels, rows in file order. Plain ``.npy`` because
   it memory-maps with no extra dependency, so :func:`load_betas` reads only the rows it needs
   (a Parquet/Arrow column store would have to decode whole columns of 15k voxels);
-* ``voxels.npy``: int16 (n_voxels, 3) ijk of ``nsdgeneral == 1`` in C order;
+* ``voxels.npy``: int16 (n_voxels, 3) ijk in C order of every voxel a region can name: ``nsdgeneral
+  == 1`` and every voxel labelled by the ROI volumes present (:mod:`fmri2img.data.regions`), so a
+  region is a column subset and adding one reads no session again;
+* ``labels.npy``: int16 (n_voxels, 3), each voxel's nsdgeneral / prf-visualrois / streams label
+  (:data:`~fmri2img.data.regions.ABSENT_LABEL` where the release lacks the volume);
+  ``ncsnr.npy``: float32 (n_voxels,), the release's noise-ceiling SNR, when it has ``ncsnr.nii.gz``;
 * ``valid.npy``: bool (n_voxels,), False for voxels that are NaN or all-zero in *any* source
   file, so the same voxels are dropped from every session;
-* ``meta.json``: the options, the mask and every source file's SHA-256, the invalid voxels.
+* ``meta.json``: the options, the ROI files' and every source file's SHA-256, the invalid voxels.
 
-``<key>`` depends on the options only; the sources' SHA-256 decide what is rebuilt, so a rerun
-with unchanged inputs and options reads nothing and writes nothing, and a changed file is rebuilt.
-Files are built one session at a time: peak memory is one session's masked betas per job.
+``<key>`` depends on the options only (which ROI volumes exist is one); the sources' SHA-256 and the
+voxel set decide what is rebuilt, so a rerun with unchanged inputs reads nothing and writes
+nothing, and a changed file is rebuilt. Files are built one session at a time: peak memory is one
+session's masked betas per job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,33 +39,47 @@ from tqdm.auto import tqdm
 from fmri2img.core.errors import ChecksumError, InputError, MismatchError, MissingInputError
 from fmri2img.core.files import dumps_json, load_npy, read_json, save_npy, sha256_json, write_json
 from fmri2img.core.memo import Memo, digest
-from fmri2img.data import nsd, nsd_constants
+from fmri2img.data import nsd, nsd_constants, regions
 
 log = logging.getLogger(__name__)
 
 #: Version of the cache layout; part of the key, so a layout change never reuses old files.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 #: Standard deviations below this are treated as 1 when z-scoring (constant voxel in a session).
 MIN_STD = 1e-8
 
 
-def cache_options(subject: str) -> dict[str, Any]:
-    """Options that define a cache entry (and its key)."""
+def cache_options(subject: str, atlases: Sequence[str] = ()) -> dict[str, Any]:
+    """Options that define a cache entry (and its key); ``atlases``: the release-relative ROI volumes
+    that widen its voxel set beyond nsdgeneral (:func:`fmri2img.data.regions.atlas_files`)."""
     return {
         "cache_format": CACHE_FORMAT,
         "mask": nsd_constants.NSDGENERAL.format(subject=subject),
         "mask_value": nsd_constants.NSDGENERAL_INSIDE,
+        "atlases": [str(a) for a in atlases],
         "int16_scale": nsd_constants.BETA_SCALE,
         "dtype": "float32",
         "units": "percent signal change",
     }
 
 
+def index_atlases(subject: str, sources: Mapping[str, str]) -> list[str]:
+    """The ROI volumes among an index's hashed sources, in :data:`~fmri2img.data.regions.ATLASES` order."""
+    names = [template.format(subject=subject) for template, _, _ in regions.ATLASES.values()]
+    return [name for name in names if name in sources]
+
+
 def cache_dir(cache_root: str | os.PathLike, subject: str, options: dict[str, Any] | None = None) -> Path:
-    """``<cache_root>/betas/<subject>/<key>`` with ``key = nsdgeneral-<sha256(options)[:12]>``."""
+    """``<cache_root>/betas/<subject>/<key>`` with ``key = voxels-<sha256(options)[:12]>``."""
     options = options if options is not None else cache_options(subject)
-    return Path(cache_root) / "betas" / subject / f"nsdgeneral-{sha256_json(options)[:12]}"
+    return Path(cache_root) / "betas" / subject / f"voxels-{sha256_json(options)[:12]}"
+
+
+def index_cache_dir(cache_root: str | os.PathLike, index: pd.DataFrame) -> Path:
+    """The cache folder an index was built with (its ROI volumes are among its sources)."""
+    subject = str(index["subject"].iloc[0])
+    return cache_dir(cache_root, subject, cache_options(subject, index_atlases(subject, index.attrs.get("sources", {}))))
 
 
 def npy_name(beta_file: str) -> str:
@@ -127,20 +147,24 @@ def build_beta_cache(
     beta_files : sequence of str
         Source beta files relative to ``data_root`` (sessions, NSD-Imagery), in cache order.
     sources : dict
-        Relative path -> SHA-256 of at least the mask and every beta file (hashed once by the caller).
+        Relative path -> SHA-256 of at least the mask, the ROI files present
+        (:func:`fmri2img.data.regions.atlas_files`) and every beta file (hashed once by the caller).
     jobs : int
         Sessions read in parallel (threads); memory grows with ``jobs``, never with sessions.
     """
-    options = cache_options(subject)
+    roi_files = regions.atlas_files(data_root, subject)
+    options = cache_options(subject, [roi_files[a] for a in regions.ATLASES if a in roi_files])
     mask_rel = options["mask"]
-    missing = [f for f in [mask_rel, *beta_files] if f not in sources]
+    missing = [f for f in [mask_rel, *roi_files.values(), *beta_files] if f not in sources]
     if missing:
         raise InputError(f"No SHA-256 given for {missing[0]}; hash every source before caching.")
     folder = cache_dir(cache_root, subject, options)
     mask = nsd.read_mask(nsd.require(data_root, mask_rel))
-    voxels = nsd.mask_voxels(mask)
+    volumes = regions.voxel_labels(data_root, roi_files, mask.shape)
+    voxels = nsd.mask_voxels(regions.cache_voxel_mask(mask, volumes))
     old = _read_meta(folder) or {}
-    reuse_ok = old.get("options") == options and old.get("mask", {}).get("sha256") == sources[mask_rel]
+    voxels_sha = digest(voxels)
+    reuse_ok = old.get("options") == options and old.get("voxels_sha256") == voxels_sha
     old_files = old.get("files", {}) if reuse_ok else {}
 
     entries: dict[str, dict[str, Any]] = {}
@@ -163,23 +187,56 @@ def build_beta_cache(
     for rel in beta_files:
         valid[np.asarray(entries[rel]["invalid_voxels"], dtype=np.int64)] = False
     if not valid.any():
-        raise InputError(f"Every nsdgeneral voxel of {subject} is NaN or all-zero in some beta file; nothing to keep.")
+        raise InputError(f"Every voxel of {subject}'s cache is NaN or all-zero in some beta file; nothing to keep.")
     meta = {
         "subject": subject,
         "options": options,
         "mask": {"file": mask_rel, "sha256": sources[mask_rel]},
+        "roi_files": {key: {"file": rel, "sha256": sources[rel]} for key, rel in roi_files.items()},
+        "label_names": {atlas: {str(code): name for code, name in regions.atlas_names(data_root, roi_files, atlas).items()}
+                        for atlas in regions.ATLASES if atlas in volumes},
         "files": {rel: entries[rel] for rel in beta_files},
         "n_voxels": int(voxels.shape[0]),
         "n_valid": int(valid.sum()),
+        "voxels_sha256": voxels_sha,
     }
-    # voxels/valid first, meta last: meta.json is the commit record of a complete cache.
-    _save_if_changed(folder / "voxels.npy", voxels)
-    _save_if_changed(folder / "valid.npy", valid)
+    # voxel tables first, meta last: meta.json is the commit record of a complete cache.
+    _save_voxel_tables(folder, voxels, valid, mask, volumes)
     meta_path = folder / "meta.json"
     if not (meta_path.is_file() and meta_path.read_bytes() == dumps_json(meta).encode("utf-8")):
         write_json(meta_path, meta)
     invalid_by_file = {rel: len(entries[rel]["invalid_voxels"]) for rel in beta_files}
     return BetaCache(folder, int(voxels.shape[0]), int(valid.sum()), invalid_by_file, sorted(todo))
+
+
+def _save_voxel_tables(folder: Path, voxels: np.ndarray, valid: np.ndarray, mask: np.ndarray,
+                       volumes: Mapping[str, np.ndarray]) -> None:
+    """``voxels.npy``, ``valid.npy``, ``labels.npy`` and (when the release has it) ``ncsnr.npy``."""
+    ijk = tuple(voxels.astype(np.int64).T)
+    labels = np.full((len(voxels), len(regions.LABEL_COLUMNS)), regions.ABSENT_LABEL, dtype=np.int16)
+    labels[:, 0] = mask[ijk].astype(np.int16) * nsd_constants.NSDGENERAL_INSIDE
+    for column, atlas in enumerate(regions.LABEL_COLUMNS[1:], start=1):
+        if atlas in volumes:
+            labels[:, column] = volumes[atlas][ijk]
+    _save_if_changed(folder / "voxels.npy", voxels)
+    _save_if_changed(folder / "valid.npy", valid)
+    _save_if_changed(folder / "labels.npy", labels)
+    if "ncsnr" in volumes:
+        _save_if_changed(folder / "ncsnr.npy", volumes["ncsnr"][ijk].astype(np.float32))
+    elif (folder / "ncsnr.npy").is_file():
+        (folder / "ncsnr.npy").unlink()
+
+
+def voxel_table(folder: str | os.PathLike) -> regions.VoxelTable:
+    """The :class:`~fmri2img.data.regions.VoxelTable` of a cache folder."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    if meta is None:
+        raise MissingInputError(f"Beta cache {folder} has no readable meta.json; rebuild it with `fmri2img index`.")
+    names = {atlas: {int(code): name for code, name in table.items()}
+             for atlas, table in meta.get("label_names", {}).items()}
+    ncsnr = load_npy(folder / "ncsnr.npy") if "ncsnr" in meta.get("roi_files", {}) else None
+    return regions.VoxelTable(labels=load_npy(folder / "labels.npy"), ncsnr=ncsnr, names=names, source=str(folder))
 
 
 def _build_files(todo: Sequence[str], data_root, folder: Path, voxels: np.ndarray, sources: dict[str, str],
@@ -234,7 +291,14 @@ def verify_beta_cache(folder: str | os.PathLike, sources: dict[str, str], beta_f
     if sources.get(mask["file"]) != mask["sha256"]:
         raise ChecksumError(f"{mask['file']} changed since the beta cache {folder} was built; rerun `fmri2img index`.")
     n_voxels = int(meta["n_voxels"])
-    for name, dtype, shape in (("voxels.npy", np.int16, (n_voxels, 3)), ("valid.npy", np.bool_, (n_voxels,))):
+    tables = [("voxels.npy", np.int16, (n_voxels, 3)), ("valid.npy", np.bool_, (n_voxels,)),
+              ("labels.npy", np.int16, (n_voxels, len(regions.LABEL_COLUMNS)))]
+    for key, entry in meta.get("roi_files", {}).items():
+        if sources.get(entry["file"]) != entry["sha256"]:
+            raise ChecksumError(f"{entry['file']} changed since the beta cache {folder} was built; rerun `fmri2img index`.")
+        if key == "ncsnr":
+            tables.append(("ncsnr.npy", np.float32, (n_voxels,)))
+    for name, dtype, shape in tables:
         array = load_npy(folder / name, mmap=True)
         if array.shape != shape or array.dtype != dtype:
             raise MismatchError(f"{folder / name} has shape {array.shape} {array.dtype}; expected {shape} {np.dtype(dtype)}.")
@@ -297,15 +361,17 @@ def load_betas(
     if len(subjects) != 1:
         raise InputError(f"The index holds subjects {subjects}; expected exactly one.")
     subject = subjects[0]
-    folder = cache_dir(cache_root, subject)
+    folder = index_cache_dir(cache_root, index)
     meta = _read_meta(folder)
     if meta is None:
         raise MissingInputError(f"Beta cache not found: {folder}; build it with `fmri2img index --subject {subject}`.")
     sources = index.attrs.get("sources", {})
     valid = load_npy(folder / "valid.npy")
+    columns = region_columns(index, folder, valid)
+    among_valid = np.flatnonzero(np.isin(np.flatnonzero(valid), columns))  # z-scoring stats are over valid voxels
     positions = _positions(index, rows)
     selected = index.iloc[positions]
-    X = np.empty((len(selected), int(valid.sum())), dtype=np.float32)
+    X = np.empty((len(selected), len(columns)), dtype=np.float32)
     files = selected["beta_file"].to_numpy()
     for rel in pd.unique(files):
         entry = meta["files"].get(rel)
@@ -318,12 +384,34 @@ def load_betas(
         data = load_npy(folder / entry["npy"], mmap=True)
         out_rows = np.flatnonzero(files == rel)
         volumes = selected["beta_volume"].to_numpy(np.int64)[out_rows]
-        block = np.asarray(data[volumes], dtype=np.float32)[:, valid]
+        block = np.asarray(data[volumes][:, columns], dtype=np.float32)
         if zscore:
             mean, std = session_stats(index, rel, data, valid, (str(folder / entry["npy"]), entry["sha256"]), memo)
-            block = (block - mean) / std
+            block = (block - mean[among_valid]) / std[among_valid]
         X[out_rows] = block
     return X
+
+
+def region_columns(index: pd.DataFrame, folder: str | os.PathLike, valid: np.ndarray | None = None) -> np.ndarray:
+    """Sorted cache columns (int64) of the index's region and voxel selection
+    (:func:`fmri2img.data.regions.restrict`; nsdgeneral, all voxels by default), valid voxels only."""
+    folder = Path(folder)
+    valid = load_npy(folder / "valid.npy") if valid is None else valid
+    region, selection = regions.region_of(index)
+    table = voxel_table(folder)
+    subject = str(index["subject"].iloc[0])
+    chosen = regions.select_voxels(regions.VoxelTable(table.labels[valid], None if table.ncsnr is None
+                                                      else table.ncsnr[valid], table.names, table.source),
+                                   region, selection, subject)
+    return np.flatnonzero(valid)[chosen]
+
+
+def region_info(index: pd.DataFrame, cache_root: str | os.PathLike) -> dict[str, Any]:
+    """Region, selection, voxel count and median ncsnr / noise ceilings of the index's region."""
+    folder = index_cache_dir(cache_root, index)
+    columns = region_columns(index, folder)
+    region, selection = regions.region_of(index)
+    return {"region": region, "voxel_selection": selection, **regions.region_summary(voxel_table(folder), columns)}
 
 
 def _reference_volumes(index: pd.DataFrame, beta_file: str) -> np.ndarray:

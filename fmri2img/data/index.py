@@ -24,7 +24,7 @@ from fmri2img.core.constants import DEFAULT_MANIFEST_DIR, SPLIT_SEED
 from fmri2img.core.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError
 from fmri2img.core.files import check_writable, read_json, resolve_under, sha256_file, write_json
 from fmri2img.core.vocab import DATASETS
-from fmri2img.data import betas, nsd, nsd_constants, nsd_imagery_release, nsd_imagery_verify, splits
+from fmri2img.data import betas, nsd, nsd_constants, nsd_imagery_release, nsd_imagery_verify, regions, splits
 from fmri2img.data.schema import SCHEMA, make_metadata, read_index, write_index
 
 log = logging.getLogger(__name__)
@@ -328,9 +328,10 @@ def _split(frame: pd.DataFrame, subject: str, design, folds: int, *, with_nsd: b
     return frame, manifest
 
 
-def _relatives(mask_rel: str, beta_files: list[str], img_sources: list[str], nsd_plan) -> list[str]:
+def _relatives(mask_rel: str, beta_files: list[str], img_sources: list[str], nsd_plan,
+               roi_files: list[str]) -> list[str]:
     """Every source file of an index (release-relative), to be hashed."""
-    relatives = [mask_rel, *beta_files, *img_sources]
+    relatives = [mask_rel, *roi_files, *beta_files, *img_sources]
     if nsd_plan is not None:
         relatives += [nsd_plan["expdesign"], nsd_plan["stim_info"], nsd_plan["stimuli"]]
         relatives += [nsd_plan["responses"]] if nsd_plan["responses"] else []
@@ -405,13 +406,13 @@ def build_index(
 
     # 4. hash every source once (streamed; unchanged files are looked up in the memo)
     beta_files = list(dict.fromkeys(frame["beta_file"]))
-    relatives = _relatives(mask_rel, beta_files, img_sources, nsd_plan)
+    relatives = _relatives(mask_rel, beta_files, img_sources, nsd_plan, list(regions.atlas_files(root, subject).values()))
     sources = hash_sources(root, relatives, _memo_path(cache_root, subject))
     _report_changes(output, sources)
     # 5. beta cache (the heavy part), then manifest, index and sidecar
     cache = betas.build_beta_cache(subject, root, cache_root, beta_files, sources, jobs=jobs, progress=progress)
     if cache.n_valid < cache.n_voxels:
-        log.warning("%s: %d of %d nsdgeneral voxels are NaN or all-zero in some beta file and are dropped.",
+        log.warning("%s: %d of %d cached voxels are NaN or all-zero in some beta file and are dropped.",
                     subject, cache.n_voxels - cache.n_valid, cache.n_voxels)
     check_imagery_order(img_plan, cache.path)
     manifest_sha = splits.write_manifest(manifest, splits.manifest_path(manifest_dir, subject))
@@ -445,5 +446,5 @@ def verify_index(
     if sha256_file(manifest) != frame.attrs["split_manifest_sha256"]:
         raise ChecksumError(f"Split manifest {manifest} differs from the one recorded in {output}; rerun `fmri2img index`.")
     beta_files = list(dict.fromkeys(frame["beta_file"]))
-    betas.verify_beta_cache(betas.cache_dir(cache_root, subject), recorded, beta_files)
+    betas.verify_beta_cache(betas.index_cache_dir(cache_root, frame), recorded, beta_files)
     return output

@@ -41,7 +41,7 @@ READ_CHUNK_BYTES = 128 * 1024 * 1024
 
 #: Errors that a truncated or corrupt (gzipped) NIfTI raises somewhere inside nibabel.
 #: nibabel's HeaderDataError: a header field it cannot decode ("data code 132 not recognized"; found by fuzzing).
-_NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError,
+NIFTI_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError,
                  nib.spatialimages.HeaderDataError)
 #: Errors h5py raises on a damaged HDF5 file: OSError (superblock), KeyError and RuntimeError (object
 #: headers, symbol tables: "message not aligned", "bad symbol table node signature"; found by fuzzing).
@@ -245,7 +245,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
-    except _NIFTI_ERRORS as exc:
+    except NIFTI_ERRORS as exc:
         raise CorruptFileError(f"Cannot read {path} as NIfTI (truncated or corrupt?): {exc}.") from None
     if data.ndim != 3:
         raise InputError(f"Expected a 3D mask, got shape {data.shape} from {path.name}.")
@@ -316,7 +316,7 @@ def inspect_betas(path: str | os.PathLike) -> BetaInfo:
             shape = img.shape
             dtype = np.dtype(img.get_data_dtype())
             slope, inter = img.dataobj.slope, img.dataobj.inter
-        except _NIFTI_ERRORS as exc:
+        except NIFTI_ERRORS as exc:
             raise CorruptFileError(f"Cannot read {path} as NIfTI (truncated or corrupt?): {exc}.") from None
         if len(shape) != 4:
             raise InputError(f"Expected 4D betas (X, Y, Z, trials), got shape {shape} from {path.name}.")
@@ -406,7 +406,7 @@ def read_masked_betas(path: str | os.PathLike, voxels: np.ndarray) -> tuple[np.n
                            nan_count, nonzero, path)
     except (CorruptFileError, InputError):
         raise
-    except (*_NIFTI_ERRORS, KeyError, RuntimeError) as exc:
+    except (*NIFTI_ERRORS, KeyError, RuntimeError) as exc:
         raise CorruptFileError(f"Cannot read betas from {path} (truncated or corrupt?): {exc}.") from None
     all_nan = nan_count == n
     partial = (nan_count > 0) & ~all_nan

@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 
 from fmri2img.core.errors import InputError
-from fmri2img.evaluation.intervals import ESTIMANDS, Interval, mean_interval, ratio_interval
+from fmri2img.evaluation.intervals import (
+    ESTIMANDS,
+    Interval,
+    mean_interval,
+    ratio_difference_interval,
+    ratio_interval,
+)
 
 #: Stimulus types scored together as "all" (conceptual stimuli have no image: reported apart).
 IMAGE_TYPES = ("natural", "simple", "complex")
@@ -77,6 +83,15 @@ def h1_ratio(scores: pd.DataFrame, decoder: str) -> dict[str, Interval]:
     vision = above_baseline_table(scores, decoder, "perception_only", "imagery_vision")
     N, D = _aligned(imagery, vision)
     return _both(ratio_interval, N, D)
+
+
+def h1_ratio_difference(scores_a: pd.DataFrame, scores_b: pd.DataFrame, decoder: str) -> dict[str, Interval]:
+    """H1's ratio in ``scores_a`` minus that in ``scores_b`` (e.g. two regions), on their common
+    subjects and stimuli."""
+    tables = [above_baseline_table(scores, decoder, "perception_only", test_set)
+              for scores in (scores_a, scores_b) for test_set in ("imagery", "imagery_vision")]
+    N1, D1, N2, D2 = _aligned(*tables)
+    return _both(ratio_difference_interval, N1, D1, N2, D2)
 
 
 def specific_gain(scores: pd.DataFrame, decoder: str, configuration: str) -> dict[str, Interval]:

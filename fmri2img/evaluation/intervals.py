@@ -203,3 +203,19 @@ def ratio_interval(N, D, estimand: str = "population", level: float = DEFAULT_LE
     ratio = float(N.mean()) / d
     L = (N - ratio * D) / d
     return _interval(ratio + shift, L, estimand, level)
+
+
+def ratio_difference_interval(N1, D1, N2, D2, estimand: str = "population", level: float = DEFAULT_LEVEL) -> Interval:
+    """``mean(N1) / mean(D1) - mean(N2) / mean(D2)`` (two ratios on the same subjects and stimuli,
+    e.g. H1's ratio in two regions) with its delta-method interval; undefined when a base is not above 0."""
+    tables = [_table(t, name) for t, name in ((N1, "N1"), (D1, "D1"), (N2, "N2"), (D2, "D2"))]
+    if len({t.shape for t in tables}) != 1:
+        raise InputError(f"The four tables of a ratio difference differ in shape: {[t.shape for t in tables]}.")
+    N1, D1, N2, D2 = tables
+    d1, d2 = float(D1.mean()), float(D2.mean())
+    if not (d1 > 0.0 and d2 > 0.0):
+        return _undefined(float("nan"), level, estimand, METHODS[estimand], *N1.shape,
+                          f"base means {d1:.4g}, {d2:.4g}: not both above 0")
+    r1, r2 = float(N1.mean()) / d1, float(N2.mean()) / d2
+    L = (N1 - r1 * D1) / d1 - (N2 - r2 * D2) / d2
+    return _interval(r1 - r2, L, estimand, level)

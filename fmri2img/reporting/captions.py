@@ -31,7 +31,6 @@ from fmri2img.reporting.tables import (
     tests_used,
 )
 
-
 #: ``subject`` label of the rows :func:`~fmri2img.reporting.tables.summary_rows` averages over subjects.
 MEAN_PREFIX = "mean of "
 

@@ -24,7 +24,17 @@ import pandas as pd
 from scipy import stats
 
 from fmri2img.core.errors import CorruptFileError, MissingInputError, SchemaError
-from fmri2img.core.vocab import BASELINES, CONFIGURATIONS, DECODERS, METRICS, RESULTS_COLUMNS, STIMULUS_TYPES, TEST_SETS
+from fmri2img.core.vocab import (
+    BASELINES,
+    CONFIGURATIONS,
+    DECODERS,
+    DEFAULT_REGION,
+    METRICS,
+    REGION_COLUMNS,
+    RESULTS_COLUMNS,
+    STIMULUS_TYPES,
+    TEST_SETS,
+)
 
 #: File name of the tidy table (docs/contracts.md section 6).
 RESULTS_TABLE = "results_table.csv"
@@ -173,11 +183,34 @@ def read_results_table(path: str | os.PathLike) -> pd.DataFrame:
         table[col] = numbers
     if TEST_COLUMN in table.columns:
         table[TEST_COLUMN] = table[TEST_COLUMN].astype(str).str.strip()
-    dup = table.duplicated(list(KEY_COLUMNS))
+    keys = [*KEY_COLUMNS, *(c for c in REGION_COLUMNS if c in table.columns)]
+    for col in keys[len(KEY_COLUMNS):]:
+        table[col] = table[col].astype(str).str.strip()
+    dup = table.duplicated(keys)
     if dup.any():
-        first = table.loc[dup, list(KEY_COLUMNS)].iloc[0].tolist()
-        raise SchemaError(f"{path} has {int(dup.sum())} duplicate row(s), e.g. {first}; expected one row per ({', '.join(KEY_COLUMNS)}).")
+        first = table.loc[dup, keys].iloc[0].tolist()
+        raise SchemaError(f"{path} has {int(dup.sum())} duplicate row(s), e.g. {first}; "
+                          f"expected one row per ({', '.join(keys)}).")
     return table.reset_index(drop=True)
+
+
+def primary_region(table: pd.DataFrame) -> str | None:
+    """The region a table's figures show: nsdgeneral when present, else the first region in row
+    order; None for tables without a ``region`` column or without a named region."""
+    if "region" not in table.columns:
+        return None
+    named = [r for r in dict.fromkeys(table["region"].astype(str)) if r]
+    return (DEFAULT_REGION if DEFAULT_REGION in named else named[0]) if named else None
+
+
+def primary_region_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`primary_region` and the rows of no region (baselines); tables of one
+    region are returned as they are. The other regions are compared in ``h1_ratio_by_region``."""
+    region = primary_region(table)
+    if region is None:
+        return table
+    keep = table["region"].astype(str).isin([region, ""])
+    return table[keep].reset_index(drop=True)
 
 
 def spread_shared_baselines(table: pd.DataFrame) -> pd.DataFrame:

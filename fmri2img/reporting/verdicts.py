@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from fmri2img.reporting.hypotheses import VERDICT_ESTIMAND
+from fmri2img.reporting.region_report import render_regions
 
 INTRO = (
     "Every number is a CLIP cosine **above the mean-embedding baseline** (the score of a constant guess), "
@@ -91,7 +92,11 @@ def _truth_lines(truth: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report.md text of a :func:`~fmri2img.reporting.hypotheses.decide_hypotheses` report."""
-    lines = ["# Perception vs imagery: hypotheses", "", f"Subjects: {', '.join(report['subjects'])}.", "", INTRO, ""]
+    where = report.get("region")
+    region = (f" Region: {where['name']} ({where['voxel_selection']} voxels)"
+              + ("; the other regions are compared below." if report.get("regions") else ".")) if where else ""
+    lines = ["# Perception vs imagery: hypotheses", "", f"Subjects: {', '.join(report['subjects'])}.{region}", "",
+             INTRO, ""]
     for decoder, entry in report["decoders"].items():
         lines += [f"## {decoder}", "", _h1_line(entry["H1"])]
         if "H2" in entry:
@@ -103,6 +108,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                          "stimuli; all of them: the configuration equals perception-only): "
                          + ", ".join(f"{c} {k} of {n}" for c, (k, n) in entry["kept_initial"].items()) + ".")
         lines.append("")
+    if report.get("regions"):
+        lines += render_regions(report["regions"])
     if report.get("planted_truth"):
         lines += _truth_lines(report["planted_truth"])
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ from fmri2img.core.errors import ConfigError, MismatchError
 from fmri2img.core.files import ensure_dir, sha256_file, write_json
 from fmri2img.core.memo import Memo
 from fmri2img.core.vocab import ADAPTER_TYPES, DEVICES
+from fmri2img.data import regions
 from fmri2img.data.schema import read_index
 from fmri2img.data.trials import Dataset, adapter_fold_rows, imagery_folds, load_rows, stimulus_means
 from fmri2img.embeddings.cache import load_embedding_set
@@ -219,6 +220,7 @@ def train_adapters(
     index = read_index(index_path)
     subject = str(index["subject"].iloc[0])
     decoder, base_meta = load_checkpoint(checkpoint, expected_decoder=model_type)
+    index = regions.for_checkpoint(index, base_meta)
     if base_meta.get("train_on", "perception") != "perception":
         raise MismatchError(f"Adapters sit on a perception-only decoder; {checkpoint} was trained "
                             f"'{base_meta.get('train_on')}'.")

@@ -22,6 +22,7 @@ from fmri2img.core.errors import InputError, MismatchError
 from fmri2img.core.files import ensure_dir, resolve_under, write_json, write_text
 from fmri2img.core.memo import Memo
 from fmri2img.core.vocab import MODE_TEST_SETS
+from fmri2img.data import regions
 from fmri2img.data.betas import load_betas
 from fmri2img.data.schema import read_index
 from fmri2img.data.stimuli import HDF5_REF_SEPARATOR, Stimulus, StimulusReader, is_hdf5_ref
@@ -193,6 +194,7 @@ def evaluate_checkpoint(
     index = read_index(index_path)
     subject = str(index["subject"].iloc[0])
     decoder, meta = load_checkpoint(checkpoint, expected_decoder=model_type)
+    index = regions.for_checkpoint(index, meta)
     embeddings = load_embedding_set(cache_root, meta["embedding_set"])
     adapter_meta = None
     folds = None

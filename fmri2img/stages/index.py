@@ -87,6 +87,6 @@ def run_index(subjects: Sequence[str], data_root: str | os.PathLike, cache_root:
             run.log_metrics({f"{name}.n_trials.{d}.{c}": int(n) for (d, c), n in counts.items()})
             summary = ", ".join(f"{d}/{c} {n}" for (d, c), n in counts.items())
             echo(f"{'Verified' if verify else 'Indexed'} {name}: {len(frame)} trials ({summary}) -> {path}; "
-                 f"beta cache {betas.cache_dir(cache_root, name)}")
+                 f"beta cache {betas.index_cache_dir(cache_root, frame)}")
             paths.append(path)
     return paths

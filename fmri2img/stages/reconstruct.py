@@ -26,6 +26,7 @@ from fmri2img.core.constants import DEFAULT_CACHE_ROOT, DEFAULT_EXPERIMENT
 from fmri2img.core.errors import ConfigError, InputError, MissingInputError
 from fmri2img.core.files import read_json, write_json
 from fmri2img.core.vocab import MODE_TEST_SETS
+from fmri2img.data import regions
 from fmri2img.data.predictions import IMAGES_DIR, check_ids, read_predictions, write_embeddings, write_image
 from fmri2img.data.schema import read_index
 from fmri2img.data.trials import test_set_rows
@@ -69,6 +70,7 @@ def decode_stimuli(index: pd.DataFrame, checkpoint: str | Path, test_sets: Seque
                    **predictor_args: Any) -> tuple[dict[str, tuple[list[str], np.ndarray]], dict[str, Any]]:
     """Per-stimulus mean predictions of each test set decoded from a checkpoint, and its metadata."""
     predictor, meta, folds = checkpoint_predictor(checkpoint, **predictor_args)
+    index = regions.for_checkpoint(index, meta)
     decoded = predict_test_sets(index, predictor, test_sets, cache_root, folds=folds, zscore=meta.get("zscore", True))
     return {name: stimulus_means(p.pred, p.rows) for name, p in decoded.items() if len(p.rows)}, meta
 

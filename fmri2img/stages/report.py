@@ -16,13 +16,24 @@ from fmri2img.core.tracking import log_artifacts_to_run
 from fmri2img.reporting.captions import caption, figure_specs
 from fmri2img.reporting.figures import COSINE_METRIC, DEFAULT_MAIN_METRIC
 from fmri2img.reporting.style import FORMAT_METADATA, FORMATS, PNG_DPI, check_formats, style_context
-from fmri2img.reporting.tables import RESULTS_TABLE, format_latex, format_markdown, read_results_table, summary_rows
+from fmri2img.reporting.region_report import REGION_FIGURE, plot_h1_by_region, region_caption
+from fmri2img.reporting.tables import (
+    RESULTS_TABLE,
+    format_latex,
+    format_markdown,
+    primary_region_rows,
+    read_results_table,
+    summary_rows,
+)
 
 #: Optional file of an ablation folder naming its MLflow run: {"run_id", "tracking_uri"}.
 MLFLOW_RUN_FILE = "mlflow_run.json"
 
 #: Artifact folder of the run that receives the figures (``figures/<ablation folder name>``).
 ARTIFACT_PATH = "figures"
+
+#: The hypotheses of a cross-subject summary folder (its ``regions`` entry draws the region figure).
+HYPOTHESES_FILE = "hypotheses.json"
 
 #: Names of the written files.
 CAPTIONS_FILE = "captions.md"
@@ -92,7 +103,8 @@ def make_figures(
     """
     ablation_dir = Path(ablation_dir)
     formats = check_formats(formats)
-    table = read_results_table(ablation_dir / RESULTS_TABLE)
+    # a study of several regions: the figures and tables show the primary one, h1_ratio_by_region all
+    table = primary_region_rows(read_results_table(ablation_dir / RESULTS_TABLE))
     output_dir = ensure_dir(output_dir)
 
     written: list[Path] = []
@@ -100,6 +112,11 @@ def make_figures(
     for spec in specs:
         written += save_figure(spec.plot(), output_dir / spec.name, formats)
     captions = "# Figure captions\n\n" + "\n".join(caption(s) for s in specs)  # = figure_captions()
+    hypotheses = ablation_dir / HYPOTHESES_FILE
+    regions = read_json(hypotheses).get("regions") if hypotheses.is_file() else None
+    if regions:
+        written += save_figure(plot_h1_by_region(regions), output_dir / REGION_FIGURE, formats)
+        captions += "\n" + region_caption(regions)
     written.append(write_text(output_dir / CAPTIONS_FILE, captions))
 
     rows, note = summary_rows(table)  # shared baselines once, under "Baselines"

@@ -41,6 +41,8 @@ from fmri2img.core.files import ensure_dir, plain_data, read_json, sha256_file
 from fmri2img.core.memo import Memo
 from fmri2img.core.provenance import package_versions
 from fmri2img.core.vocab import DECODERS, DEVICES, TRAIN_ON
+from fmri2img.data import regions
+from fmri2img.data.betas import region_info
 from fmri2img.data.schema import META_SPLIT_MANIFEST, read_index
 from fmri2img.data.trials import training_data
 from fmri2img.embeddings.cache import load_embedding_set
@@ -63,6 +65,9 @@ class TrainConfig:
     #: stopping, so that the stopping epoch also reflects imagery of unseen stimuli
     imagery_val_fraction: float = 0.25
     embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
+    #: the voxels decoded from (fmri2img.data.regions): a region name or union, and a selection in it
+    region: str = regions.DEFAULT_REGION
+    voxel_selection: str = regions.DEFAULT_SELECTION
     zscore: bool = True
     device: str = "cpu"
     epochs: int | None = None
@@ -71,12 +76,18 @@ class TrainConfig:
     seed: int = INIT_SEED
     decoder_params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # one spelling per region ('V3+V1' is 'V1+V3'), so equal regions share checkpoints and keys
+        object.__setattr__(self, "region", regions.parse_region(self.region))
+        object.__setattr__(self, "voxel_selection", str(self.voxel_selection).replace(" ", ""))
+
     def validate(self) -> None:
         for name, value, allowed in (("model", self.model, DECODERS), ("train_on", self.train_on, TRAIN_ON),
                                      ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise ConfigError(f"Invalid {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
         check_positive("imagery_weight", self.imagery_weight)
+        regions.parse_selection(self.voxel_selection)
         if not 0.0 <= self.imagery_val_fraction < 1.0:
             raise ConfigError(f"Invalid imagery_val_fraction={self.imagery_val_fraction!r}; expected 0 <= value < 1.")
         for name in TORCH_ONLY_OPTIONS:
@@ -135,9 +146,12 @@ def index_fingerprint(index_path: str | Path) -> dict[str, str | None]:
 
 
 def default_checkpoint_dir(config: TrainConfig, subject: str, root: str | Path = DEFAULT_CHECKPOINT_ROOT) -> Path:
-    """``checkpoints/<model>/<subject>`` (the roadmap's layout); mixed models get a sub-folder
-    per hold-out fold: ``checkpoints/<model>/<subject>/mixed/fold<k>``."""
+    """``checkpoints/<model>/<subject>`` (the roadmap's layout; another region than nsdgeneral, all
+    voxels, adds ``region-<tag>``); mixed models get a sub-folder per hold-out fold:
+    ``checkpoints/<model>/<subject>/mixed/fold<k>``."""
     path = Path(root) / config.model / subject
+    if tag := regions.tag(config.region, config.voxel_selection):
+        path = path / f"region-{tag}"
     if config.train_on == "mixed":
         path = path / "mixed" / f"fold{config.holdout_fold}"
     return path
@@ -166,13 +180,14 @@ def train_decoder(
     keeps the sessions' z-scoring statistics for later calls.
     """
     config.validate()
-    index = read_index(index_path)
+    index = regions.restrict(read_index(index_path), config.region, config.voxel_selection)
     subject = str(index["subject"].iloc[0])
     output_dir = ensure_dir(output_dir or default_checkpoint_dir(config, subject))
     embeddings = load_embedding_set(cache_root, config.embedding_set)
     params = {"stage": "train", "index": str(index_path), "subject": subject, "output_dir": str(output_dir),
               "config": dataclasses.asdict(config)}
-    tags = {"subject": subject, "decoder": config.model, "train_on": config.train_on, **(run_tags or {})}
+    tags = {"subject": subject, "decoder": config.model, "train_on": config.train_on, "region": config.region,
+            **(run_tags or {})}
     opened = tracking.run("train", params, tracking_uri=tracking_uri, experiment=experiment,
                           run_name=f"train-{config.model}-{subject}-{config.train_on}", tags=tags,
                           parent=parent_run) if track else contextlib.nullcontext(tracking.NULL_RUN)
@@ -194,6 +209,9 @@ def train_decoder(
             "decoder": config.model,
             "params": plain_data(decoder.get_params()),
             "n_voxels": int(train.X.shape[1]),
+            "region": config.region,
+            "voxel_selection": config.voxel_selection,
+            "region_info": region_info(index, cache_root),
             "dim": int(train.Y.shape[1]),
             "embedding_set": config.embedding_set,
             **index_fingerprint(index_path),

@@ -58,6 +58,7 @@ def history_curves(history: Sequence[Mapping[str, Any]], prefix: str) -> dict[st
 def cell_params(config: AblationConfig, cell: Cell, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The params of a cell's run: what differs between cells (``None``: does not apply, left out)."""
     params: dict[str, Any] = {"subject": cell.subject, "decoder": cell.decoder, "configuration": cell.configuration,
+                              "region": cell.region, "voxel_selection": cell.voxel_selection,
                               "embedding_set": meta.get("embedding_set"), "n_voxels": meta.get("n_voxels"),
                               "imagery_weight": config.imagery_weight if cell.configuration == "mixed" else None}
     params.update({f"decoder.{k}": v for k, v in sorted(meta.get("params", {}).items()) if k not in RUN_ONLY_PARAMS})
@@ -97,7 +98,7 @@ def log_cell_run(config: AblationConfig, cell: Cell, *, parent_run_id: str, trac
     metrics = flat_metrics(result.table, cell.configuration)
     metrics.update({k: float(v) for k, v in work.extra.items() if isinstance(v, (int, float))})
     intervals = {k: v for k, v in table_intervals(result.table, cell.configuration).items() if k in metrics}
-    name = f"{cell.subject}/{cell.decoder}/{cell.configuration}"
+    name = f"{cell.subject}/{cell.decoder}/{cell.configuration}" + (f"/{cell.tag}" if cell.tag else "")
     with tempfile.TemporaryDirectory() as tmp:
         figure = save_figure(plot_cell(result.table, cell.configuration, work.curves, name), Path(tmp) / "cell", formats=("png",))
         log = tracking_layout.CellLog(
@@ -106,7 +107,9 @@ def log_cell_run(config: AblationConfig, cell: Cell, *, parent_run_id: str, trac
             artifacts={"eval": sorted(p for p in eval_dir.iterdir() if p.is_file()), **work.artifacts},
             datasets=cell_datasets(index, index_file, config.manifest_dir), models=work.models,
             start_time=start_time, end_time=end_time,
+            tags={"region": cell.region, "voxel_selection": cell.voxel_selection},
             description=(f"Cell **{name}**: decoder `{cell.decoder}` in configuration `{cell.configuration}` "
-                         f"for {cell.subject}. Metrics are on the held-out test sets with 95% bootstrap "
+                         f"for {cell.subject}, region `{cell.region}` ({cell.voxel_selection} voxels). "
+                         "Metrics are on the held-out test sets with 95% bootstrap "
                          "intervals (`*_ci_low`, `*_ci_high`); curves `<model>/<metric>` per epoch."))
         return tracking_layout.log_cell(parent.client, parent.experiment_id, parent_run_id, log)

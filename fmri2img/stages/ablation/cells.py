@@ -17,6 +17,7 @@ from fmri2img.core.errors import ConfigError, MissingInputError
 from fmri2img.core.files import read_json, sha256_file, sha256_json, write_json
 from fmri2img.core.memo import Memo
 from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONDITION_IDS
+from fmri2img.data import regions
 from fmri2img.data.betas import load_betas
 from fmri2img.data.index import build_index
 from fmri2img.data.schema import read_index
@@ -35,6 +36,7 @@ from fmri2img.stages.ablation.matrix import (
     cell_dir,
     code_sha256,
     index_path,
+    mixed_checkpoint_dir,
     train_config,
 )
 from fmri2img.stages.adapt import train_adapters
@@ -87,17 +89,17 @@ def ensure_embeddings(config: AblationConfig) -> dict[str, Any]:
     return {"tag": config.embedding_set, "sha256": sha256_file(folder / "embeddings.npy")}
 
 
-def ensure_base_checkpoint(config: AblationConfig, subject: str, decoder: str, fingerprint: dict[str, Any],
+def ensure_base_checkpoint(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any],
                            parent_run, force: bool, progress: bool, memo: Memo | None = None) -> Path:
-    """Train (or reuse) the perception-only checkpoint of ``decoder`` for ``subject``."""
-    cfg = train_config(config, decoder)
+    """Train (or reuse) the perception-only checkpoint of the cell's decoder, subject and region."""
+    cfg = train_config(config, cell)
     key = sha256_json({"train": dataclasses.asdict(cfg), "inputs": fingerprint, "code": code_sha256()})
-    out = base_checkpoint_dir(config, subject, decoder)
+    out = base_checkpoint_dir(config, cell)
     meta_path = out / "metadata.json"
     if not force and meta_path.is_file() and (out / "best.pt").is_file():
         if read_json(meta_path).get("ablation_key") == key:
             return out / "best.pt"
-    result = train_decoder(index_path(config, subject), out, cfg, cache_root=config.cache_root,
+    result = train_decoder(index_path(config, cell.subject), out, cfg, cache_root=config.cache_root,
                            tracking_uri=parent_run.tracking_uri, parent_run=parent_run, progress=progress,
                            extra_metadata={"ablation_key": key}, memo=memo,
                            run_tags={tracking_layout.ROLE_TAG: ROLE_CHECKPOINT})
@@ -122,10 +124,10 @@ def run_cell(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any], pa
 
 def cell_key(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any]) -> str:
     """What a cell's results depend on: config, inputs, code and its perception-only checkpoint."""
-    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    base_ckpt = base_checkpoint_dir(config, cell) / WEIGHTS_FILE
     key_parts = {"cell": dataclasses.asdict(cell), "inputs": fingerprint, "code": code_sha256(),
                  "mode": config.mode, "eval": dataclasses.asdict(config.eval), "folds": config.folds,
-                 "train": dataclasses.asdict(train_config(config, cell.decoder)),
+                 "train": dataclasses.asdict(train_config(config, cell)),
                  "base_checkpoint": read_json(base_ckpt.parent / METADATA_FILE).get("weights_sha256")}
     if cell.configuration == "mixed":
         key_parts["imagery_weight"] = config.imagery_weight
@@ -138,9 +140,8 @@ def _mixed_predictor(config, cell, index, example, progress, memo) -> tuple[Pred
     """One model per held-out imagery fold (H2), each trained on the other folds' imagery too."""
     fold_models, work, seconds = {}, CellWork(), 0.0
     for fold in imagery_folds(index):
-        cfg = train_config(config, cell.decoder, train_on="mixed", holdout_fold=fold,
-                           imagery_weight=config.imagery_weight)
-        out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
+        cfg = train_config(config, cell, train_on="mixed", holdout_fold=fold, imagery_weight=config.imagery_weight)
+        out = mixed_checkpoint_dir(config, cell, fold)
         result = train_decoder(index_path(config, cell.subject), out, cfg, cache_root=config.cache_root,
                                progress=progress, memo=memo, track=False)
         fold_model, _ = load_checkpoint(result.checkpoint, expected_decoder=cell.decoder)
@@ -155,7 +156,7 @@ def _mixed_predictor(config, cell, index, example, progress, memo) -> tuple[Pred
 
 def _adapter_predictor(config, cell, decoder, example, progress, memo) -> tuple[Predictor, CellWork]:
     """Per-fold adapters (or fine-tuned copies) on the perception-only checkpoint (H3)."""
-    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    base_ckpt = base_checkpoint_dir(config, cell) / WEIGHTS_FILE
     kind, cond = ADAPTER_CONFIGURATIONS[cell.configuration]
     acfg = dataclasses.replace(config.adapt, adapter=kind, condition=cond, device=config.device)
     result = train_adapters(index_path(config, cell.subject), base_ckpt, adapter_dir(config, cell), acfg,
@@ -189,9 +190,10 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
         if record.get("key") == key:
             return {**record, "skipped": True}
     started, start = time.time(), time.perf_counter()
-    base_ckpt = base_checkpoint_dir(config, cell.subject, cell.decoder) / WEIGHTS_FILE
+    base_ckpt = base_checkpoint_dir(config, cell) / WEIGHTS_FILE
     index = read_index(index_path(config, cell.subject))
     decoder, meta = load_checkpoint(base_ckpt, expected_decoder=cell.decoder)
+    index = regions.for_checkpoint(index, meta)
     embeddings = load_embedding_set(config.cache_root, meta["embedding_set"])
     example = load_betas(index, config.cache_root, rows=np.arange(EXAMPLE_ROWS), zscore=meta.get("zscore", True),
                          memo=memo)
@@ -219,6 +221,7 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
                           eval_dir=out, start_time=started, end_time=ended)
     extra = {k: v for k, v in work.extra.items() if "/" not in k}
     record = {"cell": dataclasses.asdict(cell), "key": key, "mlflow_run_id": run_id,
-              "seconds": seconds, "commands": cell_commands(config, cell), **extra}
+              "seconds": seconds, "commands": cell_commands(config, cell), "region_info": meta.get("region_info"),
+              **extra}
     write_json(marker, record)
     return {**record, "skipped": False}

@@ -24,7 +24,14 @@ from fmri2img.core.executors import LocalExecutor, TaskExecutor
 from fmri2img.core.files import ensure_dir, write_json
 from fmri2img.core.logs import get_logger, stage_log
 from fmri2img.stages.ablation.cells import ensure_inputs
-from fmri2img.stages.ablation.matrix import AblationConfig, Cell, subject_dir, write_stage_configs
+from fmri2img.stages.ablation.matrix import (
+    AblationConfig,
+    Cell,
+    base_cells,
+    matrix_cells,
+    subject_dir,
+    write_stage_configs,
+)
 from fmri2img.stages.ablation.study_log import finish_study_run, start_study_run
 from fmri2img.stages.ablation.summary import collect_subject, write_summary
 from fmri2img.stages.ablation.workers import (
@@ -63,10 +70,9 @@ def _in_this_process(executor: TaskExecutor) -> bool:
 def _run_matrix(config: AblationConfig, executor: TaskExecutor, run, fingerprints, force: bool, progress: bool,
                 log) -> list[dict[str, Any]]:
     """The perception-only checkpoints, then the cells (longest first); records in matrix order."""
-    cells = [Cell(s, d, c) for s in config.subjects for d in config.decoders for c in config.configurations]
+    cells = matrix_cells(config)
     bars = progress and _in_this_process(executor)  # a worker's bar would interleave with the others'
-    bases = [(config, s, d, fingerprints[s], run.run_id, run.tracking_uri, force, bars)
-             for s in config.subjects for d in config.decoders]
+    bases = [(config, c, fingerprints[c.subject], run.run_id, run.tracking_uri, force, bars) for c in base_cells(config)]
     for path in executor.map(task(executor, base_checkpoint_task, run.tracking_uri), bases):
         interrupts.check()
         log.info("perception-only checkpoint %s", path)
@@ -77,8 +83,8 @@ def _run_matrix(config: AblationConfig, executor: TaskExecutor, run, fingerprint
     for rec in executor.map(task(executor, run_cell_task, run.tracking_uri), args):
         interrupts.check()
         records.append(rec)
-        log.info("cell %s/%s__%s %s", rec["cell"]["subject"], rec["cell"]["decoder"],
-                 rec["cell"]["configuration"], "reused" if rec["skipped"] else "done")
+        log.info("cell %s/%s %s", rec["cell"]["subject"], Cell(**rec["cell"]).name,
+                 "reused" if rec["skipped"] else "done")
         bar.update()
     bar.close()
     records.sort(key=lambda r: cells.index(Cell(**r["cell"])))
@@ -157,8 +163,9 @@ def run_ablation(
             "ablate", params, tracking_uri=tracking_uri, experiment=experiment, run_name="ablation",
             tags={"n_orphaned_runs_marked": len(orphans)}) as run:
         start_study_run(run)
-        log.info("ablation run %s: %d subjects x %d decoders x %d configurations on %s; %d orphaned runs marked "
-                 "KILLED", run.run_id, len(config.subjects), len(config.decoders), len(config.configurations),
+        log.info("ablation run %s: %d subjects x %d regions x %d decoders x %d configurations on %s; %d orphaned "
+                 "runs marked KILLED", run.run_id, len(config.subjects), len(config.regions), len(config.decoders),
+                 len(config.configurations),
                  "Slurm" if config.executor == "slurm" else f"{jobs} local worker(s)", len(orphans))
         write_json(Path(config.output_root) / MLFLOW_RUN_FILE, {"run_id": run.run_id, "tracking_uri": run.tracking_uri})
         start_worker_server(jobs if config.executor == "local" else 1)

@@ -26,7 +26,9 @@ from fmri2img.core.constants import (
 from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import SlurmResources
 from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS, EXECUTORS, MODES
+from fmri2img.data import regions
 from fmri2img.data.nsd_constants import subject_number
+from fmri2img.data.regions import DEFAULT_REGION, DEFAULT_SELECTION
 from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.stages.adapt import AdaptConfig
 from fmri2img.stages.train import TrainConfig
@@ -63,6 +65,8 @@ class AblationConfig:
     output_root: str = "outputs/imagery_ablations"
     log_dir: str = "outputs/logs/imagery"
     embedding_set: str = SYNTHETIC_TRUTH_EMBEDDINGS
+    regions: tuple[str, ...] = (DEFAULT_REGION,)  # an axis: every cell once per region (docs/regions.md)
+    voxel_selection: str = DEFAULT_SELECTION  # within every region: all, ncsnr>=T or top-K
     synthesize: bool = True
     synth_seed: int | None = None
     synth_imagery_strength: float | None = DEMO_IMAGERY_STRENGTH  # the synthetic world's (None: the generator's)
@@ -91,6 +95,12 @@ class AblationConfig:
         unknown = sorted(set(self.decoder_params) - set(DECODERS))
         if unknown:
             raise ConfigError(f"decoder_params: unknown decoder {unknown[0]!r}; allowed: {', '.join(DECODERS)}.")
+        if not self.regions:
+            raise ConfigError("regions: expected at least one region, e.g. [nsdgeneral].")
+        canonical = [regions.parse_region(r) for r in self.regions]
+        if len(set(canonical)) < len(canonical):
+            raise ConfigError(f"regions: {list(self.regions)} names a region twice; expected distinct regions.")
+        regions.parse_selection(self.voxel_selection)
         if self.mode not in MODES:
             raise ConfigError(f"Invalid mode {self.mode!r}; choose one of {', '.join(map(repr, MODES))}.")
         if self.folds < 2:
@@ -108,10 +118,28 @@ class Cell:
     subject: str
     decoder: str
     configuration: str
+    region: str = DEFAULT_REGION
+    voxel_selection: str = DEFAULT_SELECTION
+
+    @property
+    def tag(self) -> str:
+        """Folder-safe region and selection; empty for nsdgeneral, all voxels."""
+        return regions.tag(self.region, self.voxel_selection)
 
     @property
     def name(self) -> str:
-        return f"{self.decoder}__{self.configuration}"
+        return f"{self.decoder}__{self.configuration}" + (f"__{self.tag}" if self.tag else "")
+
+
+def matrix_cells(config: AblationConfig) -> list[Cell]:
+    """Every cell of the matrix in its order: subject, region, decoder, configuration."""
+    return [Cell(s, d, c, regions.parse_region(r), config.voxel_selection) for s in config.subjects
+            for r in config.regions for d in config.decoders for c in config.configurations]
+
+
+def base_cells(config: AblationConfig) -> list[Cell]:
+    """One cell per perception-only checkpoint (subject, region, decoder)."""
+    return [c for c in matrix_cells(config) if c.configuration == config.configurations[0]]
 
 
 def code_sha256() -> str:
@@ -132,8 +160,14 @@ def index_path(config: AblationConfig, subject: str) -> Path:
     return Path(config.index_dir) / f"{subject}.parquet"
 
 
-def base_checkpoint_dir(config: AblationConfig, subject: str, decoder: str) -> Path:
-    return Path(config.checkpoint_root) / decoder / subject
+def base_checkpoint_dir(config: AblationConfig, cell: Cell) -> Path:
+    """``<checkpoint_root>/<decoder>/<subject>[/region-<tag>]``: the perception-only checkpoint of a cell."""
+    path = Path(config.checkpoint_root) / cell.decoder / cell.subject
+    return path / f"region-{cell.tag}" if cell.tag else path
+
+
+def mixed_checkpoint_dir(config: AblationConfig, cell: Cell, fold: int) -> Path:
+    return base_checkpoint_dir(config, cell) / "mixed" / f"fold{fold}"
 
 
 def cell_dir(config: AblationConfig, cell: Cell) -> Path:
@@ -141,13 +175,18 @@ def cell_dir(config: AblationConfig, cell: Cell) -> Path:
 
 
 def adapter_dir(config: AblationConfig, cell: Cell) -> Path:
-    return subject_dir(config, cell.subject) / "adapters" / cell.decoder / cell.configuration
+    path = subject_dir(config, cell.subject) / "adapters" / cell.decoder
+    return (path / f"region-{cell.tag}" if cell.tag else path) / cell.configuration
 
 
-def train_config(config: AblationConfig, decoder: str, **extra: Any) -> TrainConfig:
-    """The :class:`~fmri2img.stages.train.TrainConfig` of ``decoder`` in the matrix."""
+def train_config(config: AblationConfig, cell: Cell | None = None, *, decoder: str | None = None,
+                 **extra: Any) -> TrainConfig:
+    """The :class:`~fmri2img.stages.train.TrainConfig` of a cell's decoder and region in the matrix
+    (or of ``decoder`` on nsdgeneral, all voxels: the stage configs of :func:`write_stage_configs`)."""
+    decoder = cell.decoder if cell is not None else decoder
+    where = {"region": cell.region, "voxel_selection": cell.voxel_selection} if cell is not None else {}
     return TrainConfig(model=decoder, embedding_set=config.embedding_set, device=config.device, seed=config.seed,
-                       decoder_params=dict(config.decoder_params.get(decoder, {})), **extra)
+                       decoder_params=dict(config.decoder_params.get(decoder, {})), **where, **extra)
 
 
 def stage_config_paths(config: AblationConfig) -> dict[str, Path]:
@@ -167,7 +206,7 @@ def write_stage_configs(config: AblationConfig) -> dict[str, Path]:
     save_config(config.eval, paths["eval"])
     save_config(dataclasses.replace(config.adapt, device=config.device), paths["adapt"])
     for decoder in config.decoders:
-        save_config(train_config(config, decoder), paths[f"train_{decoder}"])
+        save_config(train_config(config, decoder=decoder), paths[f"train_{decoder}"])
     return paths
 
 
@@ -175,7 +214,7 @@ def cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
     """The exact CLI commands that reproduce ``cell`` one stage at a time (the stage configs
     are the files of :func:`write_stage_configs`)."""
     idx = str(index_path(config, cell.subject))
-    base = str(base_checkpoint_dir(config, cell.subject, cell.decoder) / "best.pt")
+    base = str(base_checkpoint_dir(config, cell) / "best.pt")
     common = f"--cache-root {config.cache_root}"
     ev = str(cell_dir(config, cell))
     paths = stage_config_paths(config)
@@ -183,18 +222,20 @@ def cell_commands(config: AblationConfig, cell: Cell) -> list[str]:
             f"--folds {config.folds} --manifest-dir {config.manifest_dir}"]
     train = (f"fmri2img train --config {paths[f'train_{cell.decoder}']} --index {idx} --model {cell.decoder} "
              f"--embeddings {config.embedding_set} {common}")
+    if cell.tag:
+        train += f" --region {cell.region} --voxel-selection '{cell.voxel_selection}'"
     evaluate = f"--mode {config.mode} --split test --config {paths['eval']}"
     if cell.configuration == "mixed":
         cmds.append("# the ablation scores the fold models together (each on its held-out fold's imagery stimuli, "
                     "shared1000 dealt round-robin); `eval` on one fold's checkpoint scores that fold alone")
         for fold in range(config.folds):
-            out = Path(config.checkpoint_root) / cell.decoder / cell.subject / "mixed" / f"fold{fold}"
+            out = mixed_checkpoint_dir(config, cell, fold)
             cmds.append(f"{train} --train-on mixed --holdout-fold {fold} --imagery-weight {config.imagery_weight} "
                         f"--output-dir {out}")
             cmds.append(f"fmri2img eval --index {idx} --checkpoint {out}/best.pt --model-type {cell.decoder} "
                         f"{evaluate} --output-dir {ev}/fold{fold} {common}")
         return cmds
-    cmds.append(f"{train} --output-dir {base_checkpoint_dir(config, cell.subject, cell.decoder)}")
+    cmds.append(f"{train} --output-dir {base_checkpoint_dir(config, cell)}")
     if cell.configuration == "perception_only":
         cmds.append(f"fmri2img eval --index {idx} --checkpoint {base} --model-type {cell.decoder} "
                     f"{evaluate} --output-dir {ev} {common}")

@@ -7,25 +7,35 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from fmri2img.core.files import ensure_dir, read_json, write_json, write_text
+from fmri2img.core.files import ensure_dir, load_npy, read_json, write_json, write_text
 from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
+from fmri2img.data.betas import index_cache_dir, region_columns, voxel_table
+from fmri2img.data.nsd_constants import NSDGENERAL_INSIDE
+from fmri2img.data.regions import DEFAULT_REGION, parse_region, restrict
+from fmri2img.data.schema import read_index
 from fmri2img.evaluation.group import SCORE_COLUMNS
 from fmri2img.reporting.hypotheses import decide_hypotheses
+from fmri2img.reporting.region_report import region_comparison
 from fmri2img.reporting.verdicts import render_markdown
-from fmri2img.stages.ablation.matrix import AblationConfig, Cell, cell_dir, subject_dir
+from fmri2img.stages.ablation.matrix import AblationConfig, Cell, cell_dir, index_path, subject_dir
 
 
 def collect_subject(config: AblationConfig, subject: str, records: list[dict[str, Any]]) -> pd.DataFrame:
     """Write the subject's results_table.csv/.md, metrics_all.json and commands.txt."""
     sdir = subject_dir(config, subject)
     frames, metrics_all, timings, commands = [], {}, {}, []
-    for rec in sorted(records, key=lambda r: (DECODERS.index(r["cell"]["decoder"]),
+    regions_order = [parse_region(r) for r in config.regions]
+    for rec in sorted(records, key=lambda r: (regions_order.index(r["cell"].get("region", DEFAULT_REGION)),
+                                              DECODERS.index(r["cell"]["decoder"]),
                                               CONFIGURATIONS.index(r["cell"]["configuration"]))):
         cell = Cell(**rec["cell"])
         cdir = cell_dir(config, cell)
         table = pd.read_csv(cdir / "results_table.csv")
+        table.insert(list(table.columns).index("configuration") + 1, "region", cell.region)
+        table.insert(list(table.columns).index("region") + 1, "voxel_selection", cell.voxel_selection)
         frames.append(table)
         metrics_all[cell.name] = read_json(cdir / "metrics.json")
         timings[cell.name] = {"cell_seconds": rec.get("seconds"), "train_seconds_total": rec.get("train_seconds_total"),
@@ -37,7 +47,9 @@ def collect_subject(config: AblationConfig, subject: str, records: list[dict[str
         commands.append("")
     table = pd.concat(frames, ignore_index=True)
     is_base = table["configuration"].str.startswith("baseline_")
+    # baselines do not read the brain: one copy, under no region
     baselines = table[is_base].drop_duplicates(["test_set", "configuration", "stimulus_type", "metric"])
+    baselines = baselines.assign(region="", voxel_selection="")
     table = pd.concat([table[~is_base], baselines], ignore_index=True)
     write_text(sdir / "results_table.csv", table.to_csv(index=False))
     write_text(sdir / "results_table.md", markdown_table(table))
@@ -89,9 +101,16 @@ def write_summary(config: AblationConfig, tables: list[pd.DataFrame], records: l
     truth_path = Path(config.data_root) / "truth" / "params.json"
     truth = read_json(truth_path) if truth_path.is_file() else None
     truth_table = read_json(Path(config.truth_table)) if truth is not None and config.truth_table else None
-    report = decide_hypotheses(per_stimulus_scores(config, records), records, subjects=list(config.subjects),
+    scores, primary = per_stimulus_scores(config, records), primary_region(config)
+    in_primary = [r for r in records if r["cell"].get("region", DEFAULT_REGION) == primary]
+    report = decide_hypotheses(scores[scores["region"] == primary], in_primary, subjects=list(config.subjects),
                                decoders=list(config.decoders), truth=truth,
                                truth_table=matching_truth(truth_table, truth))
+    report["region"] = {"name": primary, "voxel_selection": config.voxel_selection}
+    if len(config.regions) > 1:
+        names = [parse_region(r) for r in config.regions]
+        report["regions"] = region_comparison(scores, list(config.decoders), names, region_infos(records),
+                                              planted_region_gains(config, names))
     write_json(summary_dir / "hypotheses.json", report)
     write_text(summary_dir / "report.md", render_markdown(report))
     return summary_dir, report
@@ -106,8 +125,44 @@ def per_stimulus_scores(config: AblationConfig, records: list[dict[str, Any]]) -
         frame = pd.read_csv(cell_dir(config, cell) / "per_stimulus.csv")
         if "cosine_matched" in frame.columns:
             frame["cosine"] = frame["cosine_matched"].where(frame["cosine_matched"].notna(), frame["cosine"])
-        frames.append(frame.assign(subject=cell.subject, decoder=cell.decoder))
-    return pd.concat(frames, ignore_index=True)[list(SCORE_COLUMNS)] if frames else pd.DataFrame()
+        frames.append(frame.assign(subject=cell.subject, decoder=cell.decoder, region=cell.region))
+    return pd.concat(frames, ignore_index=True)[[*SCORE_COLUMNS, "region"]] if frames else pd.DataFrame()
+
+
+def primary_region(config: AblationConfig) -> str:
+    """The region H1-H3 are decided on: nsdgeneral when the study has it, else its first region."""
+    names = [parse_region(r) for r in config.regions]
+    return DEFAULT_REGION if DEFAULT_REGION in names else names[0]
+
+
+def region_infos(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{region: {subject: region_info}}`` from the cells' records (voxel counts, ncsnr, noise ceilings)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("region_info"):
+            out.setdefault(rec["cell"].get("region", DEFAULT_REGION), {})[rec["cell"]["subject"]] = rec["region_info"]
+    return out
+
+
+def planted_region_gains(config: AblationConfig, names: list[str]) -> dict[str, float] | None:
+    """Synthetic world: each region's planted imagery gain (mean over its selected voxels and the
+    subjects of ``truth/imagery_gain_<subject>.npy``, rows = nsdgeneral voxels); None elsewhere."""
+    truth = Path(config.data_root) / "truth"
+    files = {s: truth / f"imagery_gain_{s}.npy" for s in config.subjects}
+    if not all(f.is_file() for f in files.values()):
+        return None
+    gains: dict[str, list[float]] = {name: [] for name in names}
+    for subject, path in files.items():
+        index = read_index(index_path(config, subject))
+        folder = index_cache_dir(config.cache_root, index)
+        table, valid = voxel_table(folder), load_npy(folder / "valid.npy")
+        nsdgeneral = table.labels[:, 0] == NSDGENERAL_INSIDE
+        per_voxel = np.full(len(table.labels), np.nan)
+        per_voxel[nsdgeneral] = load_npy(path)
+        for name in names:
+            columns = region_columns(restrict(index, name, config.voxel_selection), folder, valid)
+            gains[name].append(float(np.nanmean(per_voxel[columns])))
+    return {name: float(np.mean(values)) for name, values in gains.items()}
 
 
 def matching_truth(table: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:

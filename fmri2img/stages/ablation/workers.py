@@ -83,11 +83,10 @@ def run_cell_task(args) -> dict[str, Any]:
 
 def base_checkpoint_task(args) -> str:
     """One perception-only checkpoint, logged as a child of the ablation run."""
-    config, subject, decoder, fingerprint, parent_run_id, tracking_uri, force, progress = args
+    config, cell, fingerprint, parent_run_id, tracking_uri, force, progress = args
     parent = tracking.attach(parent_run_id, tracking_uri)
     with threadpool_limits(limits=TASK_THREADS):
-        return str(ensure_base_checkpoint(config, subject, decoder, fingerprint, parent, force, progress,
-                                          memo=WORKER_MEMO))
+        return str(ensure_base_checkpoint(config, cell, fingerprint, parent, force, progress, memo=WORKER_MEMO))
 
 
 def figures_task(folder: str) -> str:
