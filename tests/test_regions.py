@@ -8,22 +8,29 @@ against values computed directly from the files.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from _world import TINY
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
 from fmri2img.core.errors import ConfigError, InputError, MismatchError, MissingInputError
-from fmri2img.data import betas, nsd_constants, regions
+from fmri2img.data import betas, nsd, nsd_constants, regions
 from fmri2img.data.index import build_index
 from fmri2img.data.schema import read_index
 from fmri2img.embeddings.cache import synthetic_truth_set
+from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.sim.formats import write_nifti
 from fmri2img.sim.world import WorldShape, write_world
+from fmri2img.stages.ablation.executor import run_ablation
+from fmri2img.stages.ablation.matrix import AblationConfig
 
 SUBJ = "subj01"
 runner = CliRunner()
@@ -249,3 +256,50 @@ def test_cli_rejects_an_unknown_region_in_one_line(world, tmp_path):
     lines = [line for line in result.output.strip().splitlines() if line]
     assert len(lines) == 1 and "Unknown region 'V7'" in lines[0] and "ventral" in lines[0]
     assert not (tmp_path / "c").exists()
+
+
+# ----------------------------------------------------------------------------- the ablation's region axis
+
+
+def test_ablation_region_axis_and_adding_a_region(world, tmp_path, tracking_uri, monkeypatch):
+    """Cells per region with their own folders, keys, MLflow tags and table rows; the report compares
+    the regions and the figure shows them; adding a region reruns only its cells and reads no beta file."""
+    cfg = AblationConfig(
+        subjects=(SUBJ,), decoders=("ridge",), configurations=("perception_only",), regions=("nsdgeneral",),
+        data_root=str(world["data"]), cache_root=str(world["cache"]), index_dir=str(tmp_path / "indices"),
+        manifest_dir=str(world["root"] / "manifests"), checkpoint_root=str(tmp_path / "ckpt"),
+        output_root=str(tmp_path / "out"), log_dir=str(tmp_path / "logs"), synthesize=False,
+        eval=EvalOptions(n_boot=50, n_perm=50), figures=False)
+    first = run_ablation(cfg, jobs=1, tracking_uri=tracking_uri, progress=False)
+    assert [r["skipped"] for r in first.records] == [False]
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a beta file was read again")
+
+    monkeypatch.setattr(nsd, "read_masked_betas", no_reading)
+    wider = dataclasses.replace(cfg, regions=("V3+V2+V1", "ventral", "nsdgeneral"), figures=True)
+    result = run_ablation(wider, jobs=1, tracking_uri=tracking_uri, progress=False)
+    by_region = {r["cell"]["region"]: r for r in result.records}
+    assert sorted(by_region) == ["V1+V2+V3", "nsdgeneral", "ventral"]
+    assert by_region["nsdgeneral"]["skipped"] and not by_region["ventral"]["skipped"]
+    assert not by_region["V1+V2+V3"]["skipped"]
+    sdir = tmp_path / "out" / SUBJ
+    assert (sdir / "eval" / "ridge__perception_only__ventral" / "metrics.json").is_file()
+    assert (tmp_path / "ckpt" / "ridge" / SUBJ / "region-V1+V2+V3" / "best.pt").is_file()
+    counts = {r: by_region[r]["region_info"]["n_voxels"] for r in by_region}
+    assert counts["V1+V2+V3"] == int(np.isin(world["visual"], range(1, 7)).sum())
+    assert counts["ventral"] == int((world["streams"] == 5).sum())
+    table = pd.read_csv(sdir / "results_table.csv", keep_default_na=False)
+    assert set(table.loc[~table["configuration"].str.startswith("baseline_"), "region"]) == set(by_region)
+    hyp = json.loads((tmp_path / "out" / "summary" / "hypotheses.json").read_text())
+    assert hyp["region"]["name"] == "nsdgeneral"
+    comparison = hyp["regions"]["decoders"]["ridge"]
+    assert set(comparison["h1_ratio"]) == set(by_region) and comparison["largest"] in by_region
+    est = {r: comparison["h1_ratio"][r]["population"]["estimate"] for r in by_region}
+    assert comparison["largest"] == max(est, key=est.get)
+    report = (tmp_path / "out" / "summary" / "report.md").read_text()
+    assert "## Regions: where does imagery transfer?" in report and "imagery transfer is largest in" in report
+    assert (tmp_path / "out" / "summary" / "figures" / "h1_ratio_by_region.png").is_file()
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(by_region["ventral"]["mlflow_run_id"])
+    assert run.data.tags["region"] == "ventral" and run.data.params["region"] == "ventral"

@@ -20,6 +20,9 @@ def command(
     subject: list[str] = typer.Option(None, "--subject", help="Subjects (repeatable); default: the config's."),
     decoder: list[str] = typer.Option(None, "--decoder", help="Decoders (repeatable); default: the config's."),
     configuration: list[str] = typer.Option(None, "--configuration", help="Configurations (repeatable)."),
+    region: list[str] = typer.Option(None, "--region", help="Regions (repeatable), e.g. V1+V2+V3, ventral, "
+                                     "nsdgeneral; default: the config's (docs/regions.md)."),
+    voxel_selection: str = typer.Option(None, "--voxel-selection", help="Within every region: all, ncsnr>=T or top-K."),
     data_root: str = typer.Option(None, "--data-root", help="NSD release or synthetic world root."),
     output_root: str = typer.Option(None, "--output-dir", help="Default: outputs/imagery_ablations."),
     executor: Executor = typer.Option(None, "--executor", help="Where the cells run: local (a process pool) or "
@@ -38,6 +41,7 @@ def command(
     base = load_config(AblationConfig, config) if config.exists() or config != DEFAULT_CONFIG else AblationConfig()
     cfg = override(base, subjects=tuple(subject) if subject else None, decoders=tuple(decoder) if decoder else None,
                    configurations=tuple(configuration) if configuration else None, data_root=data_root,
+                   regions=tuple(region) if region else None, voxel_selection=voxel_selection,
                    output_root=output_root, figures=False if no_figures else None,
                    executor=executor.value if executor else None)
     result = run_ablation(cfg, jobs=jobs, force=force, tracking_uri=tracking_uri, experiment=experiment)
