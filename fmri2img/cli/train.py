@@ -25,7 +25,8 @@ def command(
     imagery_val_fraction: float = typer.Option(
         None, "--imagery-val-fraction",
         help="Mixed: share of the training folds' imagery stimuli held out for early stopping (default 0.25)."),
-    output_dir: Path = typer.Option(None, "--output-dir", help="Default: checkpoints/<model>/<subject>."),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Default: checkpoints/<model>/<subject> "
+                                    "(another region or selection: .../region-<tag>)."),
     embeddings: str = typer.Option(None, "--embeddings", help="Embedding set tag (default: synthetic-truth)."),
     region: str = typer.Option(
         None, "--region", help="Voxels to decode from: nsdgeneral (default), V1, V2, V3, hV4, early, midventral, "
