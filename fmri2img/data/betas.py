@@ -236,7 +236,12 @@ def voxel_table(folder: str | os.PathLike) -> regions.VoxelTable:
     names = {atlas: {int(code): name for code, name in table.items()}
              for atlas, table in meta.get("label_names", {}).items()}
     ncsnr = load_npy(folder / "ncsnr.npy") if "ncsnr" in meta.get("roi_files", {}) else None
-    return regions.VoxelTable(labels=load_npy(folder / "labels.npy"), ncsnr=ncsnr, names=names, source=str(folder))
+    if (folder / "labels.npy").is_file():
+        labels = load_npy(folder / "labels.npy")
+    else:  # a cache written by hand (docs/nsd_data.md): nsdgeneral voxels, no atlas
+        labels = np.full((int(meta["n_voxels"]), len(regions.LABEL_COLUMNS)), regions.ABSENT_LABEL, dtype=np.int16)
+        labels[:, 0] = nsd_constants.NSDGENERAL_INSIDE
+    return regions.VoxelTable(labels=labels, ncsnr=ncsnr, names=names, source=str(folder))
 
 
 def _build_files(todo: Sequence[str], data_root, folder: Path, voxels: np.ndarray, sources: dict[str, str],
