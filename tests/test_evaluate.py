@@ -252,3 +252,24 @@ def test_a_full_memo_evicting_entries_does_not_lose_this_calls_intervals(world):
     again = score(preds, truth, mean, subject="s", decoder="ridge", configuration="perception_only", options=_opts(),
                   memo=small)
     assert again.table.equals(fresh.table)
+
+
+def test_n_way_retrieval_rows_of_shared1000():
+    """MindEye2's n-way retrieval from the shared1000 predictions (one mean per stimulus): perfect
+    predictions retrieve every image, random ones about 1/n; too few stimuli give a reason, no rows."""
+    from fmri2img.stages.evaluate import n_way_rows
+
+    rng = np.random.default_rng(3)
+    ids = [f"nsd-{i:05d}" for i in range(40)]
+    truth = _Set(ids, _unit(rng.normal(size=(40, 16))))
+    rows = pd.DataFrame({"stimulus_id": np.repeat(ids, 2), "stimulus_type": "natural"})
+    exact = {"shared1000": Predictions("shared1000", truth.lookup(rows["stimulus_id"].tolist()), rows)}
+    opts = EvalOptions(n_boot=100, n_perm=50, n_way=10, n_way_draws=5)
+    table, note = n_way_rows(exact, truth, "subj01", "ridge", "perception_only", opts)
+    assert note is None and set(table["metric"]) == {"retrieval_image_10", "retrieval_brain_10"}
+    assert (table["value"] == 1.0).all() and (table["chance"] == 0.1).all()
+    noisy = {"shared1000": Predictions("shared1000", _unit(rng.normal(size=(80, 16))), rows)}
+    random_table, _ = n_way_rows(noisy, truth, "subj01", "ridge", "perception_only", opts)
+    assert (random_table["value"] < 0.5).all()
+    table, note = n_way_rows(exact, truth, "subj01", "ridge", "perception_only", EvalOptions(n_way=300))
+    assert table.empty and "300-way retrieval needs at least 300 stimuli, got 40" in note

@@ -24,7 +24,8 @@ def command(
     battery_config: Path = typer.Option(None, "--battery-config", help="Battery: YAML BatteryOptions."),
     embedding_set: str = typer.Option(None, "--embedding-set", help="Battery: ground-truth embeddings of 300-way."),
     source: str = typer.Option(None, "--source", help="Battery: model name in the tables (default: folder name)."),
-    n_way: int = typer.Option(None, "--n-way", help="Battery: gallery of MindEye2's retrieval (default 300)."),
+    n_way: int = typer.Option(None, "--n-way", help="Stimuli per draw of MindEye2's shared1000 retrieval (default 300), "
+                                 "with --checkpoint or --predictions."),
     model_type: str = typer.Option(None, "--model-type", help="Expected decoder (ridge|mlp|two_stage); checked."),
     mode: Mode = typer.Option(Mode("both"), "--mode", help="Which test sets to score."),
     split: str = typer.Option("test", "--split", help="Evaluated split (test)."),
@@ -52,7 +53,8 @@ def command(
     from fmri2img.stages.evaluate import evaluate_checkpoint
 
     base = load_config(EvalOptions, config) if config else EvalOptions()
-    options = override(base, ks=tuple(k) if k else None, distractors=distractors, n_boot=n_boot, n_perm=n_perm)
+    options = override(base, ks=tuple(k) if k else None, distractors=distractors, n_boot=n_boot, n_perm=n_perm,
+                       n_way=n_way)
     result = evaluate_checkpoint(
         index, checkpoint, output_dir, mode=mode.value, split=split, model_type=model_type,
         adapter_checkpoint=adapter_checkpoint, adapter_type=adapter_type, options=options,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmri2img.evaluation.field_metrics import N_WAY, N_WAY_DRAWS
 from fmri2img.core.constants import INIT_SEED, RETRIEVAL_KS
 from fmri2img.core.errors import InputError
 from fmri2img.core.memo import Memo, digest
@@ -83,12 +84,17 @@ class EvalOptions:
     seed: int = INIT_SEED
     distractors: str | None = None  # "shared1000": add shared1000 embeddings to image galleries
     image_metrics: bool = True  # SSIM / PixCorr / pixel MSE of reconstruction by retrieval
+    n_way: int = N_WAY  # shared1000: MindEye2's n-way retrieval (n random stimuli, n_way_draws draws)
+    n_way_draws: int = N_WAY_DRAWS
 
     def validate(self) -> None:
         if any(k <= 0 for k in self.ks):
             raise InputError(f"Invalid retrieval K in {list(self.ks)}; expected K > 0.")
         if self.n_boot <= 0 or self.n_perm <= 0:
             raise InputError(f"Invalid n_boot={self.n_boot} / n_perm={self.n_perm}; expected values > 0.")
+        if self.n_way < 2 or self.n_way_draws < 1:
+            raise InputError(f"Invalid n_way={self.n_way} / n_way_draws={self.n_way_draws}; expected n_way >= 2 "
+                             "and at least one draw.")
         if self.distractors not in (None, "shared1000"):
             raise InputError(f"Unknown distractor set {self.distractors!r}; choose 'shared1000' or none.")
 

@@ -41,7 +41,7 @@ from fmri2img.embeddings.features import FeatureWeights, battery_features_sets
 from fmri2img.evaluation import field_metrics, resampling
 from fmri2img.evaluation.metrics import TWO_WAY_CHANCE
 from fmri2img.reporting.field_report import battery_frame, battery_rows, format_battery_markdown
-from fmri2img.stages.evaluate import image_loader
+from fmri2img.stages.evaluate import RETRIEVAL_TEST_SET, image_loader
 from fmri2img.stages.reconstruct import grid_figure
 from fmri2img.stages.report import save_figure
 
@@ -49,8 +49,6 @@ from fmri2img.stages.report import save_figure
 #: the conceptual set C, reported separately (the NSD-Imagery benchmark scores its 12 image stimuli).
 GROUPS = {"all": IMAGE_TYPES, "conceptual": ("conceptual",)}
 
-#: The test set of MindEye2's 300-way retrieval (NSD shared1000).
-RETRIEVAL_TEST_SET = "shared1000"
 
 
 @dataclass(frozen=True)

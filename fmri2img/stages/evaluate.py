@@ -26,8 +26,9 @@ from fmri2img.data import regions
 from fmri2img.data.betas import load_betas
 from fmri2img.data.schema import read_index
 from fmri2img.data.stimuli import HDF5_REF_SEPARATOR, Stimulus, StimulusReader, is_hdf5_ref
-from fmri2img.data.trials import test_set_rows
+from fmri2img.data.trials import average_by_stimulus, test_set_rows
 from fmri2img.embeddings.cache import load_embedding_set
+from fmri2img.evaluation import field_metrics
 from fmri2img.evaluation.scoring import (
     EvalOptions,
     EvalResult,
@@ -60,6 +61,9 @@ def predict_test_sets(
         out[test_set] = Predictions(test_set, np.asarray(predictor(X, rows), np.float32), rows)
     return out
 
+
+#: The test set of MindEye2's n-way retrieval (NSD's shared images).
+RETRIEVAL_TEST_SET = "shared1000"
 
 #: Stimulus images a memo keeps (about 280 MB at NSD's 425 px; the demo's four subjects need ~450).
 IMAGE_MEMO_SIZE = 512
@@ -257,13 +261,38 @@ def evaluate_predictor(
     result = score(predictions, embeddings, train_mean_embedding(index, embeddings), subject=subject,
                    decoder=decoder, configuration=configuration, options=options,
                    distractors=distractors, images=images, memo=memo)
+    n_way, note = n_way_rows(predictions, embeddings, subject, decoder, configuration, options)
+    result.table = pd.concat([result.table, n_way], ignore_index=True) if len(n_way) else result.table
     result.info.update(dict(info or {}))
+    if note:
+        result.info["n_way_retrieval"] = note
     result.info["folds"] = list(folds) if folds is not None else None
     write_outputs(result, output_dir)
     if run is not None:
         run.log_metrics(flat_metrics(result.table, configuration))
         run.log_artifacts(output_dir, "eval")
     return result
+
+
+def n_way_rows(predictions: Mapping[str, Predictions], embeddings, subject: str, decoder: str, configuration: str,
+               options: EvalOptions) -> tuple[pd.DataFrame, str | None]:
+    """MindEye2's n-way retrieval (image and brain, ``options.n_way`` stimuli per draw) of the
+    shared1000 predictions, one mean per stimulus, as results-table rows; with fewer stimuli than
+    ``n_way``, no rows and the reason (``metrics.json`` ``info.n_way_retrieval``)."""
+    pred = predictions.get(RETRIEVAL_TEST_SET)
+    if pred is None or not len(pred.rows):
+        return pd.DataFrame(), None
+    means, ids = average_by_stimulus(pred.pred, pred.rows["stimulus_id"].astype(str).to_numpy())
+    records = field_metrics.n_way_retrieval(means, embeddings.lookup(list(ids)), n_way=options.n_way,
+                                            n_draws=options.n_way_draws, seed=options.seed, n_boot=options.n_boot)
+    notes = [r["note"] for r in records.values() if r.get("note")]
+    if notes:
+        return pd.DataFrame(), notes[0]
+    rows = [{"subject": subject, "decoder": decoder, "configuration": configuration, "test_set": RETRIEVAL_TEST_SET,
+             "stimulus_type": "all", "metric": name, **{k: rec.get(k) for k in ("value", "ci_low", "ci_high",
+                                                                                  "chance", "n")},
+             "p_value": np.nan, "p_holm": np.nan} for name, rec in records.items()]
+    return pd.DataFrame(rows), None
 
 
 def _checked(predictor, n_voxels: int, decoder: str) -> Callable:
