@@ -246,13 +246,13 @@ def render_images(latents: np.ndarray, size: int, params: GeneratorParams, seed:
     """
     k = RENDER_FREQUENCIES
     rng = rng_for(seed, "renderer")
-    weights = rng.standard_normal((3 * k * k, latents.shape[1])) * math.sqrt(1.0 / latents.shape[1])
+    weights = rng.standard_normal((3 * k * k, latents.shape[1]))  # unit-variance coefficients for unit latents
     pos = (np.arange(size) + 0.5) / size
     freqs = np.arange(k)
     cos = np.cos(np.pi * freqs[:, None] * pos[None, :])  # (k, size)
     amp = 1.0 / (1.0 + RENDER_SLOPE * (freqs[:, None] + freqs[None, :]))
     basis = (amp[:, :, None, None] * cos[:, None, :, None] * cos[None, :, None, :]).reshape(k * k, -1)
-    basis *= 1.0 / np.sqrt((amp**2).sum())  # unit-variance intensity for unit coefficients
+    basis /= np.sqrt((basis**2).sum(axis=0).mean())  # unit mean-square intensity for unit-variance coefficients
     out = np.empty((latents.shape[0], size, size, 3), dtype=np.uint8)
     for start in range(0, latents.shape[0], 512):
         coef = latents[start:start + 512] @ weights.T  # (b, 3*k*k)
