@@ -58,3 +58,15 @@ def strength_effect(strength: float, noise_sd: float, offset_scale: float, noise
     root = math.sqrt(strength)
     return ImageryEffect(gamma=root, rho=root, offset_norm=(1.0 - strength) * offset_scale,
                          noise_sd=noise_sd * (1.0 + (1.0 - strength) * noise_inflation))
+
+
+#: Exponents ``k_r`` of the region-dependent imagery gain per stream (``streams.nii.gz`` names):
+#: imagery signal at voxel ``v`` is scaled by ``s ** k_r(v)`` (then normalised over nsdgeneral), so
+#: imagery transfer orders ventral / lateral / parietal > mid streams > early (V1-V3), the ordering
+#: imagery studies report for early vs higher visual cortex (e.g. Kneeland et al. 2025, NSD-Imagery);
+#: the values are this generator's own choice.
+STREAM_IMAGERY_EXPONENTS = {"early": 2.0, "midventral": 1.0, "midlateral": 1.0, "midparietal": 1.0,
+                            "ventral": 0.0, "lateral": 0.0, "parietal": 0.0}
+
+#: Exponent of nsdgeneral voxels that no stream labels (between early and the high streams).
+UNLABELLED_IMAGERY_EXPONENT = 1.0

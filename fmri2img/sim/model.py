@@ -9,12 +9,13 @@ stimulus latents, images, masks, encoding matrices, the experimental design and 
   cosines per colour channel, squashed to uint8), so similar latents give similar pictures;
 * perception betas (percent signal change) of trial ``t`` in session ``k`` at voxel ``v``:
   ``x = s_kv (a (G e_s)_v + eps) + o_kv``, ``eps ~ N(0, noise_sd^2)``, with ``G`` (voxels x d)
-  spatially smooth over the grid (one per subject), ``o_kv`` a per-session offset and ``s_kv`` a
-  per-session gain drift;
+  spatially smooth over the grid (one per subject, rows scaled by a smooth per-voxel gain ``q_v``:
+  :mod:`fmri2img.sim.anatomy`), ``o_kv`` a per-session offset and ``s_kv`` a per-session gain drift;
 * NSD-Imagery betas of stimulus ``s`` of set ``X``: vision trials as perception; imagery trials
   ``a G (gamma_X (rho_X e_s + sqrt(1 - rho_X^2) r_s) + c_X)`` + noise of sd ``noise_sd_X``, with
   ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u`` a fixed offset
-  (``u`` a unit vector in the span of the category directions, the same for every set);
+  (``u`` a unit vector in the span of the category directions, the same for every set), scaled per
+  voxel by the region-dependent imagery gain ``w_v`` (:mod:`fmri2img.sim.anatomy`);
   attention trials ``a G (attention_gain e_s)`` + perception noise.
 
 Everything is seeded: independent generators per component (:func:`rng_for`).
@@ -109,6 +110,9 @@ class GeneratorParams:
         ``nu``: imagery noise sd is ``noise_sd (1 + (1 - s_X) nu)``.
     render_contrast : float
         Sd of the pre-squash image intensity (higher = more saturated pictures).
+    voxel_gain_sd : float
+        Sd of ``log q_v``, the smooth per-voxel signal gain (``fmri2img.sim.anatomy.voxel_gain``): voxels
+        differ in reliability (ncsnr); ``mean(q_v^2) = 1`` over nsdgeneral, so total signal power is unchanged.
     """
 
     dim: int = 512
@@ -128,8 +132,12 @@ class GeneratorParams:
     imagery_offset_scale: float = IMAGERY_OFFSET_SCALE
     imagery_noise_inflation: float = IMAGERY_NOISE_INFLATION
     render_contrast: float = 1.0
+    voxel_gain_sd: float = 0.5
 
     def __post_init__(self) -> None:
+        if not self.voxel_gain_sd >= 0.0:
+            raise InputError(f"voxel_gain_sd must be >= 0 (0 = every voxel equally reliable), "
+                             f"got {self.voxel_gain_sd!r}.")
         if not 0.0 < self.imagery_strength <= 1.0:
             raise InputError(f"imagery_strength must be in (0, 1] (1 = imagery distributed like perception), "
                              f"got {self.imagery_strength!r}.")
@@ -157,14 +165,19 @@ GENERATIVE_MODEL_TEXT = (
     "(psc) of trial t in session k at mask voxel v: x = s_kv*(a*(G e_s)_v + eps) + o_kv, eps ~ "
     "N(0, noise_sd^2), log s_kv ~ N(0, session_gain_sd^2), o_kv ~ N(0, session_offset_sd^2); G "
     "(mask voxels x d, one per subject) = sqrt(f)*smooth + sqrt(1-f)*white with unit-variance "
-    "entries, smooth = Gaussian-smoothed (sigma voxels) white noise fields. Brain voxels outside "
+    "entries, smooth = Gaussian-smoothed (sigma voxels) white noise fields, each row then scaled by q_v "
+    "(a smooth log-normal per-voxel gain, log-sd voxel_gain_sd, mean q_v^2 = 1 over nsdgeneral: voxels differ in "
+    "ncsnr = sd_s(a*(G e_s)_v)/noise_sd, written as ncsnr.nii.gz). Brain voxels outside "
     "nsdgeneral: s_kv*eps + o_kv. Stored int16 = round(x*300). NSD-Imagery (one session): vision "
     "trials as perception; imagery trials of set X: a*G(gamma_X*(rho_X*e_s + sqrt(1-rho_X^2)*r_s) "
     "+ c_X) + N(0, noise_sd_X^2), r_s unit and orthogonal to e_s (fixed per stimulus), c_X = "
     "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c and orthogonal to "
     "every imagery latent (the offset is shared by all imagery trials, along directions a perception decoder "
     "reads out); gamma_X = rho_X = sqrt(s_X), offset_norm_X = (1-s_X)*kappa, noise_sd_X = noise_sd*(1+(1-s_X)*nu), "
-    "s_X = s^k_X with s the imagery strength (1 = imagery distributed like perception); attention trials a*G(attention_gain*e_s) + "
+    "s_X = s^k_X with s the imagery strength (1 = imagery distributed like perception); the imagery trials' "
+    "signal at voxel v is scaled by w_v = s^k_r(v)/sqrt(mean over nsdgeneral of s^(2*k_r(v))), k_r per stream "
+    "of streams.nii.gz (early 2, midventral/midlateral/midparietal 1, ventral/lateral/parietal 0, unlabelled 1); "
+    "attention trials a*G(attention_gain*e_s) + "
     "N(0, noise_sd^2); same session drift form as perception."
 )
 
@@ -233,13 +246,13 @@ def render_images(latents: np.ndarray, size: int, params: GeneratorParams, seed:
     """
     k = RENDER_FREQUENCIES
     rng = rng_for(seed, "renderer")
-    weights = rng.standard_normal((3 * k * k, latents.shape[1])) * math.sqrt(1.0 / latents.shape[1])
+    weights = rng.standard_normal((3 * k * k, latents.shape[1]))  # unit-variance coefficients for unit latents
     pos = (np.arange(size) + 0.5) / size
     freqs = np.arange(k)
     cos = np.cos(np.pi * freqs[:, None] * pos[None, :])  # (k, size)
     amp = 1.0 / (1.0 + RENDER_SLOPE * (freqs[:, None] + freqs[None, :]))
     basis = (amp[:, :, None, None] * cos[:, None, :, None] * cos[None, :, None, :]).reshape(k * k, -1)
-    basis *= 1.0 / np.sqrt((amp**2).sum())  # unit-variance intensity for unit coefficients
+    basis /= np.sqrt((basis**2).sum(axis=0).mean())  # unit mean-square intensity for unit-variance coefficients
     out = np.empty((latents.shape[0], size, size, 3), dtype=np.uint8)
     for start in range(0, latents.shape[0], 512):
         coef = latents[start:start + 512] @ weights.T  # (b, 3*k*k)
@@ -441,12 +454,19 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
     return imagined, offsets, resid
 
 
-def noise_ceiling(G: np.ndarray, latents: np.ndarray, design: Design, subject: str,
-                   params: GeneratorParams) -> dict[str, float]:
-    """Planted single-voxel reliability: ncsnr = sd over images of a(G e)_v / noise_sd."""
+def voxel_ncsnr(G: np.ndarray, latents: np.ndarray, design: Design, subject: str,
+                params: GeneratorParams) -> np.ndarray:
+    """Planted per-voxel noise-ceiling SNR of perception, shape (n_roi,): sd over the subject's images of
+    ``a (G e)_v`` divided by ``noise_sd`` (from the latents' covariance, so no (images x voxels) array)."""
     row = nsd_constants.subject_number(subject) - 1
-    signal = params.amplitude * (latents[design.subjectim[row]] @ G.T.astype(np.float64))
-    ncsnr = signal.std(axis=0) / params.noise_sd
+    cov = np.cov(latents[design.subjectim[row]], rowvar=False, bias=True)  # (dim, dim), sd with ddof 0
+    G64 = G.astype(np.float64)
+    var = np.maximum(((G64 @ cov) * G64).sum(axis=1), 0.0)
+    return params.amplitude * np.sqrt(var) / params.noise_sd
+
+
+def noise_ceiling(ncsnr: np.ndarray) -> dict[str, float]:
+    """Medians of the planted ncsnr (n_roi,) and of the noise ceiling ``100 ncsnr^2 / (ncsnr^2 + 1/n)``."""
     nc3 = 100 * ncsnr**2 / (ncsnr**2 + 1 / nsd_constants.MAX_REPEATS)
     nc1 = 100 * ncsnr**2 / (ncsnr**2 + 1)
     return {"median_ncsnr": float(np.median(ncsnr)), "median_noise_ceiling_3trials_pct": float(np.median(nc3)),

@@ -29,7 +29,7 @@ from fmri2img.core.errors import InputError, OutputError
 from fmri2img.core.files import ensure_dir, save_npy, write_json
 from fmri2img.core.vocab import WRITE_BETA_FORMATS
 from fmri2img.data import nsd_constants
-from fmri2img.sim import imagery_release
+from fmri2img.sim import anatomy, imagery_release
 from fmri2img.sim.formats import (
     VolumeWriter,
     hdf5_chunks,
@@ -55,6 +55,7 @@ from fmri2img.sim.model import (
     render_images,
     rng_for,
     session_betas,
+    voxel_ncsnr,
 )
 
 #: Side of the synthetic stimulus images in pixels, at every scale (the real imgBrick is 425;
@@ -180,6 +181,7 @@ def check_request(
             f"n_shared={shape.n_shared} must lie in [{nsd_constants.IMAGERY_STIMULI_PER_SET}, "
             f"{shape.images_per_subject}) for {shape.n_sessions} sessions."
         )
+    anatomy.check_label_room(shape.n_mask_voxels)
     if sessions is not None and not 1 <= sessions <= shape.n_sessions:
         raise InputError(f"--sessions {sessions} is out of range; expected 1..{shape.n_sessions}.")
     if beta_format not in WRITE_BETA_FORMATS:
@@ -351,15 +353,16 @@ def _write_sessions(root: Path, subject: str, design: Design, stim: _Stimuli, G:
         bar.update(1)
 
 
-def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, grid, roi, brain,
+def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, gain: np.ndarray, grid, roi, brain,
                    params: GeneratorParams, seed: int, beta_format: str) -> None:
-    """The subject's 720 NSD-Imagery betas (release block order, two per attention trial) and behaviour."""
+    """The subject's 720 NSD-Imagery betas (release block order; imagery signal x ``gain``, (n_roi,)), behaviour."""
     stim_idx, tasks = stim.events["stim_index"].to_numpy(), stim.events["task"].to_numpy()
     content = np.where((tasks == "imagery")[:, None], stim.imagined[stim_idx], stim.stim_latents[stim_idx])
     content = np.where((tasks == "attention")[:, None], params.attention_gain * content, content)
     noise = np.array([params.effect(stim.sets[s]).noise_sd if task == "imagery" else params.noise_sd
                       for task, s in zip(tasks, stim_idx)], dtype=np.float32)[:, None]
     signal = params.amplitude * (content.astype(np.float32) @ G.T)
+    signal[tasks == "imagery"] *= gain
     writer = VolumeWriter(grid, len(stim_idx), roi, brain)
     vol = session_betas(writer, signal, noise, params, rng_for(seed, "imagery-betas", subject))
     if beta_format in ("nifti", "both"):
@@ -371,18 +374,19 @@ def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, grid
 
 
 def _write_subject(root: Path, subject: str, design: Design, shape: WorldShape, stim: _Stimuli, n_sessions: int,
-                   beta_format: str, params: GeneratorParams, seed: int, bar) -> dict[str, float]:
-    """Masks, encoding matrix, behaviour, session and imagery betas of one subject; returns its
-    planted noise ceiling."""
+                   beta_format: str, params: GeneratorParams, seed: int, bar) -> tuple[anatomy.Anatomy, np.ndarray]:
+    """Masks, regions, encoding, behaviour and betas of one subject; returns its anatomy and ncsnr (n_roi,)."""
     bar.set_postfix_str(f"{subject} masks")
     grid = shape.grid_of(subject)
     nsdgeneral, brain = make_masks(grid, shape.n_mask_voxels, seed, subject)
     roi = nsdgeneral == nsd_constants.NSDGENERAL_INSIDE
     write_nifti(root / nsd_constants.NSDGENERAL.format(subject=subject), nsdgeneral)
     write_nifti(root / nsd_constants.BRAINMASK.format(subject=subject), brain)
-    G = make_encoding(roi, params, seed, subject)
+    anat = anatomy.make_anatomy(nsdgeneral, params, rng_for(seed, "voxel-gain", subject))
+    G = make_encoding(roi, params, seed, subject) * anat.voxel_gain[:, None]
     save_npy(root / "truth" / f"G_{subject}.npy", G)
-    planted = noise_ceiling(G, stim.latents, design, subject, params)
+    ncsnr = voxel_ncsnr(G, stim.latents, design, subject, params)
+    anatomy.write_anatomy(root, subject, nsdgeneral, anat, ncsnr)
     row = nsd_constants.subject_number(subject) - 1
     write_table(root / nsd_constants.RESPONSES.format(subject=subject),
                 responses_table(design, row, n_sessions, rng_for(seed, "behaviour", subject), subject), sep="\t")
@@ -390,9 +394,9 @@ def _write_subject(root: Path, subject: str, design: Design, shape: WorldShape, 
     _write_sessions(root, subject, design, stim, G, VolumeWriter(grid, nsd_constants.TRIALS_PER_SESSION, roi, brain),
                     n_sessions, beta_format, params, seed, bar)
     bar.set_postfix_str(f"{subject} imagery")  # the session volume is freed before the imagery one
-    _write_imagery(root, subject, stim, G, grid, roi, brain, params, seed, beta_format)
+    _write_imagery(root, subject, stim, G, anat.imagery_gain, grid, roi, brain, params, seed, beta_format)
     bar.update(1)
-    return planted
+    return anat, ncsnr
 
 
 def _write_truth(root: Path, design: Design, stim: _Stimuli, truth: dict[str, Any]) -> list[str]:
@@ -419,11 +423,11 @@ def _write_into(root: Path, subjects: tuple[str, ...], shape: WorldShape, scale_
         bar.set_postfix_str("stimuli")
         _write_release_files(root, design, shape, subjects, n_written, stim, params, seed)
         bar.update(1)
-        planted_nc = {subject: _write_subject(root, subject, design, shape, stim, n_written[subject], beta_format,
-                                              params, seed, bar) for subject in subjects}
+        written = {subject: _write_subject(root, subject, design, shape, stim, n_written[subject], beta_format,
+                                           params, seed, bar) for subject in subjects}
         bar.set_postfix_str("truth")
         truth = _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seed, stim.imagery,
-                              len(design.nsd_ids), planted_nc, stim.latents)
+                              len(design.nsd_ids), written, stim.latents)
         ids = _write_truth(root, design, stim, truth)
     finally:
         bar.close()
@@ -435,7 +439,7 @@ def _write_into(root: Path, subjects: tuple[str, ...], shape: WorldShape, scale_
 
 
 def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seed, stimuli,
-                  n_pool, planted_nc, latents) -> dict[str, Any]:
+                  n_pool, written, latents) -> dict[str, Any]:
     iu = np.triu_indices(min(len(latents), 500), k=1)
     sub = latents[:500]
     mean_cos = float((sub @ sub.T)[iu].mean())
@@ -468,13 +472,16 @@ def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, n
         "truth_files": {
             "latents.npy": "float32 (n_stimuli, dim) unit vectors, rows as stimulus_ids.json",
             "stimulus_ids.json": "row order of latents.npy",
-            "G_subjXX.npy": "float32 (n_mask_voxels, dim), rows = nsdgeneral==1 voxels in C order",
+            "G_subjXX.npy": "float32 (n_mask_voxels, dim), rows = nsdgeneral==1 voxels in C order, scaled by q_v",
+            "imagery_gain_subjXX.npy": "float32 (n_mask_voxels,): w_v, the imagery gain, rows as G",
             "imagery_offsets.npy": "float32 (3, dim): c_A, c_B, c_C",
             "imagery_residuals.npy": "float32 (18, dim): r_s, rows in imagery_stimuli order (A, B, C; pair-list order)",
         },
+        "regions": anatomy.regions_truth(written, params.imagery_strength, params.voxel_gain_sd),
         "planted_effects": {
             "mean_pairwise_cosine_of_latents": mean_cos,
-            "perception_reliability": planted_nc,
+            "perception_reliability": {s: noise_ceiling(snr) for s, (_, snr) in written.items()},
+            "regions": anatomy.planted_text(params.imagery_strength),
             "imagery": effects,
             "H1": ("no transfer deficit (null world)" if null else
                    "imagery carries the true latent with gain gamma*rho and larger noise: degraded "
