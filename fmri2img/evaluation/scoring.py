@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fmri2img.evaluation.field_metrics import N_WAY, N_WAY_DRAWS
 from fmri2img.core.constants import INIT_SEED, RETRIEVAL_KS
 from fmri2img.core.errors import InputError
 from fmri2img.core.memo import Memo, digest
 from fmri2img.core.vocab import IMAGE_TYPES, MATCHED_TEST_SETS, RESULTS_COLUMNS
 from fmri2img.data.trials import average_by_chunk, average_by_stimulus, nsd_split_rows
+from fmri2img.evaluation.field_metrics import N_WAY, N_WAY_DRAWS
 from fmri2img.evaluation.image_metrics import retrieve_images, score_image_pairs
 from fmri2img.evaluation.metrics import TWO_WAY_CHANCE, cosine_similarity, random_unit_embeddings, score_predictions
 from fmri2img.evaluation.resampling import (
@@ -90,11 +90,9 @@ class EvalOptions:
     def validate(self) -> None:
         if any(k <= 0 for k in self.ks):
             raise InputError(f"Invalid retrieval K in {list(self.ks)}; expected K > 0.")
-        if self.n_boot <= 0 or self.n_perm <= 0:
-            raise InputError(f"Invalid n_boot={self.n_boot} / n_perm={self.n_perm}; expected values > 0.")
-        if self.n_way < 2 or self.n_way_draws < 1:
-            raise InputError(f"Invalid n_way={self.n_way} / n_way_draws={self.n_way_draws}; expected n_way >= 2 "
-                             "and at least one draw.")
+        if min(self.n_boot, self.n_perm, self.n_way_draws) <= 0 or self.n_way < 2:
+            raise InputError(f"Invalid n_boot={self.n_boot} / n_perm={self.n_perm} / n_way={self.n_way} / n_way_draws="
+                             f"{self.n_way_draws}; expected n_way >= 2 and the others > 0.")
         if self.distractors not in (None, "shared1000"):
             raise InputError(f"Unknown distractor set {self.distractors!r}; choose 'shared1000' or none.")
 
@@ -409,14 +407,13 @@ def score(
             "gallery": "test-set stimuli of the same modality" + (
                 f" + up to {len(distractors[0])} distractors ({options.distractors})"
                 if distractors is not None else "")}
-    return EvalResult(table=table, per_trial=per_trial, per_stimulus=per_stimulus, comparisons=comparisons,
-                      info=info)
+    return EvalResult(table=table, per_trial=per_trial, per_stimulus=per_stimulus, comparisons=comparisons, info=info)
+
 
 def _per_stimulus_frame(test_set: str, configuration: str, uniq: np.ndarray, ids: np.ndarray,
                         stim_type_of: Mapping[Any, str], per_stim: dict) -> pd.DataFrame:
-    """One row per stimulus of a test set (``uniq``, shape (n_stimuli,); ``ids``: the stimulus of
-    each trial): type, trial count, the configuration's per-stimulus metrics (columns sorted by
-    name, NaN where a metric does not apply) and the mean-embedding baseline's cosine."""
+    """One row per stimulus of a test set (``uniq``, shape (n_stimuli,); ``ids``: each trial's stimulus): type,
+    trial count, the per-stimulus metrics (sorted by name, NaN: not applicable), the mean-embedding baseline's cosine."""
     keys = uniq.tolist()
     counts = Counter(ids.tolist())
     columns: dict[str, Any] = {"test_set": test_set, "configuration": configuration, "stimulus_id": uniq,
@@ -491,10 +488,7 @@ def _apply_holm(table: pd.DataFrame, comparisons: dict[str, Any], configuration:
 
 
 def train_mean_embedding(index: pd.DataFrame, embeddings) -> np.ndarray:
-    """Mean target embedding over the NSD training trials: the constant-guess baseline.
-
-    Returns an array of shape (d,).
-    """
+    """Mean target embedding (shape (d,)) over the NSD training trials: the constant-guess baseline."""
     rows = index.loc[nsd_split_rows(index, "train")]
     return np.asarray(embeddings.lookup(rows["stimulus_id"].tolist()), dtype=np.float64).mean(0)
 
