@@ -21,6 +21,7 @@ from fmri2img.core.errors import InputError
 from fmri2img.evaluation import group
 from fmri2img.evaluation.intervals import Interval
 from fmri2img.reporting import style
+from fmri2img.reporting.tables import ordered
 
 #: The interval verdicts use (as :mod:`fmri2img.reporting.hypotheses`).
 ESTIMAND = "population"
@@ -162,7 +163,7 @@ def plot_h1_by_region(report: Mapping[str, Any]) -> Figure:
     with style.style_context():
         fig = style.new_figure(style.SINGLE_COLUMN_IN, REGION_FIGURE_HEIGHT_IN)
         ax = fig.add_subplot()
-        regions, decoders = list(report["regions"]), list(report["decoders"])
+        regions, decoders = list(report["regions"]), ordered("decoder", report["decoders"])
         colors = style.category_colors("decoder", decoders)
         offsets = (np.arange(len(decoders)) - (len(decoders) - 1) / 2) * DECODER_OFFSET
         for offset, decoder in zip(offsets, decoders):
@@ -180,7 +181,8 @@ def plot_h1_by_region(report: Mapping[str, Any]) -> Figure:
         ax.set_xticks(range(len(regions)), regions, rotation=30 if len(regions) > 3 else 0, ha="right"
                       if len(regions) > 3 else "center")
         ax.set_ylabel("H1 ratio (imagery / perception)")
-        ax.legend(frameon=False, ncols=min(len(decoders), 3), loc="upper left")
+        fig.legend(*ax.get_legend_handles_labels(), frameon=False, ncols=min(len(decoders), 3),
+                   loc="outside lower center")
     return fig
 
 

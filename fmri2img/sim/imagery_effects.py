@@ -64,9 +64,11 @@ def strength_effect(strength: float, noise_sd: float, offset_scale: float, noise
 #: imagery signal at voxel ``v`` is scaled by ``s ** k_r(v)`` (then normalised over nsdgeneral), so
 #: imagery transfer orders ventral / lateral / parietal > mid streams > early (V1-V3), the ordering
 #: imagery studies report for early vs higher visual cortex (e.g. Kneeland et al. 2025, NSD-Imagery);
-#: the values are this generator's own choice.
-STREAM_IMAGERY_EXPONENTS = {"early": 2.0, "midventral": 1.0, "midlateral": 1.0, "midparietal": 1.0,
+#: the values are this generator's own choice. Exponents 2 / 1 / 0 planted a ventral-minus-early H1
+#: difference (about 0.25) that 4 subjects x 12 stimuli resolve for ridge only; 4 / 2 / 0 doubles the
+#: gain contrast (docs/regions.md, measured on world seeds 0 and 1).
+STREAM_IMAGERY_EXPONENTS = {"early": 4.0, "midventral": 2.0, "midlateral": 2.0, "midparietal": 2.0,
                             "ventral": 0.0, "lateral": 0.0, "parietal": 0.0}
 
 #: Exponent of nsdgeneral voxels that no stream labels (between early and the high streams).
-UNLABELLED_IMAGERY_EXPONENT = 1.0
+UNLABELLED_IMAGERY_EXPONENT = 2.0
