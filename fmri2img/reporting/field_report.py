@@ -138,3 +138,29 @@ def reconstruction_grid(stimulus_ids: Sequence[str], truths: Mapping[str, np.nda
 
 __all__ = ["FIELD_COLUMNS", "PERCENT_METRICS", "battery_frame", "battery_rows", "format_battery_markdown",
            "reconstruction_grid"]
+
+
+#: Test sets of the report's battery summary, in column order.
+SUMMARY_TEST_SETS = ("shared1000", "imagery_vision", "imagery")
+
+
+def battery_summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """report.md lines of an ablation's battery (``field_table.csv`` rows with subject and decoder):
+    per decoder and metric, the mean over subjects of each test set's value (stimulus group ``all``),
+    the chance level, and each metric not computed once with its reason."""
+    table = pd.DataFrame(list(rows))
+    table = table[table["stimulus_group"] == "all"]
+    done, missing = table[table["value"].notna()], table[table["value"].isna()]
+    lines = ["## The field's reconstruction battery (perception-only decoders)", "",
+             "Mean over subjects (per-subject values with 95% CIs: `field_table.csv`; the protocol: "
+             "docs/comparing.md).", "",
+             "| decoder | metric | " + " | ".join(SUMMARY_TEST_SETS) + " | chance |", "|---|---|" + "---|" * 4]
+    for (decoder, metric), part in done.groupby(["decoder", "metric"], sort=False):
+        means = part.groupby("test_set")["value"].mean()
+        cells = [_number(means.get(t), metric) or "n/a" for t in SUMMARY_TEST_SETS]
+        arrow = "↑" if bool(part["higher_is_better"].iloc[0]) else "↓"
+        chance = _number(part["chance"].dropna().mean() if part["chance"].notna().any() else None, metric)
+        lines.append(f"| {decoder} | {_label(metric)} {arrow} | " + " | ".join(cells) + f" | {chance} |")
+    for metric, part in missing.groupby("metric", sort=False):
+        lines.append(f"- {_label(metric)}: {str(part['note'].iloc[0]).replace('|', '/')}")
+    return lines + [""]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fmri2img.reporting.field_report import battery_summary_lines
 from fmri2img.reporting.hypotheses import VERDICT_ESTIMAND
 from fmri2img.reporting.region_report import render_regions
 
@@ -110,6 +111,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if report.get("regions"):
         lines += render_regions(report["regions"])
+    if report.get("field_battery"):
+        lines += battery_summary_lines(report["field_battery"]["rows"])
     if report.get("planted_truth"):
         lines += _truth_lines(report["planted_truth"])
     return "\n".join(lines) + "\n"

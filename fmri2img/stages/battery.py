@@ -18,6 +18,7 @@ are absent is a row saying why. Files: ``field_table.csv``, ``field_table.md``, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -231,7 +232,7 @@ def score_predictions(index_path: str | Path, predictions: str | Path, output_di
                       feature_weights: str | Path | None = None, options: BatteryOptions = BatteryOptions(),
                       embedding_set: str | None = None, source: str | None = None,
                       cache_root: str | Path = DEFAULT_CACHE_ROOT, tracking_uri: str | None = None,
-                      experiment: str = DEFAULT_EXPERIMENT) -> pd.DataFrame:
+                      experiment: str = DEFAULT_EXPERIMENT, track: bool = True) -> pd.DataFrame:
     """Score a predictions folder with the field's battery; write the tables and the grid; log to MLflow.
 
     Parameters
@@ -265,8 +266,10 @@ def score_predictions(index_path: str | Path, predictions: str | Path, output_di
     params = {"stage": "eval", "index": str(index_path), "predictions": str(predictions), "source": source,
               "embedding_set": embedding_set, "options": dataclasses.asdict(options),
               "feature_weights": {k: v for k, v in dataclasses.asdict(weights).items()}}
-    with tracking.run("eval", params, tracking_uri=tracking_uri, experiment=experiment,
-                      run_name=f"eval-battery-{source}-{subject}", tags={"subject": subject, "source": source}) as run:
+    opened = tracking.run("eval", params, tracking_uri=tracking_uri, experiment=experiment,
+                          run_name=f"eval-battery-{source}-{subject}", tags={"subject": subject, "source": source}
+                          ) if track else contextlib.nullcontext(tracking.NULL_RUN)
+    with opened as run:
         table = score_prediction_set(index, preds, weights, options, source=source, cache_root=cache_root,
                                      embedding_set=embedding_set)
         out = ensure_dir(output_dir)

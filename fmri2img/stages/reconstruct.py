@@ -13,6 +13,7 @@ Stable unCLIP folder). Files: ``embeddings.npz``, ``images/<test_set>/<stimulus_
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -146,7 +147,7 @@ def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: s
                 backend: str = "synthetic",
                 backend_params: Mapping[str, Any] | None = None, mode: str = "both",
                 cache_root: str | Path = DEFAULT_CACHE_ROOT, tracking_uri: str | None = None,
-                experiment: str = DEFAULT_EXPERIMENT, **predictor_args: Any) -> dict[str, Any]:
+                experiment: str = DEFAULT_EXPERIMENT, track: bool = True, **predictor_args: Any) -> dict[str, Any]:
     """Turn predicted embeddings of the test sets of ``mode`` into images; write a predictions folder.
 
     Parameters
@@ -186,9 +187,10 @@ def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: s
                   "backend_params": {k: str(v) for k, v in params.items()},
                   **{k: str(v) for k, v in predictor_args.items() if v is not None}}
     subject = str(index["subject"].iloc[0])
-    with tracking.run("reconstruct", run_params, tracking_uri=tracking_uri, experiment=experiment,
-                      run_name=f"reconstruct-{backend}-{subject}",
-                      tags={"subject": subject, "backend": backend}) as run:
+    opened = tracking.run("reconstruct", run_params, tracking_uri=tracking_uri, experiment=experiment,
+                          run_name=f"reconstruct-{backend}-{subject}", tags={"subject": subject, "backend": backend}
+                          ) if track else contextlib.nullcontext(tracking.NULL_RUN)
+    with opened as run:
         meta: dict[str, Any] = {}
         if checkpoint is not None:
             stimuli, meta = decode_stimuli(index, checkpoint, test_sets, cache_root, **predictor_args)

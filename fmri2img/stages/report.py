@@ -15,8 +15,8 @@ from fmri2img.core.files import atomic_path, ensure_dir, read_json, write_text
 from fmri2img.core.tracking import log_artifacts_to_run
 from fmri2img.reporting.captions import caption, figure_specs
 from fmri2img.reporting.figures import COSINE_METRIC, DEFAULT_MAIN_METRIC
-from fmri2img.reporting.style import FORMAT_METADATA, FORMATS, PNG_DPI, check_formats, style_context
 from fmri2img.reporting.region_report import REGION_FIGURE, plot_h1_by_region, region_caption
+from fmri2img.reporting.style import FORMAT_METADATA, FORMATS, PNG_DPI, check_formats, style_context
 from fmri2img.reporting.tables import (
     RESULTS_TABLE,
     format_latex,

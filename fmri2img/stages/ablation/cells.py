@@ -27,6 +27,7 @@ from fmri2img.models.checkpoint import METADATA_FILE, WEIGHTS_FILE, load_adapter
 from fmri2img.models.predictors import AdaptedModule, Predictor, adapter_predictor, base_module, decoder_fn
 from fmri2img.sim.world import write_world
 from fmri2img.stages.ablation.cell_log import EXAMPLE_ROWS, CellWork, history_curves, log_cell_run
+from fmri2img.stages.ablation.field import run_field_battery, runs_battery
 from fmri2img.stages.ablation.matrix import (
     AblationConfig,
     Cell,
@@ -133,6 +134,8 @@ def cell_key(config: AblationConfig, cell: Cell, fingerprint: dict[str, Any]) ->
         key_parts["imagery_weight"] = config.imagery_weight
     if cell.configuration in ADAPTER_CONFIGURATIONS:
         key_parts["adapt"] = dataclasses.asdict(config.adapt)
+    if runs_battery(config, cell):
+        key_parts["field_battery"] = dataclasses.asdict(config.field_battery)
     return sha256_json(key_parts)
 
 
@@ -215,6 +218,8 @@ def _run_cell(config, cell, fingerprint, parent_run_id, tracking_uri, force, pro
               "base_checkpoint": str(base_ckpt), "embedding_set": meta["embedding_set"],
               # wall times vary run to run: they go to timings.json, never into metrics files
               **{k: v for k, v in work.extra.items() if "seconds" not in k and "/" not in k}})
+    if runs_battery(config, cell):
+        work.artifacts["field"] = run_field_battery(config, cell, base_ckpt, out)
     ended, seconds = time.time(), time.perf_counter() - start  # the run's Duration: the cell's whole work
     run_id = log_cell_run(config, cell, parent_run_id=parent_run_id, tracking_uri=tracking_uri, key=key, meta=meta,
                           result=result, work=work, index=index, index_file=index_path(config, cell.subject),

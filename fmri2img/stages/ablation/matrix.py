@@ -29,7 +29,9 @@ from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS
 from fmri2img.data import regions
 from fmri2img.data.nsd_constants import subject_number
 from fmri2img.data.regions import DEFAULT_REGION, DEFAULT_SELECTION
+from fmri2img.evaluation.field_metrics import N_WAY
 from fmri2img.evaluation.scoring import EvalOptions
+from fmri2img.models.reconstruct import RECONSTRUCTION_BACKENDS
 from fmri2img.stages.adapt import AdaptConfig
 from fmri2img.stages.train import TrainConfig
 
@@ -45,8 +47,31 @@ DEMO_DECODER_PARAMS = {
 
 #: Imagery strength of the demo world: at the generator's default (0.6) the demo world's imagery
 #: offset outweighs its signal (ridge H1 -0.19 [-0.35, -0.04]); 0.78 plants degraded but clear
-#: transfer (ridge H1 0.47 [0.38, 0.56]). Measured 2026-12-06, docs/trust.md.
+#: transfer (ridge H1 0.44 [0.32, 0.56] with the region-aware generator). Measured 2026-12-06, docs/trust.md.
 DEMO_IMAGERY_STRENGTH = 0.78
+
+
+@dataclass(frozen=True)
+class FieldBattery:
+    """The field's reconstruction battery on each perception-only cell (docs/comparing.md): its test
+    stimuli reconstructed with ``backend`` (``fmri2img reconstruct``) and scored (``eval --predictions``).
+
+    Off by default: with the synthetic backend and no feature weights it adds PixCorr / SSIM and the
+    n-way retrieval; each network metric needs its local weights (``feature_weights``, a YAML of
+    :func:`fmri2img.stages.battery.load_feature_weights`), else it is reported "not computed".
+    """
+
+    enabled: bool = False
+    backend: str = "synthetic"  # one of fmri2img.models.reconstruct.RECONSTRUCTION_BACKENDS
+    backend_params: dict[str, Any] = field(default_factory=dict)  # e.g. {pipeline_dir: ...} for unclip
+    feature_weights: str | None = None
+    n_way: int = N_WAY  # MindEye2's retrieval on shared1000 (the demo world has 100 shared images)
+
+    def validate(self) -> None:
+        if self.backend not in RECONSTRUCTION_BACKENDS:
+            raise ConfigError(f"field_battery.backend {self.backend!r} is unknown; choose one of "
+                              f"{', '.join(map(repr, RECONSTRUCTION_BACKENDS))}.")
+        check_positive("field_battery.n_way", self.n_way)
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,7 @@ class AblationConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     figures: bool = True
+    field_battery: FieldBattery = field(default_factory=FieldBattery)
     executor: str = "local"  # where checkpoints and cells run: local (process pool) or slurm (job arrays)
     slurm: SlurmResources = field(default_factory=SlurmResources)  # per task, for executor: slurm
 
@@ -109,6 +135,7 @@ class AblationConfig:
         if self.executor not in EXECUTORS:
             raise ConfigError(f"Invalid executor {self.executor!r}; choose one of {', '.join(map(repr, EXECUTORS))}.")
         self.slurm.validate()
+        self.field_battery.validate()
         self.adapt.validate()
         self.eval.validate()
 

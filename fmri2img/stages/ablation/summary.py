@@ -20,6 +20,7 @@ from fmri2img.evaluation.group import SCORE_COLUMNS
 from fmri2img.reporting.hypotheses import decide_hypotheses
 from fmri2img.reporting.region_report import region_comparison
 from fmri2img.reporting.verdicts import render_markdown
+from fmri2img.stages.ablation.field import collect_field_tables
 from fmri2img.stages.ablation.matrix import AblationConfig, Cell, cell_dir, index_path, subject_dir
 
 
@@ -111,6 +112,9 @@ def write_summary(config: AblationConfig, tables: list[pd.DataFrame], records: l
         names = [parse_region(r) for r in config.regions]
         report["regions"] = region_comparison(scores, list(config.decoders), names, region_infos(records),
                                               planted_region_gains(config, names))
+    field = collect_field_tables(config, records, summary_dir)
+    if len(field):
+        report["field_battery"] = {"table": "field_table.csv", "rows": field.to_dict("records")}
     write_json(summary_dir / "hypotheses.json", report)
     write_text(summary_dir / "report.md", render_markdown(report))
     return summary_dir, report
