@@ -20,6 +20,13 @@ Statistics (per decoder):
   NSD shared1000).
 * ``h3_specific_gain``, ``h3_imagery_gain``: the same for the adapter chosen on validation data.
 * ``h3_vs_finetune``: the chosen adapter's imagery score as a fraction of full fine-tuning's.
+
+Mixed training and the adapters fit one model per imagery fold, and a fold's model scores all of that
+fold's stimuli: their scores share the model's chance variation. When the scores carry a ``fold``
+column, the statistics of those configurations (gains, relative imagery gains, the adapter's ratio to
+fine-tuning) take their intervals from the subjects x folds table of fold means (folds are random
+groupings of stimuli, so the crossed decomposition stays valid, with folds as its items); stimuli without
+a fold (NSD shared1000) stay items of their own. H1 (one perception-only model) uses stimuli.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ IMAGE_TYPES = ("natural", "simple", "complex")
 
 SCORE_COLUMNS = ("subject", "decoder", "configuration", "test_set", "stimulus_id", "stimulus_type",
                  "cosine", "cosine_mean_embedding_baseline")
+#: Optional column: the imagery fold of a stimulus (its per-fold models' unit of variation).
+FOLD_COLUMN = "fold"
 
 
 def above_baseline_table(scores: pd.DataFrame, decoder: str, configuration: str, test_set: str,
@@ -64,6 +73,15 @@ def above_baseline_table(scores: pd.DataFrame, decoder: str, configuration: str,
     return table.dropna(axis=1).sort_index().sort_index(axis=1)
 
 
+def _common(*tables: pd.DataFrame) -> list[pd.DataFrame]:
+    """The tables restricted to their common subjects and stimuli (before any averaging over folds)."""
+    subjects = sorted(set.intersection(*(set(t.index) for t in tables)))
+    stimuli = sorted(set.intersection(*(set(t.columns) for t in tables)))
+    if not subjects or not stimuli:
+        raise InputError("The compared configurations share no subject or no stimulus.")
+    return [t.loc[subjects, stimuli] for t in tables]
+
+
 def _aligned(*tables: pd.DataFrame) -> list[np.ndarray]:
     """The tables restricted to their common subjects and stimuli, as arrays."""
     subjects = sorted(set.intersection(*(set(t.index) for t in tables)))
@@ -71,6 +89,16 @@ def _aligned(*tables: pd.DataFrame) -> list[np.ndarray]:
     if not subjects or not stimuli:
         raise InputError("The compared configurations share no subject or no stimulus.")
     return [t.loc[subjects, stimuli].to_numpy(dtype=np.float64) for t in tables]
+
+
+def fold_means(scores: pd.DataFrame, *tables: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each subjects x stimuli table as subjects x folds (the mean of each fold's stimuli) when ``scores``
+    has a fold for them (:data:`FOLD_COLUMN`); stimuli without a fold stay columns of their own."""
+    if FOLD_COLUMN not in scores.columns:
+        return list(tables)
+    known = scores.dropna(subset=[FOLD_COLUMN]).drop_duplicates("stimulus_id")
+    folds = {s: f"fold{int(f)}" for s, f in zip(known["stimulus_id"], known[FOLD_COLUMN])}
+    return [t.T.groupby([folds.get(s, s) for s in t.columns], sort=True).mean().T for t in tables]
 
 
 def _both(fn, *args, **kwargs) -> dict[str, Interval]:
@@ -98,15 +126,15 @@ def specific_gain(scores: pd.DataFrame, decoder: str, configuration: str) -> dic
     """(config - perception-only) on imagery minus the same on matched perception (cosine units)."""
     tables = [above_baseline_table(scores, decoder, c, t)
               for c in (configuration, "perception_only") for t in ("imagery", "imagery_vision")]
-    ci, ci_v, po, po_v = _aligned(*tables)
+    ci, ci_v, po, po_v = _aligned(*fold_means(scores, *_common(*tables)))
     return _both(mean_interval, (ci - po) - (ci_v - po_v))
 
 
 def relative_change(scores: pd.DataFrame, decoder: str, new: str, old: str, test_set: str,
                     sign: float = 1.0) -> dict[str, Interval]:
     """``sign * (mean(new) / mean(old) - 1)`` above baseline on ``test_set`` (sign -1: a drop)."""
-    N, D = _aligned(above_baseline_table(scores, decoder, new, test_set),
-                    above_baseline_table(scores, decoder, old, test_set))
+    N, D = _aligned(*fold_means(scores, *_common(above_baseline_table(scores, decoder, new, test_set),
+                                                  above_baseline_table(scores, decoder, old, test_set))))
     if sign == 1.0:
         return _both(ratio_interval, N, D, shift=-1.0)
     # a drop 1 - N/D is the ratio (D - N) / D
@@ -122,8 +150,8 @@ def mean_interval_of(scores: pd.DataFrame, decoder: str, configuration: str, tes
 def performance_ratio(scores: pd.DataFrame, decoder: str, configuration: str, reference: str,
                       test_set: str = "imagery") -> dict[str, Interval]:
     """``mean(configuration) / mean(reference)`` above baseline on ``test_set``."""
-    N, D = _aligned(above_baseline_table(scores, decoder, configuration, test_set),
-                    above_baseline_table(scores, decoder, reference, test_set))
+    N, D = _aligned(*fold_means(scores, *_common(above_baseline_table(scores, decoder, configuration, test_set),
+                                                  above_baseline_table(scores, decoder, reference, test_set))))
     return _both(ratio_interval, N, D)
 
 

@@ -161,6 +161,7 @@ def battery_summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         arrow = "↑" if bool(part["higher_is_better"].iloc[0]) else "↓"
         chance = _number(part["chance"].dropna().mean() if part["chance"].notna().any() else None, metric)
         lines.append(f"| {decoder} | {_label(metric)} {arrow} | " + " | ".join(cells) + f" | {chance} |")
+    lines += [""] if len(missing) else []
     for metric, part in missing.groupby("metric", sort=False):
         lines.append(f"- {_label(metric)}: {str(part['note'].iloc[0]).replace('|', '/')}")
     return lines + [""]

@@ -16,7 +16,7 @@ from fmri2img.data.betas import index_cache_dir, region_columns, voxel_table
 from fmri2img.data.nsd_constants import NSDGENERAL_INSIDE
 from fmri2img.data.regions import DEFAULT_REGION, parse_region, restrict
 from fmri2img.data.schema import read_index
-from fmri2img.evaluation.group import SCORE_COLUMNS
+from fmri2img.evaluation.group import FOLD_COLUMN, SCORE_COLUMNS
 from fmri2img.reporting.hypotheses import decide_hypotheses
 from fmri2img.reporting.region_report import region_comparison
 from fmri2img.reporting.verdicts import render_markdown
@@ -121,16 +121,22 @@ def write_summary(config: AblationConfig, tables: list[pd.DataFrame], records: l
 
 
 def per_stimulus_scores(config: AblationConfig, records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Every cell's per_stimulus.csv in one table (:data:`~fmri2img.evaluation.group.SCORE_COLUMNS`);
-    on imagery and matched perception ``cosine`` is the trial-count-matched ``cosine_matched``."""
-    frames = []
+    """Every cell's per_stimulus.csv in one table (:data:`~fmri2img.evaluation.group.SCORE_COLUMNS`, the
+    region and each NSD-Imagery stimulus' fold); on imagery and matched perception ``cosine`` is the
+    trial-count-matched ``cosine_matched``."""
+    frames, folds = [], {}
+    for subject in config.subjects:
+        index = read_index(index_path(config, subject))
+        imagery = index[index["dataset"] == "nsdimagery"].drop_duplicates("stimulus_id")
+        folds[subject] = dict(zip(imagery["stimulus_id"], imagery["fold"]))
     for rec in records:
         cell = Cell(**rec["cell"])
         frame = pd.read_csv(cell_dir(config, cell) / "per_stimulus.csv")
         if "cosine_matched" in frame.columns:
             frame["cosine"] = frame["cosine_matched"].where(frame["cosine_matched"].notna(), frame["cosine"])
-        frames.append(frame.assign(subject=cell.subject, decoder=cell.decoder, region=cell.region))
-    return pd.concat(frames, ignore_index=True)[[*SCORE_COLUMNS, "region"]] if frames else pd.DataFrame()
+        frames.append(frame.assign(subject=cell.subject, decoder=cell.decoder, region=cell.region,
+                                   fold=frame["stimulus_id"].map(folds[cell.subject]).astype("float64")))
+    return pd.concat(frames, ignore_index=True)[[*SCORE_COLUMNS, "region", FOLD_COLUMN]] if frames else pd.DataFrame()
 
 
 def primary_region(config: AblationConfig) -> str:
