@@ -36,7 +36,7 @@ from fmri2img.reporting.calibration import coverage_figure, markdown_table
 from fmri2img.reporting.hypotheses import CHECKED_STATISTICS
 from fmri2img.sim.world import WorldShape, write_world
 from fmri2img.stages.ablation.executor import run_ablation
-from fmri2img.stages.ablation.matrix import AblationConfig
+from fmri2img.stages.ablation.matrix import AblationConfig, code_sha256
 from fmri2img.stages.adapt import AdaptConfig
 from fmri2img.stages.report import save_figure
 
@@ -128,9 +128,11 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
     config_dict, setting, strength, seed = task
     config = from_dict(CalibrationConfig, config_dict)
     done = Path(config.output_root) / "worlds" / setting / f"{seed}.json"
-    # what a world's result depends on (not how many worlds there are, nor where the results go)
+    # what a world's result depends on (not how many worlds there are, nor where the results go; the
+    # code is part of it: a changed generator or statistic must not reuse old worlds)
     study = {k: v for k, v in config_dict.items() if k not in ("worlds", "output_root", "keep_worlds")}
-    key = sha256_json({"study": study, "setting": setting, "strength": strength, "seed": seed})
+    key = sha256_json({"study": study, "setting": setting, "strength": strength, "seed": seed,
+                       "code": code_sha256()})
     if done.is_file() and read_json(done).get("key") == key:
         return read_json(done)
     root = Path(config.output_root).resolve() / "work" / setting / str(seed)
