@@ -16,7 +16,7 @@ HEADLINE_METRICS = ("imagery/cosine", "imagery/two_way", "imagery/retrieval_at_1
 PRIMARY_METRIC = HEADLINE_METRICS[0]
 #: The compare view's grouping (params of every cell run) and its extra param columns.
 GROUP_BY = ("configuration", "decoder")
-PARAM_COLUMNS = ("subject",)
+PARAM_COLUMNS = ("subject", "region")
 
 #: The experiment's description (markdown, shown above its runs table).
 DESCRIPTION = """\
