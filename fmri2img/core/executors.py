@@ -7,7 +7,10 @@ output. Both executors have the semantics of
 ``builtins.map`` / :meth:`concurrent.futures.Executor.map` with one iterable:
 ``executor.map(fn, items)`` yields ``fn(item)`` for each item, in input order.
 
-- :class:`LocalExecutor`: a process pool of ``jobs`` workers (``jobs=1``: in this process).
+- :class:`LocalExecutor`: a process pool of ``jobs`` workers (``jobs=1``: in this process). Its
+  workers end with the ``with`` block however it ends: Ctrl-C or SIGTERM interrupts their running
+  tasks (each task's cleanup runs) and the pool is shut down and joined; a worker whose owner
+  died without that (``kill -9``, the OOM killer) exits at once instead of living on as an orphan.
 - :class:`SlurmExecutor`: one Slurm job array per :meth:`~SlurmExecutor.map` call, through
   submitit (``AutoExecutor(folder, cluster="slurm")``), with the per-task resources of
   :class:`SlurmResources`. A task that is preempted or reaches its time limit is requeued with
@@ -23,10 +26,15 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +44,7 @@ from typing import Any, TypeVar
 
 import submitit
 
+from fmri2img.core import interrupts
 from fmri2img.core.config import check_positive
 from fmri2img.core.errors import ConfigError, Fmri2imgError
 
@@ -46,6 +55,8 @@ log = logging.getLogger("fmri2img.executors")
 
 #: Exit code of a command whose task failed: an ordinary failure (1), not bad input (2).
 TASK_FAILED_EXIT_CODE = 1
+#: Exit code of a pool worker whose owner process is gone (nobody is left to read its result).
+ORPHANED_WORKER_EXIT_CODE = 1
 #: Lines of a failed task's stderr quoted in :class:`TaskFailedError`.
 STDERR_TAIL_LINES = 3
 #: Slurm job states after which a job never runs again (``sacct`` names; Slurm's squeue(1)
@@ -114,6 +125,16 @@ class LocalExecutor(TaskExecutor):
     The keyword arguments are those of :class:`concurrent.futures.ProcessPoolExecutor` (start
     method context, worker initializer and its arguments); one pool serves every :meth:`map`
     call until :meth:`close`.
+
+    Notes
+    -----
+    A worker ignores SIGINT between tasks and takes the first one inside a task as Ctrl-C
+    (:func:`fmri2img.core.interrupts.raised_once`). Leaving the ``with`` block on an interrupt
+    (``KeyboardInterrupt``, or any other exception that is not an :class:`Exception`, such as
+    the one a SIGTERM handler raises) calls :meth:`interrupt` before :meth:`close`, so the
+    command returns once the running tasks have cleaned up, not once they have finished. Each
+    worker also watches its owner (:func:`multiprocessing.parent_process`'s sentinel) and exits
+    when the owner is gone.
     """
 
     def __init__(self, jobs: int = 1, *, mp_context: Any = None, initializer: Callable[..., None] | None = None,
@@ -130,13 +151,60 @@ class LocalExecutor(TaskExecutor):
             return map(fn, items)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=self.mp_context,
-                                             initializer=self.initializer, initargs=self.initargs)
-        return self._pool.map(fn, items)
+                                             initializer=_start_worker, initargs=(self.initializer, self.initargs))
+        return self._pool.map(functools.partial(_run_task, fn), items)
+
+    def interrupt(self) -> None:
+        """Ctrl-C for the running tasks: SIGINT to every worker (idle ones ignore it).
+
+        What the terminal does when it signals the whole process group, for a process that was
+        signalled alone (``kill -INT``, ``kill``): ``shutdown(cancel_futures=True)`` cancels only the
+        tasks not yet started, and ``concurrent.futures`` has no way to stop running ones before
+        Python 3.14's ``terminate_workers``, which kills them before they can clean up."""
+        processes = self._pool._processes if self._pool is not None else None  # noqa: SLF001 - see the docstring
+        for process in list((processes or {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGINT)
 
     def close(self) -> None:
+        """Cancel the tasks not yet started, wait for the running ones, join the workers."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):  # Ctrl-C, SIGTERM, SystemExit
+            self.interrupt()
+        self.close()
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Initializer of every :class:`LocalExecutor` worker: exit with the owner, leave Ctrl-C
+    between tasks to the owner, then the caller's ``initializer``."""
+    owner = multiprocessing.parent_process()  # the process that started the worker, also under forkserver
+    if owner is not None:
+        threading.Thread(target=_exit_when_gone, args=(owner.sentinel,), name="exit-with-owner",
+                         daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_when_gone(sentinel: int) -> None:
+    """Exit this worker as soon as ``sentinel`` (its owner's) is ready, i.e. the owner has exited.
+
+    An owner that dies without shutting the pool down (``kill -9``, the OOM killer) leaves its
+    workers blocked on the task queue for good (each holds a copy of the queue's write end, so
+    none ever reads end-of-file), and through them the fork server. A task cut off here cleans
+    nothing up: outputs without their completion marker are never trusted and are redone."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(ORPHANED_WORKER_EXIT_CODE)
+
+
+def _run_task(fn: Callable[[T], R], item: T) -> R:
+    """One task in a worker: the first SIGINT meanwhile raises KeyboardInterrupt in it."""
+    with interrupts.raised_once():
+        return fn(item)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Local (``executor: local``): workers are forked from a fork server that has impo
 trained deterministically, every task uses :data:`TASK_THREADS` BLAS threads). Each worker
 process keeps one :class:`~fmri2img.core.memo.Memo` (:data:`WORKER_MEMO`): every cell of a
 subject reads the same sessions and test images and scores the same baselines, which are then
-computed once per process.
+computed once per process. Nothing of the pool outlives the command, however it ends: see
+:class:`~fmri2img.core.executors.LocalExecutor` (the workers) and :func:`stop_worker_server`.
 
 Slurm (``executor: slurm``): one job array per stage (submitit), each task a fresh Python process
 running :class:`SlurmTask` (no progress bars, log records on the task's stderr log, the tracking
@@ -17,6 +18,8 @@ server's URI). The same entry points, the same thread counts: the same numbers a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -141,10 +144,27 @@ def mp_context():
 
 
 def start_worker_server(jobs: int) -> None:
-    """Start the fork server now (jobs > 1), so that its imports overlap the serial stages."""
+    """Start the fork server now (jobs > 1), so that its imports overlap the serial stages; this
+    process stops it when it exits (:func:`stop_worker_server`)."""
     ctx = mp_context()
     if jobs > 1 and ctx.get_start_method() == "forkserver":
         forkserver.ensure_running()
+        atexit.unregister(stop_worker_server)  # once, however many ablations this process runs
+        atexit.register(stop_worker_server)
+
+
+def stop_worker_server() -> None:
+    """Stop the fork server and wait until it has exited, unless a worker of this process is alive.
+
+    Left alone, the server exits once its clients are gone, but only after it has imported
+    :data:`WORKER_PRELOAD` and torn itself down: seconds after a command that failed or was
+    interrupted before its pool started. A live worker would keep the server, and so this wait,
+    going; pools are shut down before ``atexit`` runs, and the workers of one that was not exit
+    only once this process has.
+    """
+    if not multiprocessing.active_children():
+        with contextlib.suppress(OSError):  # already gone: nothing to stop
+            forkserver._forkserver._stop()  # noqa: SLF001 - multiprocessing's own stop (no public one)
 
 
 def init_worker(log_path: str | None, environ: dict[str, str] | None = None) -> None:
