@@ -303,3 +303,20 @@ def test_ablation_region_axis_and_adding_a_region(world, tmp_path, tracking_uri,
     client = MlflowClient(tracking_uri)
     run = client.get_run(by_region["ventral"]["mlflow_run_id"])
     assert run.data.tags["region"] == "ventral" and run.data.params["region"] == "ventral"
+
+
+def test_figures_of_a_study_with_regions_name_the_region_they_show(tmp_path):
+    from fmri2img.stages.report import make_figures
+
+    rows = []
+    for region, value in (("nsdgeneral", 0.5), ("ventral", 0.7)):
+        for test_set in ("shared1000", "imagery"):
+            rows.append({"subject": SUBJ, "decoder": "ridge", "configuration": "perception_only", "region": region,
+                         "voxel_selection": "all", "test_set": test_set, "stimulus_type": "all", "metric": "cosine",
+                         "value": value, "ci_low": value - 0.1, "ci_high": value + 0.1, "chance": "", "n": 10,
+                         "p_value": "", "p_holm": ""})
+    pd.DataFrame(rows).to_csv(tmp_path / "results_table.csv", index=False)
+    make_figures(tmp_path, tmp_path / "figures", formats=("png",), main_metric="cosine")
+    captions = (tmp_path / "figures" / "captions.md").read_text()
+    assert "show region nsdgeneral (2 regions in the study" in captions
+    assert "| 0.70" not in (tmp_path / "figures" / "table_formatted.md").read_text()  # only the primary region

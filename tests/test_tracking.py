@@ -77,6 +77,23 @@ def test_orphaned_runs_are_marked_killed(tracking_uri):
     assert client.get_run(live.info.run_id).info.status == "RUNNING"
 
 
+def test_an_exited_but_unreaped_process_counts_as_dead():
+    """A killed pool worker can linger as a zombie until its parent reaps it: its run is orphaned."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "Z" not in open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[-1][:3]:
+        time.sleep(0.05)  # exited, not yet waited for: a zombie
+    try:
+        assert not tracking._pid_alive(child.pid)
+        assert tracking._pid_alive(os.getpid())
+    finally:
+        child.wait()
+
+
 def test_log_history_logs_every_epoch_as_steps_in_one_batch(tracking_uri, monkeypatch):
     # the step is the record's epoch (here 10..13), not its position in the list
     history = [{"epoch": 10 + e, "val_loss": 1.0 / (e + 1), "val_cosine": 0.5 + e / 10, "note": "x"} for e in range(4)]

@@ -369,13 +369,19 @@ def mark_orphaned_runs(tracking_uri: str | None = None, experiment: str = DEFAUL
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (an exited process that its
+    parent has not reaped yet still answers ``kill(pid, 0)``)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the state follows the parenthesised command name
 
 
 def log_artifacts_to_run(

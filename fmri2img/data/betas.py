@@ -160,6 +160,10 @@ def build_beta_cache(
         raise InputError(f"No SHA-256 given for {missing[0]}; hash every source before caching.")
     folder = cache_dir(cache_root, subject, options)
     mask = nsd.read_mask(nsd.require(data_root, mask_rel))
+    infos = {}
+    for rel in beta_files:  # cheap header checks first: fail fast, the mask against the betas first
+        infos[rel] = nsd.inspect_betas(nsd.require(data_root, rel))
+        nsd.check_grid(infos[rel], mask, rel, mask_name=Path(mask_rel).name)
     volumes = regions.voxel_labels(data_root, roi_files, mask.shape)
     voxels = nsd.mask_voxels(regions.cache_voxel_mask(mask, volumes))
     old = _read_meta(folder) or {}
@@ -170,11 +174,9 @@ def build_beta_cache(
     entries: dict[str, dict[str, Any]] = {}
     todo: list[str] = []
     for rel in beta_files:
-        info = nsd.inspect_betas(nsd.require(data_root, rel))  # cheap header checks first: fail fast
-        nsd.check_grid(info, mask, rel, mask_name=Path(mask_rel).name)
         prev = old_files.get(rel)
         if (prev and prev.get("sha256") == sources[rel]
-                and _npy_ok(folder / npy_name(rel), (info.n_volumes, voxels.shape[0]))):
+                and _npy_ok(folder / npy_name(rel), (infos[rel].n_volumes, voxels.shape[0]))):
             entries[rel] = prev
         else:
             todo.append(rel)

@@ -21,6 +21,7 @@ from fmri2img.reporting.tables import (
     RESULTS_TABLE,
     format_latex,
     format_markdown,
+    primary_region,
     primary_region_rows,
     read_results_table,
     summary_rows,
@@ -104,7 +105,8 @@ def make_figures(
     ablation_dir = Path(ablation_dir)
     formats = check_formats(formats)
     # a study of several regions: the figures and tables show the primary one, h1_ratio_by_region all
-    table = primary_region_rows(read_results_table(ablation_dir / RESULTS_TABLE))
+    full = read_results_table(ablation_dir / RESULTS_TABLE)
+    table = primary_region_rows(full)
     output_dir = ensure_dir(output_dir)
 
     written: list[Path] = []
@@ -112,6 +114,10 @@ def make_figures(
     for spec in specs:
         written += save_figure(spec.plot(), output_dir / spec.name, formats)
     captions = "# Figure captions\n\n" + "\n".join(caption(s) for s in specs)  # = figure_captions()
+    named = sorted({r for r in full.get("region", []) if r})
+    if len(named) > 1:
+        captions += (f"\nThe figures and tables above show region {primary_region(full)} ({len(named)} regions in the "
+                     "study: h1_ratio_by_region compares them).\n")
     hypotheses = ablation_dir / HYPOTHESES_FILE
     regions = read_json(hypotheses).get("regions") if hypotheses.is_file() else None
     if regions:

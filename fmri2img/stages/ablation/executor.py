@@ -176,8 +176,10 @@ def run_ablation(
         with make_executor(config, jobs, log_path, slurm_poll_s) as executor:
             records = _run_matrix(config, executor, run, fingerprints, force, progress, log)
             summary_dir, hypotheses = _report(config, executor, run, records, stage_configs, log)
+        # once more at the end: a pool worker of a killed earlier run may have exited only after the start
+        late = tracking.mark_orphaned_runs(tracking_uri, experiment)
         run.log_metrics({"n_cells": len(records), "n_cells_skipped": sum(r["skipped"] for r in records),
-                         "wall_seconds": time.perf_counter() - start})
+                         "wall_seconds": time.perf_counter() - start, "n_orphaned_runs_marked_late": len(late)})
         log.info("ablation finished in %.1f s", time.perf_counter() - start)
         run.log_artifact(log_path, "logs")
     return AblationResult(output_root=Path(config.output_root), records=records, summary_dir=summary_dir,
