@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -34,24 +35,23 @@ import mlflow.data
 import numpy as np
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
 from fmri2img.core.errors import InputError, MissingInputError
 from fmri2img.core.files import dumps_json, sha256_file
+from fmri2img.core.tracking import TAG_HOST, TAG_PID
 
 #: Experiment tag that tells the UI which kind of experiment this is (MLflow 3 ``ExperimentKind``;
 #: ``custom_model_development`` is shown as "Machine learning"). Source: the UI bundle
 #: (``mlflow/server/js/build``, ``ExperimentKind`` enum) and ``mlflow/demo/generators/traces.py``.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND_ML = "custom_model_development"
-
 #: Experiment or run tag whose markdown the UI shows as the description (``mlflow/utils/mlflow_tags.py``).
 NOTE_TAG = "mlflow.note.content"
-
 #: Run tags MLflow itself reads (``mlflow/utils/mlflow_tags.py``).
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
-
 #: Input tag naming a dataset's role in a run (``mlflow/utils/mlflow_tags.py``, MLFLOW_DATASET_CONTEXT).
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 
@@ -66,7 +66,6 @@ WORKFLOW_TYPE_ML = "machine_learning"
 #: The UI refuses to save views longer than this; the server refuses experiment tags longer than this
 #: (``mlflow/utils/validation.py``, MAX_EXPERIMENT_TAG_VAL_LENGTH).
 MAX_VIEW_CHARS = 20000
-
 #: MLflow stores a dataset digest in 36 characters (``mlflow/utils/validation.py``, MAX_DATASET_DIGEST_SIZE).
 DATASET_DIGEST_CHARS = 36
 #: MLflow accepts at most 1000 metrics per ``log_batch`` (``mlflow/utils/validation.py``).
@@ -307,7 +306,12 @@ def log_datasets(client, run_id: str, datasets: Sequence[DatasetLog]) -> None:
             entity = Dataset(**dataset.to_dict())
         inputs.append(DatasetInput(entity, tags=[InputTag(DATASET_CONTEXT_TAG, spec.context)]))
     if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as exc:  # a worker beside this one inserted the same dataset first (SQLite)
+            if "UNIQUE constraint failed" not in str(exc):
+                raise
+            client.log_inputs(run_id, datasets=inputs)  # now it exists and is linked, not inserted
 
 
 def _read_table(path: Path):
@@ -403,7 +407,9 @@ def start_study(client, experiment_id: str, name: str, *, params: Mapping[str, A
 
 def log_cell(client, experiment_id: str, parent_run_id: str, cell: CellLog) -> str:
     """Log ``cell`` as a finished direct child of ``parent_run_id``; return its run id."""
-    tags = {ROLE_TAG: ROLE_CELL, PARENT_TAG: parent_run_id, RUN_NAME_TAG: cell.name, **dict(cell.tags)}
+    # pid and host: a process killed while logging leaves the run RUNNING; the next ablate marks it KILLED
+    tags = {ROLE_TAG: ROLE_CELL, PARENT_TAG: parent_run_id, RUN_NAME_TAG: cell.name, TAG_PID: str(os.getpid()),
+            TAG_HOST: socket.gethostname(), **dict(cell.tags)}
     if cell.cache_key:
         tags[CACHE_KEY_TAG] = cell.cache_key
     if cell.versions:
