@@ -119,12 +119,12 @@ def test_reconstruct_and_eval_give_the_full_battery(world, checkpoint, tmp_path,
             row = _row(table, test_set, "all", metric)
             assert np.isfinite(row.value) and row.n == 12 and row.ci_low <= row.value <= row.ci_high, row
             assert "not computed" in _row(table, test_set, "conceptual", metric).note
-    # Planted: perception beats imagery. Random-weight conv nets keep the images' spatial structure, so their
-    # two-way scores show it; a random ViT (CLIP) gives near-constant features (measured 50.0 % vs 51.5 %), and
-    # the tiny world's low-contrast images put SSIM at 1.000 for every pair: those need the real weights.
-    for metric in ("alexnet2", "alexnet5", "inception_v3"):
+    # Planted: perception beats imagery, on every two-way metric even with random weights (the networks keep
+    # the images' spatial structure) and on the low-level metrics (demo world: docs/comparing.md).
+    for metric in ("alexnet2", "alexnet5", "inception_v3", "clip", "pixcorr", "ssim"):
         vision, imagery = _row(table, "imagery_vision", "all", metric), _row(table, "imagery", "all", metric)
-        assert vision.value > imagery.value and vision.chance == 0.5, metric
+        assert vision.value > imagery.value, metric
+        assert vision.chance == 0.5 or metric in PIXEL_METRICS, metric
     runs = _client(tracking_uri).search_runs([e.experiment_id for e in _client(tracking_uri).search_experiments()],
                                              "tags.source = 'ridge'")
     assert runs and "field/imagery_vision/all/alexnet5" in runs[0].data.metrics
