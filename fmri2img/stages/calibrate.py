@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -160,19 +161,22 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
 
 
 def truth_tables(records: list[dict[str, Any]], rows: pd.DataFrame, settings: dict[str, float]) -> dict[str, Any]:
-    """Per planted setting: ``{params, shape, decoders: {decoder: {statistic: population truth}}}``
-    (the mean estimate over all its worlds), the table the ablation's planted-truth check reads."""
+    """Per planted setting: ``{params, shape, n_worlds, decoders: {decoder: {statistic: population truth}},
+    se: {decoder: {statistic: its standard error}}}`` (the mean estimate over all its worlds and the
+    standard deviation over worlds / sqrt(n_worlds)), the table the ablation's planted-truth check reads."""
     tables = {}
     for setting, strength in settings.items():
         if strength == 1.0:
             continue
         part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population")]
         world = next(r["world"] for r in records if r["rows"] and r["rows"][0]["setting"] == setting)
-        means = part.groupby(["decoder", "statistic"])["estimate"].mean()
+        grouped = part.groupby(["decoder", "statistic"])["estimate"]
+        means, ses = grouped.mean(), grouped.std(ddof=1) / np.sqrt(grouped.count())
         tables[setting] = {"params": world["params"], "shape": world["shape"],
                            "n_worlds": int(part["world_seed"].nunique()),
-                           "decoders": {d: {s: float(v) for (dd, s), v in means.items() if dd == d}
-                                        for d in part["decoder"].unique()}}
+                           **{key: {d: {s: float(v) for (dd, s), v in values.items() if dd == d}
+                                    for d in part["decoder"].unique()}
+                              for key, values in (("decoders", means), ("se", ses))}}
     return tables
 
 
