@@ -103,6 +103,10 @@ def test_calibrate_command_end_to_end(tmp_path, tracking_uri):
     assert not [p for p in (out / "work").rglob("*") if p.is_file()]  # every world deleted after use
     table = json.loads((tmp_path / "truth" / "strength_0.5.json").read_text())
     assert table["params"]["imagery_strength"] == 0.5 and "h1_ratio" in table["decoders"]["ridge"]
+    h1 = worlds[(worlds["setting"] == "strength_0.5") & (worlds["estimand"] == "population")
+                & (worlds["statistic"] == "h1_ratio")]["estimate"]
+    assert table["n_worlds"] == 2 and table["decoders"]["ridge"]["h1_ratio"] == pytest.approx(h1.mean())
+    assert table["se"]["ridge"]["h1_ratio"] == pytest.approx(h1.std(ddof=1) / np.sqrt(2))
     run = MlflowClient(tracking_uri).search_runs(
         [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()],
         "tags.`fmri2img.stage` = 'calibrate'")[0]

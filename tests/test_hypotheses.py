@@ -147,13 +147,15 @@ def test_planted_world_without_a_truth_table_lists_estimates_unchecked_and_says_
 
 def test_a_truth_table_outside_the_interval_is_a_miss():
     scores = _scores(_effects())
-    table = {"ridge": {"h1_ratio": 0.4, "h2_specific_gain": 0.5, "h3_specific_gain": 0.04}}
+    table = {"decoders": {"ridge": {"h1_ratio": 0.4, "h2_specific_gain": 0.5, "h3_specific_gain": 0.04}},
+             "se": {"ridge": {"h1_ratio": 0.012}}, "n_worlds": 6}
     report = hypotheses.decide_hypotheses(scores, _records(), subjects=list(SUBJECTS), decoders=["ridge"],
                                           truth={"null": False, "params": {"imagery_strength": 0.6}}, truth_table=table)
     checks = {c["statistic"]: c["ok"] for c in report["planted_truth"]["checks"]}
     assert checks == {"h1_ratio": True, "h2_specific_gain": False, "h3_specific_gain": True}
     text = render_markdown(report)
     assert "2 of 3 population intervals cover the truth" in text and "| **no** |" in text
+    assert "| 0.400 +/- 0.012 |" in text and "mean estimate over 6 other worlds" in text
 
 
 def test_report_wording_separates_direction_from_magnitude():
@@ -179,7 +181,7 @@ def test_kept_initial_counts_no_op_fold_models():
 def test_a_truth_table_applies_only_to_the_world_it_was_simulated_for():
     truth = {"params": {"imagery_strength": 0.6, "noise_sd": 4.0}, "shape": {"n_mask_voxels": 800}}
     table = {"params": truth["params"], "shape": truth["shape"], "decoders": {"ridge": {"h1_ratio": 0.4}}}
-    assert matching_truth(table, truth) == {"ridge": {"h1_ratio": 0.4}}
+    assert matching_truth(table, truth) == table
     other = {**truth, "params": {**truth["params"], "imagery_strength": 0.3}}
     assert matching_truth(table, other) is None
     assert matching_truth(None, truth) is None

@@ -183,13 +183,14 @@ def planted_truth_check(report: dict[str, Any], truth: dict[str, Any], truth_tab
     """Each checked statistic: the truth, the estimate, its population CI, OK when the CI covers the truth.
 
     ``truth``: the world's ``truth/params.json``. A null world (imagery strength 1) has exact truth:
-    ratio 1, gains 0. Otherwise ``truth_table`` (``{decoder: {statistic: value}}``, simulated by
-    ``fmri2img calibrate --write-truth`` for the world's parameters) gives it; a statistic it lacks
-    is reported without a check.
+    ratio 1, gains 0. Otherwise ``truth_table`` (``{"decoders": {decoder: {statistic: value}}, "se": {...},
+    "n_worlds": n}``, simulated by ``fmri2img calibrate --write-truth`` for the world's parameters) gives
+    it with its simulation standard error; a statistic it lacks is reported without a check.
     """
     strength = truth.get("params", {}).get("imagery_strength")
     null = bool(truth.get("null")) or strength == 1.0
     exact = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0}
+    table = truth_table or {}
     checks = []
     for decoder, entry in report["decoders"].items():
         for hyp in ("H1", "H2", "H3"):
@@ -198,8 +199,10 @@ def planted_truth_check(report: dict[str, Any], truth: dict[str, Any], truth_tab
                 continue
             stat = result["statistic"]
             iv = Interval(**result["intervals"][VERDICT_ESTIMAND])
-            value = exact[stat] if null else (truth_table or {}).get(decoder, {}).get(stat)
+            value = exact[stat] if null else table.get("decoders", {}).get(decoder, {}).get(stat)
+            se = 0.0 if null else table.get("se", {}).get(decoder, {}).get(stat)
             check = {"decoder": decoder, "hypothesis": hyp, "statistic": stat, "truth": value,
+                     "truth_se": se if value is not None else None,
                      "truth_source": "exact (null world)" if null else "simulated truth table" if value is not None
                      else None, "estimate": iv.estimate, "ci": [iv.low, iv.high]}
             check["ok"] = None if value is None else bool(iv.covers(value))
@@ -207,6 +210,7 @@ def planted_truth_check(report: dict[str, Any], truth: dict[str, Any], truth_tab
     decided = [c["ok"] for c in checks if c["ok"] is not None]
     return {"null_world": null, "imagery_strength": strength, "checks": checks, "n_checked": len(decided),
             "n_ok": int(sum(decided)), "all_match": all(decided) if decided else None,
+            "truth_n_worlds": None if null else table.get("n_worlds"),
             "expected_misses": 0.05 * len(decided)}
 
 

@@ -79,6 +79,10 @@ def _truth_lines(truth: dict[str, Any]) -> list[str]:
     if truth["n_checked"]:
         lines.append(f"{truth['n_ok']} of {truth['n_checked']} population intervals cover the truth "
                      f"(at 95%, about {truth['expected_misses']:.1f} misses are expected by chance).")
+        if truth.get("truth_n_worlds"):
+            lines.append(f"The truth is the population value (new subjects and new stimuli) for this world's "
+                         f"parameters: the mean estimate over {truth['truth_n_worlds']} other worlds simulated "
+                         "with them (`fmri2img calibrate --write-truth`), +/- its standard error.")
     else:
         lines.append("No truth is tabulated for this world's parameters: the estimates are listed unchecked "
                      "(`fmri2img calibrate --write-truth` simulates it).")
@@ -86,7 +90,8 @@ def _truth_lines(truth: dict[str, Any]) -> list[str]:
               "|---|---|---|---|---|---|---|"]
     for c in truth["checks"]:
         ok = "n/a" if c["ok"] is None else "yes" if c["ok"] else "**no**"
-        lines.append(f"| {c['decoder']} | {c['hypothesis']} | {c['statistic']} | {_num(c['truth'])} | "
+        value = _num(c["truth"]) + (f" +/- {_num(c['truth_se'])}" if c.get("truth_se") else "")
+        lines.append(f"| {c['decoder']} | {c['hypothesis']} | {c['statistic']} | {value} | "
                      f"{_num(c['estimate'])} | [{_num(c['ci'][0])}, {_num(c['ci'][1])}] | {ok} |")
     return lines + [""]
 

@@ -176,9 +176,9 @@ def planted_region_gains(config: AblationConfig, names: list[str]) -> dict[str, 
 
 
 def matching_truth(table: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The ``decoders`` of a simulated truth table when it was simulated for this world's generator
-    parameters and shape (``fmri2img calibrate --write-truth``), else None."""
+    """A simulated truth table when it was simulated for this world's generator parameters and shape
+    (``fmri2img calibrate --write-truth``), else None."""
     if not table or not truth:
         return None
     same = (table.get("params") == truth.get("params") and table.get("shape") == truth.get("shape"))
-    return table.get("decoders") if same else None
+    return table if same else None
