@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 import torch
-from PIL import Image
 from _world import TINY, build_tiny
+from PIL import Image
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app

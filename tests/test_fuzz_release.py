@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from _fuzz import SCALES, byte_mutation, gzip_mutation, run_fuzz
 from _imagery_release import TARGETS, build_release
-from hypothesis import strategies as st
 
 from fmri2img.core.errors import Fmri2imgError
 from fmri2img.data import nsd_constants as C

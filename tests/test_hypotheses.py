@@ -4,7 +4,6 @@ check (truth, estimate, interval; OK only when the interval covers the truth).""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
