@@ -11,7 +11,7 @@ import pytest
 from fmri2img.evaluation.intervals import Interval
 from fmri2img.reporting import hypotheses
 from fmri2img.reporting.verdicts import render_markdown
-from fmri2img.stages.ablation.summary import matching_truth
+from fmri2img.sim.truth_tables import matching_truth, shipped_truth_tables, truth_table_for
 
 SUBJECTS = ("subj01", "subj02", "subj05", "subj07")
 STIMULI = tuple(f"s{i:02d}" for i in range(12))
@@ -184,3 +184,24 @@ def test_a_truth_table_applies_only_to_the_world_it_was_simulated_for():
     other = {**truth, "params": {**truth["params"], "imagery_strength": 0.3}}
     assert matching_truth(table, other) is None
     assert matching_truth(None, truth) is None
+
+
+def test_a_config_table_comes_first_and_shipped_tables_serve_their_own_worlds_only():
+    shipped = shipped_truth_tables()
+    assert shipped, "the package ships the demo world's truth table"
+    demo = shipped[0]
+    world = {"params": demo["params"], "shape": demo["shape"]}
+    assert truth_table_for(world) == demo
+    assert {"decoders", "se", "n_worlds"} <= set(demo) and demo["n_worlds"] >= 2
+    own = {**demo, "decoders": {"ridge": {"h1_ratio": 0.5}}}
+    assert truth_table_for(world, own) == own
+    other = {**world, "params": {**world["params"], "imagery_strength": 0.31}}
+    assert truth_table_for(other) is None and truth_table_for(other, own) is None
+
+
+def test_a_missing_truth_table_file_is_a_config_error(tmp_path):
+    from fmri2img.core.errors import ConfigError
+    from fmri2img.stages.ablation.matrix import AblationConfig
+
+    with pytest.raises(ConfigError, match=r"truth_table: .*nope\.json not found"):
+        AblationConfig(truth_table=str(tmp_path / "nope.json")).validate()

@@ -95,7 +95,7 @@ class AblationConfig:
     synthesize: bool = True
     synth_seed: int | None = None
     synth_imagery_strength: float | None = DEMO_IMAGERY_STRENGTH  # the synthetic world's (None: the generator's)
-    truth_table: str | None = None  # simulated truth of the synthetic world (fmri2img calibrate --write-truth)
+    truth_table: str | None = None  # simulated truth of the synthetic world (calibrate --write-truth; None: shipped)
     folds: int = 3
     imagery_weight: float = 1.0
     device: str = "cpu"
@@ -132,6 +132,9 @@ class AblationConfig:
         if self.folds < 2:
             raise ConfigError(f"Invalid folds={self.folds}; expected at least 2 imagery folds.")
         check_positive("imagery_weight", self.imagery_weight)
+        if self.truth_table is not None and not Path(self.truth_table).is_file():
+            raise ConfigError(f"truth_table: {self.truth_table} not found; expected a truth table written by "
+                              "`fmri2img calibrate --write-truth DIR` (or leave it out: shipped tables are used).")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"Invalid executor {self.executor!r}; choose one of {', '.join(map(repr, EXECUTORS))}.")
         self.slurm.validate()

@@ -20,6 +20,7 @@ from fmri2img.evaluation.group import FOLD_COLUMN, SCORE_COLUMNS
 from fmri2img.reporting.hypotheses import decide_hypotheses
 from fmri2img.reporting.region_report import region_comparison
 from fmri2img.reporting.verdicts import render_markdown
+from fmri2img.sim.truth_tables import truth_table_for
 from fmri2img.stages.ablation.field import collect_field_tables
 from fmri2img.stages.ablation.matrix import AblationConfig, Cell, cell_dir, index_path, subject_dir
 
@@ -106,7 +107,7 @@ def write_summary(config: AblationConfig, tables: list[pd.DataFrame], records: l
     in_primary = [r for r in records if r["cell"].get("region", DEFAULT_REGION) == primary]
     report = decide_hypotheses(scores[scores["region"] == primary], in_primary, subjects=list(config.subjects),
                                decoders=list(config.decoders), truth=truth,
-                               truth_table=matching_truth(truth_table, truth))
+                               truth_table=truth_table_for(truth, truth_table))
     report["region"] = {"name": primary, "voxel_selection": config.voxel_selection}
     if len(config.regions) > 1:
         names = [parse_region(r) for r in config.regions]
@@ -173,12 +174,3 @@ def planted_region_gains(config: AblationConfig, names: list[str]) -> dict[str, 
             columns = region_columns(restrict(index, name, config.voxel_selection), folder, valid)
             gains[name].append(float(np.nanmean(per_voxel[columns])))
     return {name: float(np.mean(values)) for name, values in gains.items()}
-
-
-def matching_truth(table: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A simulated truth table when it was simulated for this world's generator parameters and shape
-    (``fmri2img calibrate --write-truth``), else None."""
-    if not table or not truth:
-        return None
-    same = (table.get("params") == truth.get("params") and table.get("shape") == truth.get("shape"))
-    return table if same else None
