@@ -154,7 +154,7 @@ def test_a_truth_table_outside_the_interval_is_a_miss():
     assert checks == {"h1_ratio": True, "h2_specific_gain": False, "h3_specific_gain": True}
     text = render_markdown(report)
     assert "2 of 3 population intervals cover the truth" in text and "| **no** |" in text
-    assert "| 0.400 +/- 0.012 |" in text and "mean estimate over 6 other worlds" in text
+    assert "| 0.400 +/- 0.012 |" in text and "mean of the same statistic over 6 other worlds" in text
 
 
 def test_report_wording_separates_direction_from_magnitude():

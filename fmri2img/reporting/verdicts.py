@@ -12,13 +12,16 @@ from fmri2img.reporting.hypotheses import VERDICT_ESTIMAND
 from fmri2img.reporting.region_report import render_regions
 
 INTRO = (
-    "Every number is a CLIP cosine **above the mean-embedding baseline** (the score of a constant guess), "
-    "on trial-count-matched scores (imagery and its matched perception average the same number of trials). "
+    "Every H1-H3 cosine is a CLIP cosine **above the mean-embedding baseline** (the score of a constant "
+    "guess), on trial-count-matched scores (imagery and its matched perception average the same number of "
+    "trials); ratios and percentages are computed from those scores. The validation cosines that choose H3's "
+    "adapter are plain cosines on the adapters' own validation stimuli. "
     "Brackets are 95% confidence intervals for the **population** of subjects and stimuli (subjects and "
     "stimuli as crossed random effects), which the verdicts use; intervals for *these* stimuli (new subjects "
     "only) are in hypotheses.json.\n\n"
     "Each hypothesis gets two answers. **Direction**: *supported* when the interval lies on the hypothesis' "
-    "side of its null value, *not supported* when it lies on the other side, *inconclusive* when it includes "
+    "side of its null value, *not supported* when it lies on the other side (evidence against), *inconclusive* "
+    "when it includes "
     "the null value (the data cannot tell). **Roadmap magnitude**: *met* when the interval lies inside the "
     "roadmap's expected range, *not met* when it lies outside, *inconclusive* when it crosses an edge."
 )
@@ -56,16 +59,18 @@ def _h2_line(h2: dict[str, Any]) -> str:
     return (f"- **H2** mixed training: imagery-specific gain (gain on imagery minus gain on matched perception) "
             f"{interval_text(h2['intervals'][VERDICT_ESTIMAND], signed=True)}; "
             f"{_relative_text(h2['imagery_gain'], 'relative imagery gain')}; "
-            f"{_relative_text(h2['perception_drop'], 'perception drop (shared1000)')}. Direction (specific gain "
-            f"above 0): **{h2['direction']}**. Roadmap magnitude ({h2['roadmap']}): **{h2['magnitude']}**.")
+            f"{_relative_text(h2['perception_drop'], 'perception drop on shared1000 (positive: worse)')}. "
+            f"Direction (specific gain above 0; the percentages serve the roadmap only): **{h2['direction']}**. Roadmap magnitude ({h2['roadmap']}): **{h2['magnitude']}**.")
 
 
 def _h3_line(h3: dict[str, Any]) -> str:
     val = ", ".join(f"{k} {v:.4f}" for k, v in sorted(h3["validation_cosine"].items()))
     speed = h3["speedup_vs_finetune"]
-    speed_text = (f"speed-up {interval_text(speed, unit='x')} in CPU time" if speed["reported"]
+    speed_text = (f"speed-up {interval_text(speed, unit='x')} in CPU time (above 1x: the adapter trains faster)"
+                  if speed["reported"]
                   else f"speed-up not reported ({speed['note']})")
-    return (f"- **H3** {h3['chosen_adapter']} (chosen on validation cosine: {val}): imagery-specific gain "
+    return (f"- **H3** {h3['chosen_adapter']} (chosen on validation cosine: {val}): imagery-specific gain over "
+            "the perception-only decoder "
             f"{interval_text(h3['intervals'][VERDICT_ESTIMAND], signed=True)}; "
             f"{interval_text(h3['performance_vs_finetune'][VERDICT_ESTIMAND], pct=True)} of fine-tuning's "
             f"imagery score; {speed_text}. Direction (specific gain above 0): **{h3['direction']}**. "
@@ -74,15 +79,21 @@ def _h3_line(h3: dict[str, Any]) -> str:
 
 def _truth_lines(truth: dict[str, Any]) -> list[str]:
     world = ("null world (imagery strength 1: imagery distributed like perception; exact truth: ratio 1, gains 0)"
-             if truth["null_world"] else f"imagery strength {truth['imagery_strength']}")
+             if truth["null_world"] else f"imagery strength {truth['imagery_strength']} (the generator's one knob "
+             "for every imagery effect: 1 = imagery distributed like perception; docs/synthetic_world.md)")
     lines = ["## Planted-truth check (synthetic world)", "", f"World: {world}."]
     if truth["n_checked"]:
         lines.append(f"{truth['n_ok']} of {truth['n_checked']} population intervals cover the truth "
                      f"(at 95%, about {truth['expected_misses']:.1f} misses are expected by chance).")
         if truth.get("truth_n_worlds"):
-            lines.append(f"The truth is the population value (new subjects and new stimuli) for this world's "
-                         f"parameters: the mean estimate over {truth['truth_n_worlds']} other worlds simulated "
-                         "with them (`fmri2img calibrate --write-truth`), +/- its standard error.")
+            lines.append(f"The truth is simulated, not exact: the population value (new subjects and new stimuli) "
+                         f"for this world's parameters, estimated as the mean of the same statistic over "
+                         f"{truth['truth_n_worlds']} other worlds with these parameters and other seeds "
+                         "(`fmri2img calibrate --write-truth`), +/- its standard error (sd over worlds / "
+                         "sqrt(worlds)). An interval covers the truth when it contains that mean. The check "
+                         "tests the intervals' width, not the statistic's bias (the truth shares it), and only "
+                         "the statistics the directions are decided on; docs/trust.md has the coverage over "
+                         "many worlds.")
     else:
         lines.append("No truth is tabulated for this world's parameters: the estimates are listed unchecked "
                      "(`fmri2img calibrate --write-truth` simulates it).")
