@@ -60,7 +60,8 @@ def _h2_line(h2: dict[str, Any]) -> str:
             f"{interval_text(h2['intervals'][VERDICT_ESTIMAND], signed=True)}; "
             f"{_relative_text(h2['imagery_gain'], 'relative imagery gain')}; "
             f"{_relative_text(h2['perception_drop'], 'perception drop on shared1000 (positive: worse)')}. "
-            f"Direction (specific gain above 0; the percentages serve the roadmap only): **{h2['direction']}**. Roadmap magnitude ({h2['roadmap']}): **{h2['magnitude']}**.")
+            f"Direction (specific gain above 0; the percentages serve the roadmap only): **{h2['direction']}**. "
+            f"Roadmap magnitude ({h2['roadmap']}): **{h2['magnitude']}**.")
 
 
 def _h3_line(h3: dict[str, Any]) -> str:
