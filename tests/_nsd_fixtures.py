@@ -14,8 +14,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import scipy.io
-from _imagery_release import build_release
 from PIL import Image
+
+from _imagery_release import build_release
 
 from fmri2img.data import nsd_constants
 

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.io
 import torch
-from _world import TINY, build_tiny
 from PIL import Image
+from _world import TINY, build_tiny
 from typer.testing import CliRunner
 
 from fmri2img.cli.main import app
@@ -585,6 +585,14 @@ def c_ablate_bad_nested_value(world, tmp):
     cfg.write_text("subjects: [subj01]\nadapt: {imagery_fraction: 2.0}\n")
     out = tmp / "abl"
     return Case(["ablate", "--config", str(cfg), "--output-dir", str(out)], ("imagery_fraction=2.0", "(0, 1]"), [out])
+
+
+def c_ablate_missing_truth_table(world, tmp):
+    cfg = tmp / "ablation.yaml"
+    cfg.write_text(f"subjects: [subj01]\ntruth_table: {tmp / 'truth' / 'nope.json'}\n")
+    out = tmp / "abl"
+    return Case(["ablate", "--config", str(cfg), "--output-dir", str(out)], ("truth_table", "nope.json",
+                                                                             "calibrate --write-truth"), [out])
 
 
 def c_embed_bad_clip_checkpoint(world, tmp):

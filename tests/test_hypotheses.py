@@ -205,3 +205,21 @@ def test_a_missing_truth_table_file_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"truth_table: .*nope\.json not found"):
         AblationConfig(truth_table=str(tmp_path / "nope.json")).validate()
+
+
+def test_the_shipped_demo_table_is_for_the_world_make_demo_writes():
+    """Fails when the generator's defaults, the demo's shape or its strength change: then re-simulate the
+    table (projects/imagery/configs/calibrate_demo.yaml), or the demo's check would silently go unchecked."""
+    import dataclasses
+    import json
+
+    from fmri2img.sim.model import GeneratorParams
+    from fmri2img.sim.world import SCALES
+    from fmri2img.stages.ablation.matrix import AblationConfig
+
+    shape = SCALES["demo"]
+    params = GeneratorParams(imagery_strength=AblationConfig().synth_imagery_strength)
+    world = json.loads(json.dumps({"params": dataclasses.asdict(params),
+                                   "shape": {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject}}))
+    table = truth_table_for(world)
+    assert table is not None and set(table["decoders"]) == {"ridge", "mlp", "two_stage"}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse
+from PIL import Image
 from _imagery_release import (
     TARGETS,
     build_release,
@@ -19,7 +20,6 @@ from _imagery_release import (
     write_pair_list,
     write_png,
 )
-from PIL import Image
 
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants as C

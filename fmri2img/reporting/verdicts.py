@@ -20,9 +20,9 @@ INTRO = (
     "stimuli as crossed random effects), which the verdicts use; intervals for *these* stimuli (new subjects "
     "only) are in hypotheses.json.\n\n"
     "Each hypothesis gets two answers. **Direction**: *supported* when the interval lies on the hypothesis' "
-    "side of its null value, *not supported* when it lies on the other side (evidence against), *inconclusive* "
-    "when it includes "
-    "the null value (the data cannot tell). **Roadmap magnitude**: *met* when the interval lies inside the "
+    "side of its null value, *not supported* when it lies on the other side (evidence against), "
+    "*inconclusive* when it includes the null value (the data cannot tell). **Roadmap magnitude**: *met* "
+    "when the interval lies inside the "
     "roadmap's expected range, *not met* when it lies outside, *inconclusive* when it crosses an edge."
 )
 

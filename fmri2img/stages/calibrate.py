@@ -172,11 +172,13 @@ def truth_tables(records: list[dict[str, Any]], rows: pd.DataFrame, settings: di
         world = next(r["world"] for r in records if r["rows"] and r["rows"][0]["setting"] == setting)
         grouped = part.groupby(["decoder", "statistic"])["estimate"]
         means, ses = grouped.mean(), grouped.std(ddof=1) / np.sqrt(grouped.count())
+
+        def per_decoder(values: pd.Series) -> dict[str, dict[str, float]]:
+            return {d: {s: float(v) for (dd, s), v in values.items() if dd == d} for d in part["decoder"].unique()}
+
         tables[setting] = {"params": world["params"], "shape": world["shape"],
                            "n_worlds": int(part["world_seed"].nunique()),
-                           **{key: {d: {s: float(v) for (dd, s), v in values.items() if dd == d}
-                                    for d in part["decoder"].unique()}
-                              for key, values in (("decoders", means), ("se", ses))}}
+                           "decoders": per_decoder(means), "se": per_decoder(ses)}
     return tables
 
 
