@@ -68,6 +68,72 @@ def test_leave_one_out_needs_two_worlds_and_columns_are_checked():
         calibration.assign_truth(pd.DataFrame({"setting": ["s"]}))
 
 
+def _family_rows(estimates, estimand, roles, seed=0, setting="s", strength=0.5):
+    n = len(estimates)
+    return pd.DataFrame({"setting": setting, "strength": strength, "world_seed": seed, "decoder": "ridge",
+                         "statistic": "h1_ratio", "estimand": estimand, "estimate": estimates,
+                         "low": np.asarray(estimates) - 0.05, "high": np.asarray(estimates) + 0.05,
+                         "role": roles, "sibling": range(n)})
+
+
+def test_sibling_truth_is_the_mean_of_the_other_members_of_the_estimands_family():
+    W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    roles = [W, ST, ST, SU, SU]
+    rows = pd.concat([_family_rows([0.1, 0.2, 0.3, 0.4, 0.5], "population", roles),
+                      _family_rows([0.1, 0.2, 0.3, 0.4, 0.5], "stimuli", roles),
+                      _family_rows([0.9, 0.7, 0.6], "population", [W, ST, SU], seed=1),
+                      _family_rows([0.9, 0.8, 0.7], "stimuli", [W, ST, SU], seed=1, setting="null", strength=1.0)],
+                     ignore_index=True)
+    out = calibration.assign_truth(rows)
+    pop = out[(out["estimand"] == "population") & (out["setting"] == "s")]
+    # population: the world and its new-stimuli siblings (seed 0: 0.1, 0.2, 0.3; seed 1: 0.9, 0.7)
+    assert pop["role"].tolist() == [W, ST, ST, W, ST]
+    assert pop["truth"].tolist() == pytest.approx([0.25, 0.2, 0.15, 0.7, 0.9])
+    assert pop["truth_n"].tolist() == [2, 2, 2, 1, 1]
+    stim = out[(out["estimand"] == "stimuli") & (out["setting"] == "s")]
+    assert stim["role"].tolist() == [W, SU, SU] and stim["truth"].tolist() == pytest.approx([0.45, 0.3, 0.25])
+    null = out[out["setting"] == "null"]  # every null-world row keeps its exact truth
+    assert len(null) == 3 and (null["truth"] == 1.0).all() and np.isinf(null["truth_n"]).all()
+
+
+def test_conditional_truth_calibrates_intervals_that_a_cross_world_truth_calls_too_narrow():
+    """Worlds with a family-level random effect (tau) that their own intervals cannot see: against the
+    mean of the other worlds they look too narrow (error ratio sqrt(1 + tau^2 / sigma^2)); against the
+    mean of their family's other members they are calibrated (ratio ~1, coverage ~ what calibrated
+    intervals reach against a 2-world truth, 89%)."""
+    rng = np.random.default_rng(11)
+    n_families, k, sigma, tau = 600, 2, 0.1, 0.1
+    W, ST = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI
+    frames = []
+    for f in range(n_families):
+        est = 0.5 + rng.normal(0, tau) + rng.normal(0, sigma, size=k + 1)
+        frame = _family_rows(est, "population", [W] + [ST] * k, seed=f)
+        frame["low"], frame["high"] = est - 1.96 * sigma, est + 1.96 * sigma
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    conditional = calibration.summarize(calibration.assign_truth(rows)).iloc[0]
+    expected = 2 * stats.norm.cdf(1.96 / np.sqrt(1 + 1 / k)) - 1
+    assert conditional["expected_coverage"] == pytest.approx(expected, abs=1e-3)
+    assert conditional["coverage"] == pytest.approx(expected, abs=0.025)
+    assert conditional["error_ratio"] == pytest.approx(1.0, abs=0.05)
+    worlds_only = rows[rows["role"] == W].drop(columns=["role", "sibling"])
+    across = calibration.summarize(calibration.assign_truth(worlds_only)).iloc[0]
+    assert across["error_ratio"] == pytest.approx(np.sqrt(2.0), abs=0.1) and across["coverage"] < 0.88
+
+
+def test_sibling_seeds_keep_the_named_families_and_never_collide():
+    from fmri2img.sim.seeds import WorldSeeds
+    from fmri2img.stages.calibrate import world_seeds
+
+    W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    assert world_seeds(5, W, 0) == WorldSeeds.single(5)
+    st, su = world_seeds(5, ST, 1), world_seeds(5, SU, 1)
+    assert st.world == su.world == su.stimuli == 5 and st.stimuli == st.subjects != 5 and su.subjects != 5
+    seeds = [world_seeds(w, role, k) for w in (0, 1, 999) for role in (ST, SU) for k in (1, 2, 99)]
+    drawn = [s.subjects for s in seeds]
+    assert len(set(drawn)) == len(drawn) and min(drawn) > 10**6
+
+
 TINY_CONFIG = """
 worlds: 2
 first_seed: 7
@@ -121,3 +187,34 @@ def test_calibrate_refuses_a_strength_outside_0_1(tmp_path):
     cfg.write_text(TINY_CONFIG.replace("strengths: [0.5]", "strengths: [1.5]"))
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg)])
     assert res.exit_code == 2 and "strengths" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("line, match", [("siblings: -1", "siblings"), ("siblings: 100", "siblings"),
+                                          ("first_seed: 1000000000", "first_seed")])
+def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG + line + "\n")
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg)])
+    assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output
+
+
+def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
+    """One world and one sibling of each kind: population rows of the world and its new-stimuli sibling
+    are each other's truth, these-stimuli rows likewise with the new-subjects sibling; both tables."""
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG.replace("worlds: 2", "worlds: 1").replace("include_null: true", "include_null: false")
+                   + f"siblings: 1\noutput_root: {tmp_path / 'out'}\n")
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri])
+    assert res.exit_code == 0, res.output
+    worlds = pd.read_csv(tmp_path / "out" / "calibration_worlds.csv")
+    h1 = worlds[worlds["statistic"] == "h1_ratio"].set_index(["estimand", "role"])
+    W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    assert sorted(h1.index) == sorted([("population", W), ("population", ST), ("stimuli", W), ("stimuli", SU)])
+    assert h1.loc[("population", W), "truth"] == pytest.approx(h1.loc[("population", ST), "estimate"])
+    assert h1.loc[("stimuli", SU), "truth"] == pytest.approx(h1.loc[("stimuli", W), "estimate"])
+    # the new-subjects sibling sees the same stimuli, yet other subjects: another estimate
+    assert h1.loc[("stimuli", SU), "estimate"] != h1.loc[("stimuli", W), "estimate"]
+    table = (tmp_path / "out" / "calibration.md").read_text()
+    assert "Population intervals" in table and "These-stimuli intervals" in table
+    names = sorted(p.name for p in (tmp_path / "out" / "worlds" / "strength_0.5").iterdir())
+    assert names == ["7-new-stimuli-1.json", "7-new-subjects-1.json", "7.json"]

@@ -25,6 +25,7 @@ from fmri2img.core.errors import InputError, OutputError
 from fmri2img.data import nsd_constants, nsd_imagery_release
 from fmri2img.sim import model as sim_model
 from fmri2img.sim import world
+from fmri2img.sim.shape import SYNTH_IMAGE_SIZE
 
 #: A tiny world: 2 design sessions (500 images per subject, 50 shared), 300 ROI voxels.
 TINY = world.WorldShape(grid=(12, 14, 12), n_mask_voxels=300, n_sessions=2, n_shared=50, image_size=16)
@@ -199,7 +200,7 @@ def test_images_have_contrast_and_differ_between_categories():
 
     gp = sim_model.GeneratorParams()
     latents, cats = sim_model.make_latents(60, gp, 0, "contrast")
-    images = sim_model.render_images(latents, world.SYNTH_IMAGE_SIZE, gp, 0)
+    images = sim_model.render_images(latents, SYNTH_IMAGE_SIZE, gp, 0)
     assert 40 < images.astype(float).std() < 70
     pairs = [(a, b) for a in range(60) for b in range(a + 1, 60)][::20]
     other = [ssim(images[a], images[b]) for a, b in pairs if cats[a] != cats[b]]
@@ -264,6 +265,37 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for name in ("truth/latents.npy", nsd_constants.BETAS_HDF5.format(subject="subj01", session=1),
                  nsd_constants.BETAS_NII.format(subject="subj01", session=1), nsd_constants.EXPDESIGN):
         assert a[name] != c[name], name
+
+
+def test_siblings_share_the_named_families_and_redraw_the_rest(tmp_path):
+    """WorldSeeds: seeds all equal to ``seed`` give the very same world; a new subject seed keeps the
+    stimuli (design, latents, images, imagery content) and redraws encodings and betas; a new stimulus
+    seed keeps the latent geometry and renderer (latent_directions) and redraws the stimuli."""
+    kw = dict(subjects=("subj01",), scale=TINY, sessions=1, progress=False)
+    seed, new = DEFAULT_WORLD_SEED, DEFAULT_WORLD_SEED + 77
+    world.write_world(tmp_path / "a", **kw)
+    world.write_world(tmp_path / "same", stimulus_seed=seed, subject_seed=seed, **kw)
+    world.write_world(tmp_path / "subj", subject_seed=new, **kw)
+    world.write_world(tmp_path / "stim", stimulus_seed=new, subject_seed=new, **kw)
+    a, same, subj, stim = (_sha_tree(tmp_path / x) for x in ("a", "same", "subj", "stim"))
+    assert a == same
+    stimuli_files = ["truth/latents.npy", "truth/imagery_offsets.npy", "truth/imagery_residuals.npy",
+                     nsd_constants.EXPDESIGN, nsd_constants.STIMULI_HDF5]
+    subject_files = ["truth/G_subj01.npy", nsd_constants.BETAS_NII.format(subject="subj01", session=1),
+                     nsd_constants.RESPONSES.format(subject="subj01")]
+    for name in stimuli_files:
+        assert subj[name] == a[name] != stim[name], name
+    for name in subject_files:
+        assert subj[name] != a[name] and stim[name] != a[name], name
+    params = json.loads((tmp_path / "stim" / "truth" / "params.json").read_text())
+    assert params["seeds"] == {"world": seed, "stimuli": new, "subjects": new} and params["seed"] == seed
+    # the new stimuli lie in the same latent geometry: their projection on the world's shared direction
+    # and category directions is as large as the original stimuli's (a new geometry would make it ~0)
+    shared, cat_dirs = sim_model.latent_directions(sim_model.GeneratorParams(), seed)
+    for root in ("a", "stim"):
+        latents = np.load(tmp_path / root / "truth" / "latents.npy")
+        assert np.allclose(latents @ shared, latents[0] @ shared, atol=1e-5)
+        assert np.abs(latents @ cat_dirs.T).max(axis=1).min() > 0.3
 
 
 def test_null_world_imagery_is_perception_like(tmp_path, tiny):

@@ -11,10 +11,23 @@ interval (``estimate, low, high``). The truth of the *population* estimand:
   world is never judged against itself; the worlds are independent draws of stimuli, offsets,
   subjects and noise, so this mean converges to the population value).
 
+With sibling worlds (rows with a ``role`` other than :data:`ROLE_WORLD`: worlds that share a world's
+latent geometry and renderer, ``WorldSeeds.world``, and redraw its stimuli and subjects, or share its
+stimuli too and redraw only its subjects) the truths are *conditional*: a population interval is
+judged against the mean of the other worlds of its family with the same geometry (the world and its
+new-stimuli siblings), a these-stimuli interval against the mean of the other worlds with the same
+stimuli (the world and its new-subjects siblings). Rows that do not belong to the estimand's family
+(a new-subjects sibling's population interval, a new-stimuli sibling's these-stimuli interval) are
+dropped. In the null world every row keeps its exact truth.
+
 Per (setting, decoder, statistic): coverage of the intervals (with a Clopper-Pearson interval on
-the count), the rate at which the interval excludes the statistic's null value (the false-positive
-rate in a null world, the power elsewhere), RMSE against the truth, bias where the truth is exact
-(a leave-one-out truth has mean error 0 by construction), mean interval width.
+the count), the coverage a calibrated interval reaches against a truth that is itself a mean of
+``m`` worlds (``2 Phi(z / sqrt(1 + 1/m)) - 1``: the truth's own noise lowers it), the error ratio
+(RMS over worlds of ``(estimate - truth) / (half-width / z)``, divided by ``sqrt(1 + 1/m)``: 1 for
+calibrated intervals, above 1 for too narrow ones), the rate at which the interval excludes the
+statistic's null value (the false-positive rate in a null world, the power elsewhere), RMSE against
+the truth, bias where the truth is exact (a leave-one-out truth has mean error 0 by construction),
+mean interval width.
 """
 
 from __future__ import annotations
@@ -30,30 +43,59 @@ NULL_VALUES = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0
 
 ROW_COLUMNS = ("setting", "strength", "world_seed", "decoder", "statistic", "estimand", "estimate", "low", "high")
 
+#: Roles of a world in its family (column ``role``; absent means every row is :data:`ROLE_WORLD`).
+ROLE_WORLD, ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS = "world", "new stimuli", "new subjects"
+
+#: Which roles share the truth of each estimand within a family of siblings.
+FAMILY_OF_ESTIMAND = {"population": (ROLE_WORLD, ROLE_NEW_STIMULI), "stimuli": (ROLE_WORLD, ROLE_NEW_SUBJECTS)}
+
 #: Level of the Clopper-Pearson intervals on coverage and rejection counts.
 COUNT_LEVEL = 0.95
 
+#: Level of the intervals under calibration (every reported interval is a 95% one).
+NOMINAL_LEVEL = 0.95
+
+
+def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mean of the other rows' finite estimates, and how many there were."""
+    finite = estimates.where(np.isfinite(estimates))
+    n_other = finite.notna().sum() - finite.notna().astype(int)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (finite.sum() - finite.fillna(0.0)) / n_other
+    return means.to_numpy(dtype=float), n_other.to_numpy(dtype=float)
+
 
 def assign_truth(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with a ``truth`` column (see the module docstring); needs >= 2 worlds per planted setting."""
+    """``rows`` with ``truth``, ``truth_n`` (how many worlds its mean is over; inf when exact) and
+    ``truth_source`` columns (see the module docstring); needs >= 2 worlds per planted setting (or
+    per family, with siblings)."""
     missing = [c for c in ROW_COLUMNS if c not in rows.columns]
     if missing:
         raise InputError(f"Calibration rows lack column {missing[0]!r}; expected {', '.join(ROW_COLUMNS)}.")
     out = rows.copy()
-    out["truth"] = np.nan
-    for key, part in out.groupby(["setting", "decoder", "statistic", "estimand"], sort=False):
-        null = bool((part["strength"] == 1.0).all())
-        if null:
-            out.loc[part.index, "truth"] = NULL_VALUES[key[2]]
-            continue
-        finite = part["estimate"].where(np.isfinite(part["estimate"]))
-        n, total = finite.notna().sum(), finite.sum()
-        if n < 2:
+    if "role" not in out.columns:
+        out["role"] = ROLE_WORLD
+    siblings = bool((out["role"] != ROLE_WORLD).any())
+    null_rows = out["strength"] == 1.0
+    if siblings:  # a row outside its estimand's family has no truth to be judged against
+        in_family = np.array([r in FAMILY_OF_ESTIMAND[e] for r, e in zip(out["role"], out["estimand"])], dtype=bool)
+        keep = null_rows.to_numpy() | in_family
+        out = out[keep].reset_index(drop=True)
+        null_rows = out["strength"] == 1.0
+    out["truth"], out["truth_n"] = np.nan, np.inf
+    out["truth_source"] = "exact (null world)"
+    if null_rows.any():
+        out.loc[null_rows, "truth"] = out.loc[null_rows, "statistic"].map(NULL_VALUES).astype(float)
+    keys = ["setting", "decoder", "statistic", "estimand"] + (["world_seed"] if siblings else [])
+    for key, part in out[~null_rows].groupby(keys, sort=False):
+        means, n_other = _leave_one_out_means(part["estimate"])
+        if (n_other < 1).any():
             raise InputError(f"Setting {key[0]!r} needs at least 2 worlds with an estimate of {key[2]} for a "
-                             f"leave-one-out truth; got {n}.")
-        own = finite.fillna(0.0)
-        out.loc[part.index, "truth"] = (total - own) / (n - finite.notna().astype(int))
-    out["truth_source"] = np.where(out["strength"] == 1.0, "exact (null world)", "mean of the other worlds")
+                             f"leave-one-out truth{' in each family' if siblings else ''}; got "
+                             f"{int(n_other.min()) + 1}.")
+        out.loc[part.index, "truth"], out.loc[part.index, "truth_n"] = means, n_other
+        out.loc[part.index, "truth_source"] = ("mean of the other worlds of its family" if siblings
+                                               else "mean of the other worlds")
     return out
 
 
@@ -79,6 +121,13 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         err = (part["estimate"] - part["truth"]).to_numpy(dtype=float)
         err = err[np.isfinite(err)]
         n = len(defined)
+        inflation = 1.0 + 1.0 / defined["truth_n"].to_numpy(dtype=float)  # the truth's own noise (0 when exact)
+        z = stats.norm.ppf(0.5 + NOMINAL_LEVEL / 2)
+        implied_se = (defined["high"] - defined["low"]).to_numpy(dtype=float) / (2 * z)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            standardized = (defined["estimate"] - defined["truth"]).to_numpy(dtype=float) / implied_se
+        standardized /= np.sqrt(inflation)
+        standardized = standardized[np.isfinite(standardized)]
         cov_low, cov_high = _count_interval(int(covers.sum()), n)
         rej_low, rej_high = _count_interval(int(rejects.sum()), n)
         records.append({
@@ -86,6 +135,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             "statistic": statistic, "estimand": estimand, "n_worlds": int(len(part)), "n_defined": n,
             "truth_mean": float(part["truth"].mean()),
             "n_covered": int(covers.sum()), "coverage": float(covers.mean()) if n else float("nan"),
+            "expected_coverage": float(np.mean(2 * stats.norm.cdf(z / np.sqrt(inflation)) - 1)) if n else float("nan"),
+            "error_ratio": float(np.sqrt(np.mean(standardized**2))) if standardized.size else float("nan"),
             "coverage_ci_low": cov_low, "coverage_ci_high": cov_high,
             "n_rejected": int(rejects.sum()), "rejection_rate": float(rejects.mean()) if n else float("nan"),
             "rejection_ci_low": rej_low, "rejection_ci_high": rej_high,

@@ -34,7 +34,7 @@ from fmri2img.sim.model import GeneratorParams, render_images  # the world's own
 #: Seed of the synthetic world's renderer when none is given (``fmri2img.data.synthetic.DEFAULT_SEED``).
 SYNTHETIC_DEFAULT_SEED = 0
 
-#: Side of the synthetic world's images (``fmri2img.data.synthetic.SYNTH_IMAGE_SIZE``).
+#: Side of the synthetic world's images (``fmri2img.sim.shape.SYNTH_IMAGE_SIZE``).
 SYNTHETIC_IMAGE_SIZE = 64
 
 #: Denoising steps and classifier-free guidance of the unCLIP backend: the defaults of diffusers'

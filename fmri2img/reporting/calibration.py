@@ -7,12 +7,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fmri2img.evaluation.calibration import NULL_VALUES
+from fmri2img.evaluation.calibration import NOMINAL_LEVEL, NULL_VALUES
 
 #: What the issue asks of the intervals: coverage >= 90% of nominal 95%, null rejections 5% +/- 3%.
 COVERAGE_TARGET = 0.90
 FPR_TARGET = (0.02, 0.08)
 NOMINAL_FPR = 0.05
+
+#: Heading of each estimand's table.
+ESTIMAND_TITLES = {"population": "Population intervals (generalise over stimuli and subjects)",
+                   "stimuli": "These-stimuli intervals (generalise over subjects, for the world's own stimuli)"}
 
 LABELS = {"h1_ratio": "H1 ratio", "h2_specific_gain": "H2 specific gain", "h3_specific_gain": "H3 specific gain"}
 
@@ -22,21 +26,26 @@ def _pct(v: float) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
-    """Coverage, rejection rate (FPR in the null world, power elsewhere), bias and RMSE per statistic."""
+    """Coverage (and what calibrated intervals would reach against this truth), the error ratio,
+    rejection rate (FPR in the null world, power elsewhere), bias and RMSE per statistic, under a
+    heading naming the estimand."""
     part = summary[summary["estimand"] == estimand].sort_values(["strength", "decoder", "statistic"])
-    lines = ["| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] | "
-             "rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"**{ESTIMAND_TITLES.get(estimand, estimand)}**", "",
+             "| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] | calibrated would cover "
+             "| error ratio | rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in part.iterrows():
         null = r["strength"] == 1.0
-        # consistent: the count's interval reaches the target (few worlds cannot establish more)
-        ok_cov = r["coverage_ci_high"] >= COVERAGE_TARGET
+        # consistent: the count's interval reaches the target (few worlds cannot establish more), lowered
+        # by as much as the truth's own noise lowers what calibrated intervals cover
+        ok_cov = r["coverage_ci_high"] >= COVERAGE_TARGET - (NOMINAL_LEVEL - r["expected_coverage"])
         ok_fpr = r["rejection_ci_low"] <= NOMINAL_FPR <= r["rejection_ci_high"] if null else True
         flag = "yes" if ok_cov and ok_fpr else "**no**"
         lines.append(
             f"| {r['setting']} | {r['strength']:g} | {r['decoder']} | {LABELS.get(r['statistic'], r['statistic'])} "
             f"| {r['truth_mean']:.3f} | {_pct(r['coverage'])} ({r['n_covered']}/{r['n_defined']}) "
             f"[{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
+            f"| {_pct(r['expected_coverage'])} | {r['error_ratio']:.2f} "
             f"| {_pct(r['rejection_rate'])} ({r['n_rejected']}/{r['n_defined']}) "
             f"[{_pct(r['rejection_ci_low'])}, {_pct(r['rejection_ci_high'])}]{' (FPR)' if null else ' (power)'} "
             f"| {'n/a' if not np.isfinite(r['bias']) else format(r['bias'], '+.4f')} | {r['rmse']:.4f} "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from fmri2img.sim.imagery_effects import (
     ImageryEffect,
     strength_effect,
 )
+from fmri2img.sim.seeds import rng_for
 
 #: Voxel size of the func1pt8mm space in mm [NSD manual, "Betas"].
 VOXEL_MM = 1.8
@@ -182,12 +182,6 @@ GENERATIVE_MODEL_TEXT = (
 )
 
 
-def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
-    """An independent generator per (seed, component...) so components do not shift each other."""
-    words = [int(seed)] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return np.random.default_rng(words)
-
-
 def _unit_rows(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
@@ -211,7 +205,7 @@ def latent_directions(params: GeneratorParams, seed: int) -> tuple[np.ndarray, n
 
 
 def make_latents(
-    n: int, params: GeneratorParams, seed: int, stream: str
+    n: int, params: GeneratorParams, seed: int, stream: str, directions_seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Latents of ``n`` stimuli drawn from the model.
 
@@ -221,6 +215,8 @@ def make_latents(
     with every latent's projection on the shared direction exactly ``c0`` (~0.67), so a
     decoder's intercept (the mean latent) cannot decide retrieval on its own.
 
+    ``seed`` draws the categories and ``z_s``; ``directions_seed`` (default ``seed``) ``m`` and ``u_c``.
+
     Returns
     -------
     latents : float64 array of shape (n, dim)
@@ -228,7 +224,7 @@ def make_latents(
     categories : int array of shape (n,)
         Category of each stimulus.
     """
-    shared, cat_dirs = latent_directions(params, seed)
+    shared, cat_dirs = latent_directions(params, seed if directions_seed is None else directions_seed)
     rng = rng_for(seed, "latents", stream)
     categories = rng.integers(0, params.n_categories, size=n)
     unique = _orthogonal_units(rng.standard_normal((n, params.dim)), shared)
@@ -427,9 +423,10 @@ def offset_direction(stim_latents: np.ndarray, cat_dirs: np.ndarray, rng: np.ran
 
 
 def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams,
-                    seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+                    seed: int, directions_seed: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """What each NSD-Imagery stimulus' imagery trials carry: ``gamma_X (rho_X e_s + sqrt(1 - rho_X^2)
     r_s) + c_X`` with ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u``.
+    ``seed`` draws ``u`` and the ``r_s``; ``directions_seed`` (default ``seed``) is the latent directions'.
 
     Returns
     -------
@@ -441,7 +438,7 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
     # the offset direction u lies in the span of the category directions: the structured part
     # of the latent space that a perception decoder reads out best, so the offset distorts
     # decoded imagery (a random direction would be shrunk away by any regularised decoder)
-    _, cat_dirs = latent_directions(params, seed)
+    _, cat_dirs = latent_directions(params, seed if directions_seed is None else directions_seed)
     u = offset_direction(stim_latents, cat_dirs, rng)
     resid = rng.standard_normal(stim_latents.shape)
     resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents

@@ -53,67 +53,11 @@ from fmri2img.sim.model import (
     make_masks,
     noise_ceiling,
     render_images,
-    rng_for,
     session_betas,
     voxel_ncsnr,
 )
-
-#: Side of the synthetic stimulus images in pixels, at every scale (the real imgBrick is 425;
-#: 64 keeps ``--scale nsd`` at ~0.5 GB of images instead of ~20 GB).
-SYNTH_IMAGE_SIZE = 64
-
-
-@dataclass(frozen=True)
-class WorldShape:
-    """Sizes of a world. ``images per subject = n_sessions * 750 / 3`` (each shown 3 times).
-
-    Attributes
-    ----------
-    grid : tuple of 3 ints or None
-        Functional grid (X, Y, Z); ``None`` uses each subject's real grid (``FUNC1PT8_GRID``).
-    n_mask_voxels : int
-        Voxels with nsdgeneral == 1.
-    n_sessions : int
-        Sessions of the design (``masterordering`` has ``n_sessions * 750`` trials).
-    n_shared : int
-        Shared images (the first ``n_shared`` columns of ``subjectim``; "shared1000").
-    image_size : int
-        Side of the stimulus images in pixels.
-    real_session_counts : bool
-        Subjects write at most their real number of sessions (``NSD_SESSIONS``: 30-40).
-    """
-
-    grid: tuple[int, int, int] | None
-    n_mask_voxels: int
-    n_sessions: int
-    n_shared: int
-    image_size: int = SYNTH_IMAGE_SIZE
-    real_session_counts: bool = False
-
-    @property
-    def images_per_subject(self) -> int:
-        return self.n_sessions * nsd_constants.TRIALS_PER_SESSION // nsd_constants.MAX_REPEATS
-
-    @property
-    def n_trials(self) -> int:
-        return self.n_sessions * nsd_constants.TRIALS_PER_SESSION
-
-    def grid_of(self, subject: str) -> tuple[int, int, int]:
-        return tuple(self.grid) if self.grid is not None else nsd_constants.FUNC1PT8_GRID[subject]
-
-
-#: ``--scale`` presets. demo: ~2,000 voxels, 1,000 images x 3 repeats (100 shared), written in
-#: seconds. nsd: real grids, 15,724 voxels (subj01's nsdgeneral), 40 sessions, 10,000 images.
-SCALES = {
-    "demo": WorldShape(grid=(20, 24, 20), n_mask_voxels=2_000, n_sessions=4, n_shared=100),
-    "nsd": WorldShape(
-        grid=None,
-        n_mask_voxels=nsd_constants.NSDGENERAL_VOXELS_SUBJ01,
-        n_sessions=nsd_constants.NSD_SESSIONS["subj01"],
-        n_shared=nsd_constants.N_SHARED,
-        real_session_counts=True,
-    ),
-}
+from fmri2img.sim.seeds import WorldSeeds, rng_for
+from fmri2img.sim.shape import SCALES, WorldShape
 
 
 @dataclass
@@ -218,6 +162,8 @@ def write_world(
     beta_format: str = "nifti",
     null: bool = False,
     seed: int = DEFAULT_WORLD_SEED,
+    stimulus_seed: int | None = None,
+    subject_seed: int | None = None,
     force: bool = False,
     progress: bool = True,
     params: GeneratorParams | None = None,
@@ -241,6 +187,9 @@ def write_world(
         Imagery identical in distribution to perception (for calibrating statistics).
     seed : int
         Same seed and arguments give byte-identical files.
+    stimulus_seed, subject_seed : int, optional
+        Seeds of the stimulus and the subject draws (default ``seed``; :class:`WorldSeeds`): a world
+        with the same ``seed`` and another ``subject_seed`` shows the same stimuli to new subjects.
     force : bool
         Replace an existing world at ``out``.
     progress : bool
@@ -265,7 +214,9 @@ def write_world(
     parent = ensure_dir(out.parent if str(out.parent) else Path("."))
     tmp = Path(_mkdtemp(parent, out.name))
     try:
-        summary = _write_into(tmp, subjects, shape, scale_name, sessions, beta_format, null, seed,
+        seeds = WorldSeeds(int(seed), int(seed if stimulus_seed is None else stimulus_seed),
+                           int(seed if subject_seed is None else subject_seed))
+        summary = _write_into(tmp, subjects, shape, scale_name, sessions, beta_format, null, seeds,
                               params, progress)
         _swap_into_place(tmp, out)
     except BaseException:
@@ -295,26 +246,28 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _make_stimuli(design: Design, shape: WorldShape, subjects: Sequence[str], params: GeneratorParams,
-                  seed: int) -> _Stimuli:
+                  seeds: WorldSeeds) -> _Stimuli:
     """Pool latents (shared block, then each subject's unique block), sets A and C, imagery content."""
+    seed, geometry = seeds.stimuli, seeds.world
     latents = np.empty((len(design.nsd_ids), params.dim))
-    shared_lat, _ = make_latents(shape.n_shared, params, seed, "shared")
+    shared_lat, _ = make_latents(shape.n_shared, params, seed, "shared", geometry)
     latents[design.shared] = shared_lat
     for subject in subjects:
         ids = design.subjectim[nsd_constants.subject_number(subject) - 1, shape.n_shared:]
-        latents[ids], _ = make_latents(len(ids), params, seed, f"unique-{subject}")
-    lat_a, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-A")
-    lat_c, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-C")
+        latents[ids], _ = make_latents(len(ids), params, seed, f"unique-{subject}", geometry)
+    lat_a, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-A", geometry)
+    lat_c, _ = make_latents(nsd_constants.IMAGERY_STIMULI_PER_SET, params, seed, "imagery-C", geometry)
     stimuli = imagery_release.release_names(imagery_stimuli(design), design.shared)
     stim_latents = np.concatenate([lat_a, latents[design.imagery_b], lat_c])  # table order (18, d)
     sets = [s["stim_set"] for s in stimuli]
-    imagined, offsets, resid = imagery_content(stim_latents, sets, params, seed)
-    cells, events = imagery_release.make_design(rng_for(seed, "imagery-design"))
+    imagined, offsets, resid = imagery_content(stim_latents, sets, params, seed, geometry)
+    cells, events = imagery_release.make_design(rng_for(seeds.subjects, "imagery-design"))
     return _Stimuli(latents, lat_a, lat_c, stimuli, sets, stim_latents, imagined, offsets, resid, cells, events)
 
 
 def _write_release_files(root: Path, design: Design, shape: WorldShape, subjects: Sequence[str],
                          n_written: dict[str, int], stim: _Stimuli, params: GeneratorParams, seed: int) -> None:
+    # seed: the world family's (the renderer)
     """Files shared by the subjects: imgBrick, NSD-Imagery targets, design and pair lists, nsd_expdesign.mat,
     stim info."""
     images = render_images(stim.latents, shape.image_size, params, seed)
@@ -336,7 +289,8 @@ def _write_release_files(root: Path, design: Design, shape: WorldShape, subjects
 
 def _write_sessions(root: Path, subject: str, design: Design, stim: _Stimuli, G: np.ndarray, writer: VolumeWriter,
                     n_sessions: int, beta_format: str, params: GeneratorParams, seed: int, bar) -> None:
-    """The subject's NSD session betas (NIfTI and/or HDF5), one session volume at a time."""
+    """The subject's NSD session betas (NIfTI and/or HDF5), one session volume at a time (``seed``: the subjects
+    family's)."""
     row = nsd_constants.subject_number(subject) - 1
     for session in range(1, n_sessions + 1):
         bar.set_postfix_str(f"{subject} session {session:02d}")
@@ -355,7 +309,8 @@ def _write_sessions(root: Path, subject: str, design: Design, stim: _Stimuli, G:
 
 def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, gain: np.ndarray, grid, roi, brain,
                    params: GeneratorParams, seed: int, beta_format: str) -> None:
-    """The subject's 720 NSD-Imagery betas (release block order; imagery signal x ``gain``, (n_roi,)), behaviour."""
+    """The subject's 720 NSD-Imagery betas (release block order; imagery signal x ``gain``, (n_roi,)), behaviour
+    (``seed``: the subjects family's)."""
     stim_idx, tasks = stim.events["stim_index"].to_numpy(), stim.events["task"].to_numpy()
     content = np.where((tasks == "imagery")[:, None], stim.imagined[stim_idx], stim.stim_latents[stim_idx])
     content = np.where((tasks == "attention")[:, None], params.attention_gain * content, content)
@@ -375,7 +330,8 @@ def _write_imagery(root: Path, subject: str, stim: _Stimuli, G: np.ndarray, gain
 
 def _write_subject(root: Path, subject: str, design: Design, shape: WorldShape, stim: _Stimuli, n_sessions: int,
                    beta_format: str, params: GeneratorParams, seed: int, bar) -> tuple[anatomy.Anatomy, np.ndarray]:
-    """Masks, regions, encoding, behaviour and betas of one subject; returns its anatomy and ncsnr (n_roi,)."""
+    """Masks, regions, encoding, behaviour and betas of one subject; returns its anatomy and ncsnr (n_roi,)
+    (``seed``: the subjects family's)."""
     bar.set_postfix_str(f"{subject} masks")
     grid = shape.grid_of(subject)
     nsdgeneral, brain = make_masks(grid, shape.n_mask_voxels, seed, subject)
@@ -413,20 +369,20 @@ def _write_truth(root: Path, design: Design, stim: _Stimuli, truth: dict[str, An
 
 
 def _write_into(root: Path, subjects: tuple[str, ...], shape: WorldShape, scale_name: str, sessions: int | None,
-                beta_format: str, null: bool, seed: int, params: GeneratorParams, progress: bool) -> WorldSummary:
-    design = make_design(shape, subjects, seed)
+                beta_format: str, null: bool, seeds: WorldSeeds, params: GeneratorParams, progress: bool) -> WorldSummary:
+    design = make_design(shape, subjects, seeds.stimuli)
     n_written = {s: sessions_for(s, shape, sessions) for s in subjects}
-    stim = _make_stimuli(design, shape, subjects, params, seed)
+    stim = _make_stimuli(design, shape, subjects, params, seeds)
     steps = sum(n_written.values()) + 2 * len(subjects) + 1
     bar = tqdm(total=steps, desc="synth", unit="step", file=sys.stderr, disable=not progress, leave=False)
     try:
         bar.set_postfix_str("stimuli")
-        _write_release_files(root, design, shape, subjects, n_written, stim, params, seed)
+        _write_release_files(root, design, shape, subjects, n_written, stim, params, seeds.world)
         bar.update(1)
         written = {subject: _write_subject(root, subject, design, shape, stim, n_written[subject], beta_format,
-                                           params, seed, bar) for subject in subjects}
+                                           params, seeds.subjects, bar) for subject in subjects}
         bar.set_postfix_str("truth")
-        truth = _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seed, stim.imagery,
+        truth = _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seeds, stim.imagery,
                               len(design.nsd_ids), written, stim.latents)
         ids = _write_truth(root, design, stim, truth)
     finally:
@@ -438,7 +394,7 @@ def _write_into(root: Path, subjects: tuple[str, ...], shape: WorldShape, scale_
                         seconds=0.0, files=files)
 
 
-def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seed, stimuli,
+def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, null, seeds, stimuli,
                   n_pool, written, latents) -> dict[str, Any]:
     iu = np.triu_indices(min(len(latents), 500), k=1)
     sub = latents[:500]
@@ -457,7 +413,8 @@ def _truth_params(params, shape, scale_name, subjects, n_written, beta_format, n
     return {
         "generator": "fmri2img.sim",
         "fmri2img_version": __version__,
-        "seed": seed,
+        "seed": seeds.world,  # the renderer's (fmri2img.models.reconstruct)
+        "seeds": dataclasses.asdict(seeds),
         "scale": scale_name,
         "shape": {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject},
         "params": dataclasses.asdict(params),

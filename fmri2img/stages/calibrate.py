@@ -4,9 +4,12 @@ report how far its intervals and verdicts can be trusted (coverage, false-positi
 Each world is one task: write a small world (its own seed; imagery strength of its setting, 1 =
 the null world), run a reduced ablation on it (:func:`fmri2img.stages.ablation.executor.run_ablation`,
 logged to the world's own SQLite store), keep the H1-H3 statistics and their intervals
-(``worlds/<setting>/<seed>.json``: a rerun skips finished worlds) and delete the world. Worlds run
-in parallel on :class:`fmri2img.core.executors.LocalExecutor`. Then
-:mod:`fmri2img.evaluation.calibration` scores them against the truth.
+(``worlds/<setting>/<seed>.json``: a rerun skips finished worlds) and delete the world. With
+``siblings: K`` each world also gets K siblings that keep its latent geometry and redraw its stimuli
+and subjects, and K that keep its stimuli too and redraw only its subjects (:class:`WorldSeeds`):
+the conditional truths of docs/trust.md. Worlds run in parallel on
+:class:`fmri2img.core.executors.LocalExecutor`. Then :mod:`fmri2img.evaluation.calibration` scores
+them against the truth.
 """
 
 from __future__ import annotations
@@ -31,11 +34,21 @@ from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
 from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
-from fmri2img.evaluation.calibration import ROW_COLUMNS, assign_truth, headline, summarize
+from fmri2img.evaluation.calibration import (
+    ROLE_NEW_STIMULI,
+    ROLE_NEW_SUBJECTS,
+    ROLE_WORLD,
+    ROW_COLUMNS,
+    assign_truth,
+    headline,
+    summarize,
+)
 from fmri2img.evaluation.scoring import EvalOptions
 from fmri2img.reporting.calibration import coverage_figure, markdown_table
 from fmri2img.reporting.hypotheses import CHECKED_STATISTICS
-from fmri2img.sim.world import WorldShape, write_world
+from fmri2img.sim.seeds import WorldSeeds
+from fmri2img.sim.shape import WorldShape
+from fmri2img.sim.world import write_world
 from fmri2img.stages.ablation.executor import run_ablation
 from fmri2img.stages.ablation.matrix import AblationConfig, code_sha256
 from fmri2img.stages.adapt import AdaptConfig
@@ -50,6 +63,23 @@ NULL_SETTING = "null_world"
 #: The hypothesis statistics read from each world's report: statistic -> its hypothesis.
 STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
 
+#: Sibling seeds are ``SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * world_seed + kind) + k``: above every
+#: world seed a config can name (first_seed + worlds <= SIBLING_SEED_BASE) and distinct per world, kind, k.
+SIBLING_SEED_BASE = 10**9
+MAX_SIBLINGS = 100
+
+#: Config keys a world's result does not depend on (how many worlds and siblings there are, where results go).
+NOT_IN_WORLD_KEY = ("worlds", "siblings", "output_root", "keep_worlds")
+
+
+def world_seeds(seed: int, role: str, k: int) -> WorldSeeds:
+    """Seeds of world ``seed`` (role :data:`ROLE_WORLD`) or of its ``k``-th sibling of ``role`` (k >= 1)."""
+    if role == ROLE_WORLD:
+        return WorldSeeds.single(seed)
+    kind = (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS).index(role)
+    new = SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * seed + kind) + k
+    return WorldSeeds(seed, new, new) if role == ROLE_NEW_STIMULI else WorldSeeds(seed, seed, new)
+
 
 @dataclass(frozen=True)
 class CalibrationConfig:
@@ -57,6 +87,8 @@ class CalibrationConfig:
 
     worlds: int = 50
     first_seed: int = 1000
+    #: per world, this many new-stimuli and as many new-subjects siblings (0: the leave-one-out truth over worlds)
+    siblings: int = 0
     #: imagery strengths of the planted settings; 1.0 (the null world) is added by ``include_null``
     strengths: tuple[float, ...] = (0.6, 0.78, 0.95)
     include_null: bool = True
@@ -74,8 +106,14 @@ class CalibrationConfig:
 
     def validate(self) -> None:
         check_positive("worlds", self.worlds)
-        if self.worlds < 2:
-            raise ConfigError(f"worlds={self.worlds}: a leave-one-out truth needs at least 2 worlds per setting.")
+        if self.worlds < 2 and self.siblings == 0:
+            raise ConfigError(f"worlds={self.worlds}: a leave-one-out truth needs at least 2 worlds per setting "
+                              "(or siblings >= 1).")
+        if not 0 <= self.siblings < MAX_SIBLINGS:
+            raise ConfigError(f"siblings={self.siblings!r}: expected an integer in [0, {MAX_SIBLINGS - 1}].")
+        if not (0 <= self.first_seed and self.first_seed + self.worlds <= SIBLING_SEED_BASE):
+            raise ConfigError(f"first_seed={self.first_seed!r}: expected 0 <= first_seed and first_seed + worlds "
+                              f"<= {SIBLING_SEED_BASE} (the sibling seeds start there).")
         for s in self.strengths:
             if not 0.0 < s < 1.0:
                 raise ConfigError(f"strengths: {s!r} is not in (0, 1); 1 is the null world (include_null).")
@@ -111,7 +149,8 @@ class CalibrationResult:
     seconds: float
 
 
-def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int) -> list[dict[str, Any]]:
+def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int, role: str,
+                k: int) -> list[dict[str, Any]]:
     rows = []
     for decoder, entry in report["decoders"].items():
         for stat, hyp in STATISTIC_OF.items():
@@ -120,27 +159,32 @@ def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int
             for estimand, iv in entry[hyp]["intervals"].items():
                 rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
                              "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
-                             "low": iv["low"], "high": iv["high"]})
+                             "low": iv["low"], "high": iv["high"], "role": role, "sibling": k})
     return rows
 
 
-def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, Any]:
-    """One world of one setting: its statistics (cached in ``worlds/<setting>/<seed>.json``)."""
-    config_dict, setting, strength, seed = task
+def calibrate_world(task: tuple[dict[str, Any], str, float, int, str, int]) -> dict[str, Any]:
+    """One world (or sibling ``k`` of ``role``) of one setting: its statistics (cached in
+    ``worlds/<setting>/<seed>[-<role>-<k>].json``)."""
+    config_dict, setting, strength, seed, role, k = task
     config = from_dict(CalibrationConfig, config_dict)
-    done = Path(config.output_root) / "worlds" / setting / f"{seed}.json"
-    # what a world's result depends on (not how many worlds there are, nor where the results go; the
-    # code is part of it: a changed generator or statistic must not reuse old worlds)
-    study = {k: v for k, v in config_dict.items() if k not in ("worlds", "output_root", "keep_worlds")}
+    seeds = world_seeds(seed, role, k)
+    name = str(seed) if role == ROLE_WORLD else f"{seed}-{role.replace(' ', '-')}-{k}"
+    done = Path(config.output_root) / "worlds" / setting / f"{name}.json"
+    # what a world's result depends on (the code is part of it: a changed generator or statistic must
+    # not reuse old worlds)
+    study = {key: v for key, v in config_dict.items() if key not in NOT_IN_WORLD_KEY}
     key = sha256_json({"study": study, "setting": setting, "strength": strength, "seed": seed,
+                       **({} if role == ROLE_WORLD else {"seeds": dataclasses.asdict(seeds)}),
                        "code": code_sha256()})
     if done.is_file() and read_json(done).get("key") == key:
         return read_json(done)
-    root = Path(config.output_root).resolve() / "work" / setting / str(seed)
+    root = Path(config.output_root).resolve() / "work" / setting / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     start = time.process_time()
-    summary = write_world(root / "data", subjects=config.subjects, scale=config.shape, seed=seed, progress=False,
+    summary = write_world(root / "data", subjects=config.subjects, scale=config.shape, seed=seeds.world,
+                          stimulus_seed=seeds.stimuli, subject_seed=seeds.subjects, progress=False,
                           imagery_strength=strength if strength < 1.0 else None, null=strength == 1.0)
     ablation = AblationConfig(
         subjects=config.subjects, decoders=config.decoders, configurations=config.configurations,
@@ -151,7 +195,7 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int]) -> dict[str, A
     with contextlib.chdir(root):  # the world's MLflow store keeps its artifacts in ./mlruns: inside the world
         result = run_ablation(ablation, jobs=1, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
     truth = read_json(summary.root / "truth" / "params.json")
-    record = {"key": key, "rows": _world_rows(result.hypotheses, setting, strength, seed),
+    record = {"key": key, "rows": _world_rows(result.hypotheses, setting, strength, seed, role, k),
               "world": {"params": truth["params"], "shape": truth["shape"]},
               "cpu_seconds": time.process_time() - start}
     if not config.keep_worlds:
@@ -168,7 +212,8 @@ def truth_tables(records: list[dict[str, Any]], rows: pd.DataFrame, settings: di
     for setting, strength in settings.items():
         if strength == 1.0:
             continue
-        part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population")]
+        # worlds only: siblings share a world's geometry, so they are not independent draws of the population
+        part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population") & (rows["role"] == ROLE_WORLD)]
         world = next(r["world"] for r in records if r["rows"] and r["rows"][0]["setting"] == setting)
         grouped = part.groupby(["decoder", "statistic"])["estimate"]
         means, ses = grouped.mean(), grouped.std(ddof=1) / np.sqrt(grouped.count())
@@ -191,20 +236,24 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
     out = ensure_dir(config.output_root)
     config_dict = dataclasses.asdict(config)
     # seeds outermost: an interrupted run has covered every setting about equally (and resumes)
-    tasks = [(config_dict, setting, strength, config.first_seed + i)
-             for i in range(config.worlds) for setting, strength in config.settings.items()]
+    members = [(ROLE_WORLD, 0)] + [(role, k) for k in range(1, config.siblings + 1)
+                                   for role in (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS)]
+    tasks = [(config_dict, setting, strength, config.first_seed + i, role, k)
+             for i in range(config.worlds) for setting, strength in config.settings.items() for role, k in members]
     with tracking.run("calibrate", {"config": config_dict, "jobs": jobs}, tracking_uri=tracking_uri,
                       run_name="calibration") as run:
         # spawned workers: a fork of this process (MLflow's threads, torch) is not safe to train in
         with LocalExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
                                 unit="world", disable=not progress))
-        rows = assign_truth(pd.DataFrame([r for rec in records for r in rec["rows"]], columns=list(ROW_COLUMNS)))
+        rows = assign_truth(pd.DataFrame([r for rec in records for r in rec["rows"]],
+                                         columns=[*ROW_COLUMNS, "role", "sibling"]))
         summary = summarize(rows)
         head = headline(summary)
         write_text(out / "calibration_worlds.csv", rows.to_csv(index=False))
         write_text(out / "calibration_summary.csv", summary.to_csv(index=False))
-        write_text(out / "calibration.md", markdown_table(summary))
+        estimands = ("population", "stimuli") if config.siblings else ("population",)
+        write_text(out / "calibration.md", "\n".join(markdown_table(summary, e) for e in estimands))
         save_figure(coverage_figure(summary), out / "calibration")
         if write_truth:
             for setting, table in truth_tables(records, rows, config.settings).items():
@@ -212,7 +261,9 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
         for _, r in summary[summary["estimand"] == "population"].iterrows():
             name = f"{r['setting']}.{r['decoder']}.{r['statistic']}"
             run.log_metrics({f"{name}.coverage": r["coverage"], f"{name}.rejection_rate": r["rejection_rate"],
-                             f"{name}.bias": r["bias"], f"{name}.rmse": r["rmse"]})
+                             f"{name}.bias": r["bias"], f"{name}.rmse": r["rmse"],
+                             f"{name}.expected_coverage": r["expected_coverage"],
+                             f"{name}.error_ratio": r["error_ratio"]})
         run.log_metrics({**head, "n_worlds": len(tasks), "cpu_seconds_worlds": sum(r["cpu_seconds"] for r in records)})
         for name in ("calibration_worlds.csv", "calibration_summary.csv", "calibration.md", "calibration.png"):
             if (out / name).is_file():
