@@ -23,8 +23,9 @@ dropped. In the null world every row keeps its exact truth.
 Per (setting, decoder, statistic): coverage of the intervals (with a Clopper-Pearson interval on
 the count), the coverage a calibrated interval reaches against a truth that is itself a mean of
 ``m`` worlds (``2 Phi(z / sqrt(1 + 1/m)) - 1``: the truth's own noise lowers it), the error ratio
-(RMS over worlds of ``(estimate - truth) / (half-width / z)``, divided by ``sqrt(1 + 1/m)``: 1 for
-calibrated intervals, above 1 for too narrow ones), the rate at which the interval excludes the
+(the spread over worlds of ``(estimate - truth) / (half-width / z) / sqrt(1 + 1/m)``, as a robust sd:
+median absolute value / 0.6745, so that one world with a near-zero-width interval cannot dominate
+it; 1 for calibrated intervals, above 1 for too narrow ones), the rate at which the interval excludes the
 statistic's null value (the false-positive rate in a null world, the power elsewhere), RMSE against
 the truth, bias where the truth is exact (a leave-one-out truth has mean error 0 by construction),
 mean interval width.
@@ -54,6 +55,9 @@ COUNT_LEVEL = 0.95
 
 #: Level of the intervals under calibration (every reported interval is a 95% one).
 NOMINAL_LEVEL = 0.95
+
+#: Median of |Z| for a standard normal Z (0.6745): a median absolute value / this is a robust sd.
+MEDIAN_ABS_NORMAL = float(stats.norm.ppf(0.75))
 
 
 def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +140,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             "truth_mean": float(part["truth"].mean()),
             "n_covered": int(covers.sum()), "coverage": float(covers.mean()) if n else float("nan"),
             "expected_coverage": float(np.mean(2 * stats.norm.cdf(z / np.sqrt(inflation)) - 1)) if n else float("nan"),
-            "error_ratio": float(np.sqrt(np.mean(standardized**2))) if standardized.size else float("nan"),
+            "error_ratio": (float(np.median(np.abs(standardized)) / MEDIAN_ABS_NORMAL) if standardized.size
+                            else float("nan")),
             "coverage_ci_low": cov_low, "coverage_ci_high": cov_high,
             "n_rejected": int(rejects.sum()), "rejection_rate": float(rejects.mean()) if n else float("nan"),
             "rejection_ci_low": rej_low, "rejection_ci_high": rej_high,
