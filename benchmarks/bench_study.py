@@ -172,14 +172,22 @@ def run_study(workdir: Path, args: argparse.Namespace) -> int:
     else:
         scale, sessions = "nsd", sessions_for(args.train_images)
     rows = []
-    synth_cmd = [*cli, "synth", "--subject", SUBJECT, "--scale", scale, "--sessions", str(sessions),
-                 "--format", "hdf5", "--out", str(workdir / "data"), "--force"]
-    done, samples = monitored(synth_cmd, workdir, env)
-    if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
-        return done.returncode
-    rows.append(("synthesis (not in study_wall_s)", samples[0][0], samples[-1][0], *_between(samples, samples[0][0],
-                                                                                          samples[-1][0])))
+    if args.reuse_world:
+        params = workdir / "data" / "truth" / "params.json"
+        written = json.loads(params.read_text())["sessions_written"] if params.is_file() else {}
+        if written.get(SUBJECT) != sessions:
+            raise SystemExit(f"Error: --reuse-world: {params} is not a world of {SUBJECT} with {sessions} sessions "
+                             f"(found {written or 'no world'}); expected the world this benchmark writes.")
+        rows.append(("synthesis (reused: not measured)", 0.0, 0.0, float("nan"), float("nan"), float("nan")))
+    else:
+        synth_cmd = [*cli, "synth", "--subject", SUBJECT, "--scale", scale, "--sessions", str(sessions),
+                     "--format", "hdf5", "--out", str(workdir / "data"), "--force"]
+        done, samples = monitored(synth_cmd, workdir, env)
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+            return done.returncode
+        rows.append(("synthesis (not in study_wall_s)", samples[0][0], samples[-1][0],
+                     *_between(samples, samples[0][0], samples[-1][0])))
     config = workdir / "study.yaml"
     config.write_text(f"subjects: [{SUBJECT}]\nsynthesize: false\ndevice: {args.device}\n"
                       + (TINY_CONFIG if args.tiny else ""))
@@ -223,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES,
                         help="distinct training images to write sessions for (NSD scale)")
     parser.add_argument("--tiny", action="store_true", help="demo-scale world (1 session), ridge, 2 configurations")
+    parser.add_argument("--reuse-world", action="store_true", help="use the world already in --workdir/data (written "
+                        "by an earlier run; its synthesis is not measured again)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the world and outputs here (default: a "
                         "temporary folder; NSD scale needs ~1.1 GB per session)")
     args = parser.parse_args(argv)

@@ -364,6 +364,21 @@ def test_bad_arguments(tmp_path, kwargs, match):
 # ---------------------------------------------------------------------------- CLI + calibration
 
 
+def test_cli_sibling_seeds_reach_the_world_and_the_mlflow_run(tmp_path):
+    app = typer.Typer()
+    app.command()(synth_cli.command)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "world"), "--subject", "subj01", "--sessions", "1",
+                                      "--subject-seed", "5", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "world" / "truth" / "params.json").read_text())
+    assert params["seeds"] == {"world": DEFAULT_WORLD_SEED, "stimuli": DEFAULT_WORLD_SEED, "subjects": 5}
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])[0]
+    assert run.data.params["seed.subjects"] == "5" and run.data.params["seed.stimuli"] == str(DEFAULT_WORLD_SEED)
+
+
 @pytest.fixture(scope="module")
 def demo_cli(tmp_path_factory):
     """``fmri2img synth`` at the default (demo) scale for one subject, tracked in a tmp store."""

@@ -32,6 +32,12 @@ def command(
         None, "--imagery-strength", min=0.0, max=1.0,
         help="Imagery strength s in (0, 1]: 1 = imagery like perception; default 0.6 (docs/synthetic_world.md)."),
     seed: int = typer.Option(DEFAULT_WORLD_SEED, "--seed", help="Seed of the world (same seed, same bytes)."),
+    stimulus_seed: int = typer.Option(
+        None, "--stimulus-seed", help="Seed of the stimuli only (default --seed): new stimuli in the same latent "
+        "geometry (a sibling world, docs/trust.md)."),
+    subject_seed: int = typer.Option(
+        None, "--subject-seed", help="Seed of the subjects only (default --seed): the same stimuli shown to new "
+        "subjects."),
     force: bool = typer.Option(False, "--force", help="Replace an existing world at --out."),
     tracking_uri: str = TrackingUriOption,
 ) -> None:
@@ -40,7 +46,8 @@ def command(
 
     summary, run_id = run_synth(out, tuple(subject) if subject else DEFAULT_SUBJECTS, scale=scale.value,
                                 sessions=sessions, beta_format=beta_format.value, null=null, seed=seed, force=force,
-                                imagery_strength=imagery_strength,
+                                imagery_strength=imagery_strength, stimulus_seed=stimulus_seed,
+                                subject_seed=subject_seed,
                                 tracking_uri=tracking_uri)
     echo(
         f"Wrote the synthetic world ({', '.join(summary.subjects)}; {summary.n_files} files, "
