@@ -98,8 +98,8 @@ def test_sibling_truth_is_the_mean_of_the_other_members_of_the_estimands_family(
 
 def test_conditional_truth_calibrates_intervals_that_a_cross_world_truth_calls_too_narrow():
     """Worlds with a family-level random effect (tau) that their own intervals cannot see: against the
-    mean of the other worlds they look too narrow (error ratio sqrt(1 + tau^2 / sigma^2)); against the
-    mean of their family's other members they are calibrated (ratio ~1, coverage ~ what calibrated
+    mean of the other worlds they look too narrow (width factor sqrt(1 + tau^2 / sigma^2)); against the
+    mean of their family's other members they are calibrated (factor ~1, coverage ~ what calibrated
     intervals reach against a 2-world truth, 89%)."""
     rng = np.random.default_rng(11)
     n_families, k, sigma, tau = 600, 2, 0.1, 0.1
@@ -115,22 +115,34 @@ def test_conditional_truth_calibrates_intervals_that_a_cross_world_truth_calls_t
     expected = 2 * stats.norm.cdf(1.96 / np.sqrt(1 + 1 / k)) - 1
     assert conditional["expected_coverage"] == pytest.approx(expected, abs=1e-3)
     assert conditional["coverage"] == pytest.approx(expected, abs=0.025)
-    assert conditional["error_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert conditional["width_factor"] == pytest.approx(1.0, abs=0.07)
     worlds_only = rows[rows["role"] == W].drop(columns=["role", "sibling"])
     across = calibration.summarize(calibration.assign_truth(worlds_only)).iloc[0]
-    assert across["error_ratio"] == pytest.approx(np.sqrt(2.0), abs=0.1) and across["coverage"] < 0.88
+    assert across["width_factor"] == pytest.approx(np.sqrt(2.0), abs=0.12) and across["coverage"] < 0.88
+
+
+def test_variance_sources_is_the_sd_of_a_redraw():
+    W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    rows = pd.concat([_family_rows([0.5, 0.7, 0.4], "population", [W, ST, SU], seed=0),
+                      _family_rows([0.2, 0.1, 0.2], "population", [W, ST, SU], seed=1)], ignore_index=True)
+    sources = calibration.variance_sources(rows).set_index("role")["sd_redraw"]
+    assert sources[ST] == pytest.approx(np.sqrt((0.2**2 + 0.1**2) / 2 / 2))
+    assert sources[SU] == pytest.approx(np.sqrt((0.1**2 + 0.0**2) / 2 / 2))
+    assert calibration.variance_sources(rows.drop(columns=["role"])).empty
 
 
 def test_sibling_seeds_keep_the_named_families_and_never_collide():
     from fmri2img.sim.seeds import WorldSeeds
     from fmri2img.stages.calibrate import world_seeds
 
-    W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    W, ST, SU, OF = (calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS,
+                     calibration.ROLE_NEW_OFFSET)
     assert world_seeds(5, W, 0) == WorldSeeds.single(5)
-    st, su = world_seeds(5, ST, 1), world_seeds(5, SU, 1)
+    st, su, of = world_seeds(5, ST, 1), world_seeds(5, SU, 1), world_seeds(5, OF, 1)
     assert st.world == su.world == su.stimuli == 5 and st.stimuli == st.subjects != 5 and su.subjects != 5
-    seeds = [world_seeds(w, role, k) for w in (0, 1, 999) for role in (ST, SU) for k in (1, 2, 99)]
-    drawn = [s.subjects for s in seeds]
+    assert (of.world, of.stimuli, of.subjects) == (5, 5, 5) and of.offset > 10**6
+    seeds = [world_seeds(w, role, k) for w in (0, 1, 999) for role in (ST, SU, OF) for k in (1, 2, 49)]
+    drawn = [s.offset if s.offset is not None else s.subjects for s in seeds]
     assert len(set(drawn)) == len(drawn) and min(drawn) > 10**6
 
 
@@ -189,8 +201,9 @@ def test_calibrate_refuses_a_strength_outside_0_1(tmp_path):
     assert res.exit_code == 2 and "strengths" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("line, match", [("siblings: -1", "siblings"), ("siblings: 100", "siblings"),
-                                          ("first_seed: 1000000000", "first_seed")])
+@pytest.mark.parametrize("line, match", [("siblings: -1", "siblings"), ("siblings: 50", "siblings"),
+                                          ("first_seed: 1000000000", "first_seed"),
+                                          ("sibling_roles: [new planets]", "sibling role")])
 def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG + line + "\n")
@@ -215,6 +228,6 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     # the new-subjects sibling sees the same stimuli, yet other subjects: another estimate
     assert h1.loc[("stimuli", SU), "estimate"] != h1.loc[("stimuli", W), "estimate"]
     table = (tmp_path / "out" / "calibration.md").read_text()
-    assert "Population intervals" in table and "These-stimuli intervals" in table
+    assert "Population intervals" in table and "These-stimuli intervals" in table and "What each redraw moves" in table
     names = sorted(p.name for p in (tmp_path / "out" / "worlds" / "strength_0.5").iterdir())
     assert names == ["7-new-stimuli-1.json", "7-new-subjects-1.json", "7.json"]

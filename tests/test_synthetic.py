@@ -277,8 +277,14 @@ def test_siblings_share_the_named_families_and_redraw_the_rest(tmp_path):
     world.write_world(tmp_path / "same", stimulus_seed=seed, subject_seed=seed, **kw)
     world.write_world(tmp_path / "subj", subject_seed=new, **kw)
     world.write_world(tmp_path / "stim", stimulus_seed=new, subject_seed=new, **kw)
-    a, same, subj, stim = (_sha_tree(tmp_path / x) for x in ("a", "same", "subj", "stim"))
+    world.write_world(tmp_path / "offset", offset_seed=new, **kw)
+    a, same, subj, stim, offset = (_sha_tree(tmp_path / x) for x in ("a", "same", "subj", "stim", "offset"))
     assert a == same
+    # a new offset direction alone: the imagery offset and imagery betas change, nothing else that is drawn
+    changed = {name for name in a if offset[name] != a[name]}
+    imagery_betas = nsd_constants.IMAGERY_BETAS_IN.replace("{variant}", nsd_constants.IMAGERY_GLM_VARIANTS[0]).replace(
+        "{ext}", "nii.gz").format(subject="subj01")
+    assert changed == {"truth/imagery_offsets.npy", imagery_betas, "truth/params.json"}
     stimuli_files = ["truth/latents.npy", "truth/imagery_offsets.npy", "truth/imagery_residuals.npy",
                      nsd_constants.EXPDESIGN, nsd_constants.STIMULI_HDF5]
     subject_files = ["truth/G_subj01.npy", nsd_constants.BETAS_NII.format(subject="subj01", session=1),
@@ -288,7 +294,7 @@ def test_siblings_share_the_named_families_and_redraw_the_rest(tmp_path):
     for name in subject_files:
         assert subj[name] != a[name] and stim[name] != a[name], name
     params = json.loads((tmp_path / "stim" / "truth" / "params.json").read_text())
-    assert params["seeds"] == {"world": seed, "stimuli": new, "subjects": new} and params["seed"] == seed
+    assert params["seeds"] == {"world": seed, "stimuli": new, "subjects": new, "offset": None} and params["seed"] == seed
     # the new stimuli lie in the same latent geometry: their projection on the world's shared direction
     # and category directions is as large as the original stimuli's (a new geometry would make it ~0)
     shared, cat_dirs = sim_model.latent_directions(sim_model.GeneratorParams(), seed)
@@ -372,7 +378,7 @@ def test_cli_sibling_seeds_reach_the_world_and_the_mlflow_run(tmp_path):
                                       "--subject-seed", "5", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     params = json.loads((tmp_path / "world" / "truth" / "params.json").read_text())
-    assert params["seeds"] == {"world": DEFAULT_WORLD_SEED, "stimuli": DEFAULT_WORLD_SEED, "subjects": 5}
+    assert params["seeds"] == {"world": DEFAULT_WORLD_SEED, "stimuli": DEFAULT_WORLD_SEED, "subjects": 5, "offset": None}
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])[0]

@@ -22,10 +22,10 @@ dropped. In the null world every row keeps its exact truth.
 
 Per (setting, decoder, statistic): coverage of the intervals (with a Clopper-Pearson interval on
 the count), the coverage a calibrated interval reaches against a truth that is itself a mean of
-``m`` worlds (``2 Phi(z / sqrt(1 + 1/m)) - 1``: the truth's own noise lowers it), the error ratio
-(the spread over worlds of ``(estimate - truth) / (half-width / z) / sqrt(1 + 1/m)``, as a robust sd:
-median absolute value / 0.6745, so that one world with a near-zero-width interval cannot dominate
-it; 1 for calibrated intervals, above 1 for too narrow ones), the rate at which the interval excludes the
+``m`` worlds (``2 Phi(z / sqrt(1 + 1/m)) - 1``: the truth's own noise lowers it), the width factor
+(the 95th percentile over worlds of ``|estimate - truth| / (half-width sqrt(1 + 1/m))``: how many
+times wider the intervals would have to be to cover the truth in 95% of worlds; ~1 for calibrated
+intervals whatever their degrees of freedom, above 1 for too narrow ones), the rate at which the interval excludes the
 statistic's null value (the false-positive rate in a null world, the power elsewhere), RMSE against
 the truth, bias where the truth is exact (a leave-one-out truth has mean error 0 by construction),
 mean interval width.
@@ -45,7 +45,10 @@ NULL_VALUES = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0
 ROW_COLUMNS = ("setting", "strength", "world_seed", "decoder", "statistic", "estimand", "estimate", "low", "high")
 
 #: Roles of a world in its family (column ``role``; absent means every row is :data:`ROLE_WORLD`).
-ROLE_WORLD, ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS = "world", "new stimuli", "new subjects"
+ROLE_WORLD, ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS, ROLE_NEW_OFFSET = "world", "new stimuli", "new subjects", "new offset"
+
+#: The sibling roles: what each redraws of its world (docs/trust.md).
+SIBLING_ROLES = (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS, ROLE_NEW_OFFSET)
 
 #: Which roles share the truth of each estimand within a family of siblings.
 FAMILY_OF_ESTIMAND = {"population": (ROLE_WORLD, ROLE_NEW_STIMULI), "stimuli": (ROLE_WORLD, ROLE_NEW_SUBJECTS)}
@@ -56,8 +59,6 @@ COUNT_LEVEL = 0.95
 #: Level of the intervals under calibration (every reported interval is a 95% one).
 NOMINAL_LEVEL = 0.95
 
-#: Median of |Z| for a standard normal Z (0.6745): a median absolute value / this is a robust sd.
-MEDIAN_ABS_NORMAL = float(stats.norm.ppf(0.75))
 
 
 def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +128,10 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
         n = len(defined)
         inflation = 1.0 + 1.0 / defined["truth_n"].to_numpy(dtype=float)  # the truth's own noise (0 when exact)
         z = stats.norm.ppf(0.5 + NOMINAL_LEVEL / 2)
-        implied_se = (defined["high"] - defined["low"]).to_numpy(dtype=float) / (2 * z)
+        half = (defined["high"] - defined["low"]).to_numpy(dtype=float) / 2
         with np.errstate(invalid="ignore", divide="ignore"):
-            standardized = (defined["estimate"] - defined["truth"]).to_numpy(dtype=float) / implied_se
-        standardized /= np.sqrt(inflation)
-        standardized = standardized[np.isfinite(standardized)]
+            scaled = np.abs(defined["estimate"] - defined["truth"]).to_numpy(dtype=float) / (half * np.sqrt(inflation))
+        scaled = scaled[np.isfinite(scaled)]
         cov_low, cov_high = _count_interval(int(covers.sum()), n)
         rej_low, rej_high = _count_interval(int(rejects.sum()), n)
         records.append({
@@ -140,8 +140,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             "truth_mean": float(part["truth"].mean()),
             "n_covered": int(covers.sum()), "coverage": float(covers.mean()) if n else float("nan"),
             "expected_coverage": float(np.mean(2 * stats.norm.cdf(z / np.sqrt(inflation)) - 1)) if n else float("nan"),
-            "error_ratio": (float(np.median(np.abs(standardized)) / MEDIAN_ABS_NORMAL) if standardized.size
-                            else float("nan")),
+            "width_factor": float(np.quantile(scaled, NOMINAL_LEVEL)) if scaled.size else float("nan"),
             "coverage_ci_low": cov_low, "coverage_ci_high": cov_high,
             "n_rejected": int(rejects.sum()), "rejection_rate": float(rejects.mean()) if n else float("nan"),
             "rejection_ci_low": rej_low, "rejection_ci_high": rej_high,
@@ -161,3 +160,26 @@ def headline(summary: pd.DataFrame, estimand: str = "population") -> dict[str, f
     null = part[part["strength"] == 1.0]
     return {"coverage_min": float(part["coverage"].min()),
             "fpr_max": float(null["rejection_rate"].max()) if len(null) else float("nan")}
+
+
+def variance_sources(rows: pd.DataFrame) -> pd.DataFrame:
+    """How much each sibling role's redraw moves the estimates.
+
+    Per (setting, decoder, statistic, estimand, sibling role): ``sd_redraw``, the standard deviation
+    of an estimate given everything the role keeps (sqrt of the mean over (world, sibling) pairs of
+    ``(sibling - world)^2 / 2``: both are independent draws given what they share). Empty without a
+    ``role`` column.
+    """
+    if "role" not in rows.columns:
+        return pd.DataFrame()
+    keys = ["setting", "decoder", "statistic", "estimand"]
+    worlds = rows[rows["role"] == ROLE_WORLD][[*keys, "world_seed", "estimate"]]
+    pairs = rows[rows["role"] != ROLE_WORLD][[*keys, "world_seed", "role", "estimate"]].merge(
+        worlds, on=[*keys, "world_seed"], suffixes=("", "_world"))
+    records = []
+    for (*key, role), part in pairs.groupby([*keys, "role"], sort=False):
+        diffs = (part["estimate"] - part["estimate_world"]).to_numpy(dtype=float)
+        diffs = diffs[np.isfinite(diffs)]
+        records.append({**dict(zip(keys, key)), "role": role, "n_pairs": int(diffs.size),
+                        "sd_redraw": float(np.sqrt(np.mean(diffs**2) / 2)) if diffs.size else float("nan")})
+    return pd.DataFrame.from_records(records)

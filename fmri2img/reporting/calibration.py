@@ -32,7 +32,7 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
     part = summary[summary["estimand"] == estimand].sort_values(["strength", "decoder", "statistic"])
     lines = [f"**{ESTIMAND_TITLES.get(estimand, estimand)}**", "",
              "| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] | calibrated would cover "
-             "| error ratio | rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
+             "| width factor | rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in part.iterrows():
         null = r["strength"] == 1.0
@@ -45,11 +45,28 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
             f"| {r['setting']} | {r['strength']:g} | {r['decoder']} | {LABELS.get(r['statistic'], r['statistic'])} "
             f"| {r['truth_mean']:.3f} | {_pct(r['coverage'])} ({r['n_covered']}/{r['n_defined']}) "
             f"[{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
-            f"| {_pct(r['expected_coverage'])} | {r['error_ratio']:.2f} "
+            f"| {_pct(r['expected_coverage'])} | {r['width_factor']:.2f} "
             f"| {_pct(r['rejection_rate'])} ({r['n_rejected']}/{r['n_defined']}) "
             f"[{_pct(r['rejection_ci_low'])}, {_pct(r['rejection_ci_high'])}]{' (FPR)' if null else ' (power)'} "
             f"| {'n/a' if not np.isfinite(r['bias']) else format(r['bias'], '+.4f')} | {r['rmse']:.4f} "
             f"| {r['mean_width']:.4f} | {flag} |")
+    return "\n".join(lines) + "\n"
+
+
+def sources_table(sources: pd.DataFrame) -> str:
+    """:func:`fmri2img.evaluation.calibration.variance_sources` as markdown, one column per sibling role."""
+    if sources.empty:
+        return ""
+    wide = sources.pivot_table(index=["setting", "decoder", "statistic", "estimand"], columns="role",
+                               values="sd_redraw")
+    lines = ["**What each redraw moves**: sd of an estimate over siblings that keep everything but the "
+             "column's family (new stimuli: stimuli, offset and subjects; new subjects: subjects only; "
+             "new offset: the imagery offset direction only)", "",
+             "| setting | decoder | statistic | estimand | " + " | ".join(f"sd, {c}" for c in wide.columns) + " |",
+             "|---|---|---|---|" + "---|" * len(wide.columns)]
+    for (setting, decoder, statistic, estimand), r in wide.iterrows():
+        lines.append(f"| {setting} | {decoder} | {LABELS.get(statistic, statistic)} | {estimand} | "
+                     + " | ".join("n/a" if not np.isfinite(v) else f"{v:.4f}" for v in r) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -422,11 +422,13 @@ def offset_direction(stim_latents: np.ndarray, cat_dirs: np.ndarray, rng: np.ran
     return _unit_rows((coords @ rng.standard_normal(coords.shape[1]) @ cat_dirs)[None, :])[0]
 
 
-def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams,
-                    seed: int, directions_seed: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams, seed: int,
+                    directions_seed: int | None = None,
+                    offset_seed: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """What each NSD-Imagery stimulus' imagery trials carry: ``gamma_X (rho_X e_s + sqrt(1 - rho_X^2)
     r_s) + c_X`` with ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u``.
-    ``seed`` draws ``u`` and the ``r_s``; ``directions_seed`` (default ``seed``) is the latent directions'.
+    ``seed`` draws ``u`` and the ``r_s``; ``directions_seed`` (default ``seed``) is the latent directions';
+    ``offset_seed`` (default ``seed``) draws ``u`` alone (the ``r_s`` stay those of ``seed``).
 
     Returns
     -------
@@ -439,7 +441,11 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
     # of the latent space that a perception decoder reads out best, so the offset distorts
     # decoded imagery (a random direction would be shrunk away by any regularised decoder)
     _, cat_dirs = latent_directions(params, seed if directions_seed is None else directions_seed)
-    u = offset_direction(stim_latents, cat_dirs, rng)
+    if offset_seed is None or offset_seed == seed:
+        u = offset_direction(stim_latents, cat_dirs, rng)
+    else:
+        u = offset_direction(stim_latents, cat_dirs, rng_for(offset_seed, "imagery-effects"))
+        offset_direction(stim_latents, cat_dirs, rng)  # the same draws from rng: the r_s stay those of seed
     resid = rng.standard_normal(stim_latents.shape)
     resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents
     resid = _unit_rows(resid)

@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class WorldSeeds:
-    """The seed of each family of random draws. One seed for all three is an ordinary world
+    """The seed of each family of random draws. One seed for all of them is an ordinary world
     (``fmri2img synth --seed``); worlds that share some families and redraw the others are siblings
     (``fmri2img calibrate``'s conditional truths, docs/trust.md).
 
@@ -21,14 +21,18 @@ class WorldSeeds:
         The latent geometry (the shared and the category directions) and the image renderer.
     stimuli : int
         The design (which images each subject sees, which shared images are imagery set B), every
-        stimulus' latent and category, the imagery offset direction and residuals.
+        stimulus' latent and category, the imagery residuals (and the offset, unless ``offset`` is set).
     subjects : int
         Encodings, voxel gains, the NSD-Imagery trial order, every beta's noise and the behaviour.
+    offset : int or None
+        The imagery offset direction ``u`` alone (its coefficients in the directions left free by the
+        imagery stimuli); None: drawn with the stimuli.
     """
 
     world: int
     stimuli: int
     subjects: int
+    offset: int | None = None
 
     @classmethod
     def single(cls, seed: int) -> WorldSeeds:

@@ -164,6 +164,7 @@ def write_world(
     seed: int = DEFAULT_WORLD_SEED,
     stimulus_seed: int | None = None,
     subject_seed: int | None = None,
+    offset_seed: int | None = None,
     force: bool = False,
     progress: bool = True,
     params: GeneratorParams | None = None,
@@ -190,6 +191,8 @@ def write_world(
     stimulus_seed, subject_seed : int, optional
         Seeds of the stimulus and the subject draws (default ``seed``; :class:`WorldSeeds`): a world
         with the same ``seed`` and another ``subject_seed`` shows the same stimuli to new subjects.
+    offset_seed : int, optional
+        Seed of the imagery offset direction alone (default: drawn with the stimuli).
     force : bool
         Replace an existing world at ``out``.
     progress : bool
@@ -215,7 +218,8 @@ def write_world(
     tmp = Path(_mkdtemp(parent, out.name))
     try:
         seeds = WorldSeeds(int(seed), int(seed if stimulus_seed is None else stimulus_seed),
-                           int(seed if subject_seed is None else subject_seed))
+                           int(seed if subject_seed is None else subject_seed),
+                           None if offset_seed is None else int(offset_seed))
         summary = _write_into(tmp, subjects, shape, scale_name, sessions, beta_format, null, seeds,
                               params, progress)
         _swap_into_place(tmp, out)
@@ -260,7 +264,7 @@ def _make_stimuli(design: Design, shape: WorldShape, subjects: Sequence[str], pa
     stimuli = imagery_release.release_names(imagery_stimuli(design), design.shared)
     stim_latents = np.concatenate([lat_a, latents[design.imagery_b], lat_c])  # table order (18, d)
     sets = [s["stim_set"] for s in stimuli]
-    imagined, offsets, resid = imagery_content(stim_latents, sets, params, seed, geometry)
+    imagined, offsets, resid = imagery_content(stim_latents, sets, params, seed, geometry, seeds.offset)
     cells, events = imagery_release.make_design(rng_for(seeds.subjects, "imagery-design"))
     return _Stimuli(latents, lat_a, lat_c, stimuli, sets, stim_latents, imagined, offsets, resid, cells, events)
 

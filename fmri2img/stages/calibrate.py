@@ -35,16 +35,19 @@ from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
 from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
 from fmri2img.evaluation.calibration import (
+    ROLE_NEW_OFFSET,
     ROLE_NEW_STIMULI,
     ROLE_NEW_SUBJECTS,
     ROLE_WORLD,
+    SIBLING_ROLES,
     ROW_COLUMNS,
     assign_truth,
     headline,
     summarize,
+    variance_sources,
 )
 from fmri2img.evaluation.scoring import EvalOptions
-from fmri2img.reporting.calibration import coverage_figure, markdown_table
+from fmri2img.reporting.calibration import coverage_figure, markdown_table, sources_table
 from fmri2img.reporting.hypotheses import CHECKED_STATISTICS
 from fmri2img.sim.seeds import WorldSeeds
 from fmri2img.sim.shape import WorldShape
@@ -63,22 +66,25 @@ NULL_SETTING = "null_world"
 #: The hypothesis statistics read from each world's report: statistic -> its hypothesis.
 STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
 
-#: Sibling seeds are ``SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * world_seed + kind) + k``: above every
-#: world seed a config can name (first_seed + worlds <= SIBLING_SEED_BASE) and distinct per world, kind, k.
+#: Sibling seeds are ``SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * world_seed + kind) + k`` (kind 0: new
+#: stimuli, 1: new subjects; new offsets take kind 1 and k + MAX_SIBLINGS // 2): above every world seed a
+#: config can name (first_seed + worlds <= SIBLING_SEED_BASE) and distinct per world, role and k.
 SIBLING_SEED_BASE = 10**9
 MAX_SIBLINGS = 100
 
 #: Config keys a world's result does not depend on (how many worlds and siblings there are, where results go).
-NOT_IN_WORLD_KEY = ("worlds", "siblings", "output_root", "keep_worlds")
+NOT_IN_WORLD_KEY = ("worlds", "siblings", "sibling_roles", "output_root", "keep_worlds")
 
 
 def world_seeds(seed: int, role: str, k: int) -> WorldSeeds:
     """Seeds of world ``seed`` (role :data:`ROLE_WORLD`) or of its ``k``-th sibling of ``role`` (k >= 1)."""
     if role == ROLE_WORLD:
         return WorldSeeds.single(seed)
-    kind = (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS).index(role)
-    new = SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * seed + kind) + k
-    return WorldSeeds(seed, new, new) if role == ROLE_NEW_STIMULI else WorldSeeds(seed, seed, new)
+    kind = 0 if role == ROLE_NEW_STIMULI else 1
+    new = SIBLING_SEED_BASE + MAX_SIBLINGS * (2 * seed + kind) + k + (MAX_SIBLINGS // 2 if role == ROLE_NEW_OFFSET else 0)
+    if role == ROLE_NEW_STIMULI:
+        return WorldSeeds(seed, new, new)
+    return WorldSeeds(seed, seed, new) if role == ROLE_NEW_SUBJECTS else WorldSeeds(seed, seed, seed, offset=new)
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,9 @@ class CalibrationConfig:
 
     worlds: int = 50
     first_seed: int = 1000
-    #: per world, this many new-stimuli and as many new-subjects siblings (0: the leave-one-out truth over worlds)
+    #: per world, this many siblings of each of ``sibling_roles`` (0: the leave-one-out truth over worlds)
     siblings: int = 0
+    sibling_roles: tuple[str, ...] = (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS)
     #: imagery strengths of the planted settings; 1.0 (the null world) is added by ``include_null``
     strengths: tuple[float, ...] = (0.6, 0.78, 0.95)
     include_null: bool = True
@@ -109,8 +116,11 @@ class CalibrationConfig:
         if self.worlds < 2 and self.siblings == 0:
             raise ConfigError(f"worlds={self.worlds}: a leave-one-out truth needs at least 2 worlds per setting "
                               "(or siblings >= 1).")
-        if not 0 <= self.siblings < MAX_SIBLINGS:
-            raise ConfigError(f"siblings={self.siblings!r}: expected an integer in [0, {MAX_SIBLINGS - 1}].")
+        if not 0 <= self.siblings < MAX_SIBLINGS // 2:
+            raise ConfigError(f"siblings={self.siblings!r}: expected an integer in [0, {MAX_SIBLINGS // 2 - 1}].")
+        for role in self.sibling_roles:
+            if role not in SIBLING_ROLES:
+                raise ConfigError(f"Unknown sibling role {role!r}. Choose from {', '.join(map(repr, SIBLING_ROLES))}.")
         if not (0 <= self.first_seed and self.first_seed + self.worlds <= SIBLING_SEED_BASE):
             raise ConfigError(f"first_seed={self.first_seed!r}: expected 0 <= first_seed and first_seed + worlds "
                               f"<= {SIBLING_SEED_BASE} (the sibling seeds start there).")
@@ -236,8 +246,7 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
     out = ensure_dir(config.output_root)
     config_dict = dataclasses.asdict(config)
     # seeds outermost: an interrupted run has covered every setting about equally (and resumes)
-    members = [(ROLE_WORLD, 0)] + [(role, k) for k in range(1, config.siblings + 1)
-                                   for role in (ROLE_NEW_STIMULI, ROLE_NEW_SUBJECTS)]
+    members = [(ROLE_WORLD, 0)] + [(role, k) for k in range(1, config.siblings + 1) for role in config.sibling_roles]
     tasks = [(config_dict, setting, strength, config.first_seed + i, role, k)
              for i in range(config.worlds) for setting, strength in config.settings.items() for role, k in members]
     with tracking.run("calibrate", {"config": config_dict, "jobs": jobs}, tracking_uri=tracking_uri,
@@ -246,14 +255,17 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
         with LocalExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
                                 unit="world", disable=not progress))
-        rows = assign_truth(pd.DataFrame([r for rec in records for r in rec["rows"]],
-                                         columns=[*ROW_COLUMNS, "role", "sibling"]))
+        rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]], columns=[*ROW_COLUMNS, "role", "sibling"])
+        rows = assign_truth(rows_all)
         summary = summarize(rows)
         head = headline(summary)
         write_text(out / "calibration_worlds.csv", rows.to_csv(index=False))
         write_text(out / "calibration_summary.csv", summary.to_csv(index=False))
         estimands = ("population", "stimuli") if config.siblings else ("population",)
-        write_text(out / "calibration.md", "\n".join(markdown_table(summary, e) for e in estimands))
+        tables = [markdown_table(summary, e) for e in estimands]
+        if config.siblings:
+            tables.append(sources_table(variance_sources(rows_all)))
+        write_text(out / "calibration.md", "\n".join(tables))
         save_figure(coverage_figure(summary), out / "calibration")
         if write_truth:
             for setting, table in truth_tables(records, rows, config.settings).items():
@@ -263,7 +275,7 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
             run.log_metrics({f"{name}.coverage": r["coverage"], f"{name}.rejection_rate": r["rejection_rate"],
                              f"{name}.bias": r["bias"], f"{name}.rmse": r["rmse"],
                              f"{name}.expected_coverage": r["expected_coverage"],
-                             f"{name}.error_ratio": r["error_ratio"]})
+                             f"{name}.width_factor": r["width_factor"]})
         run.log_metrics({**head, "n_worlds": len(tasks), "cpu_seconds_worlds": sum(r["cpu_seconds"] for r in records)})
         for name in ("calibration_worlds.csv", "calibration_summary.csv", "calibration.md", "calibration.png"):
             if (out / name).is_file():
