@@ -212,11 +212,13 @@ def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
 
 
 def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
-    """One world and one sibling of each kind: population rows of the world and its new-stimuli sibling
-    are each other's truth, these-stimuli rows likewise with the new-subjects sibling; both tables."""
+    """One world and one sibling of each role: population rows of the world and its new-stimuli sibling
+    are each other's truth, these-stimuli rows likewise with the new-subjects sibling; both tables; the
+    new-offset sibling's imagery differs (its estimates move)."""
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG.replace("worlds: 2", "worlds: 1").replace("include_null: true", "include_null: false")
-                   + f"siblings: 1\noutput_root: {tmp_path / 'out'}\n")
+                   + f"siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\n"
+                   + f"output_root: {tmp_path / 'out'}\n")
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri])
     assert res.exit_code == 0, res.output
     worlds = pd.read_csv(tmp_path / "out" / "calibration_worlds.csv")
@@ -230,4 +232,7 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     table = (tmp_path / "out" / "calibration.md").read_text()
     assert "Population intervals" in table and "These-stimuli intervals" in table and "What each redraw moves" in table
     names = sorted(p.name for p in (tmp_path / "out" / "worlds" / "strength_0.5").iterdir())
-    assert names == ["7-new-stimuli-1.json", "7-new-subjects-1.json", "7.json"]
+    assert names == ["7-new-offset-1.json", "7-new-stimuli-1.json", "7-new-subjects-1.json", "7.json"]
+    offset = json.loads((tmp_path / "out" / "worlds" / "strength_0.5" / "7-new-offset-1.json").read_text())["rows"]
+    h1_offset = next(r for r in offset if r["statistic"] == "h1_ratio" and r["estimand"] == "population")
+    assert h1_offset["estimate"] != h1.loc[("population", W), "estimate"]

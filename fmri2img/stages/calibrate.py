@@ -194,7 +194,8 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int, str, int]) -> d
     root.mkdir(parents=True)
     start = time.process_time()
     summary = write_world(root / "data", subjects=config.subjects, scale=config.shape, seed=seeds.world,
-                          stimulus_seed=seeds.stimuli, subject_seed=seeds.subjects, progress=False,
+                          stimulus_seed=seeds.stimuli, subject_seed=seeds.subjects, offset_seed=seeds.offset,
+                          progress=False,
                           imagery_strength=strength if strength < 1.0 else None, null=strength == 1.0)
     ablation = AblationConfig(
         subjects=config.subjects, decoders=config.decoders, configurations=config.configurations,
