@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -22,6 +23,19 @@ def _isolated_tracking_store(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """A test run started in the background (``nohup``, ``&`` in a shell without job control) inherits
+    SIGINT ignored, and so would every command the Ctrl-C tests start (tests/test_interrupts.py,
+    test_slurm.py, test_ablate_interrupt.py): give the session Python's default handler, as an
+    interactive shell does, and restore what it had afterwards."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
 
 # Tests must be deterministic and must not oversubscribe the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
