@@ -26,7 +26,7 @@ def _pct(v: float) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
-    """Coverage (and what calibrated intervals would reach against this truth), the error ratio,
+    """Coverage (and what calibrated intervals would reach against this truth), the width factor,
     rejection rate (FPR in the null world, power elsewhere), bias and RMSE per statistic, under a
     heading naming the estimand."""
     part = summary[summary["estimand"] == estimand].sort_values(["strength", "decoder", "statistic"])
