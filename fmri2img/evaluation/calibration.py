@@ -17,8 +17,9 @@ stimuli too and redraw only its subjects) the truths are *conditional*: a popula
 judged against the mean of the other worlds of its family with the same geometry (the world and its
 new-stimuli siblings), a these-stimuli interval against the mean of the other worlds with the same
 stimuli (the world and its new-subjects siblings). Rows that do not belong to the estimand's family
-(a new-subjects sibling's population interval, a new-stimuli sibling's these-stimuli interval) are
-dropped. In the null world every row keeps its exact truth.
+(a new-subjects sibling's population interval, a new-stimuli sibling's these-stimuli interval, every
+row of a new-offset sibling: those only feed :func:`variance_sources`) are dropped. In the null world
+every row keeps its exact truth.
 
 Per (setting, decoder, statistic): coverage of the intervals (with a Clopper-Pearson interval on
 the count), the coverage a calibrated interval reaches against a truth that is itself a mean of
