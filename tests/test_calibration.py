@@ -175,6 +175,10 @@ def test_calibrate_command_end_to_end(tmp_path, tracking_uri):
     worlds = pd.read_csv(out / "calibration_worlds.csv")
     assert set(worlds["setting"]) == {"strength_0.5", "null_world"} and worlds["world_seed"].nunique() == 2
     assert set(worlds["statistic"]) == {"h1_ratio", "h2_specific_gain", "h3_specific_gain"}
+    # each interval's make-up is kept: half-width = t(df) x se, items = stimuli (H1) or folds (H2, H3)
+    t = stats.t.ppf(0.975, worlds["df"])
+    assert np.allclose(worlds["high"] - worlds["estimate"], t * worlds["se"], equal_nan=False)
+    assert set(worlds["n_subjects"]) == {2} and worlds["n_items"].min() >= 2
     assert (worlds.loc[worlds["setting"] == "null_world", "truth"].isin([0.0, 1.0])).all()
     assert "coverage (count)" in (out / "calibration.md").read_text()
     assert (out / "calibration.png").is_file()
@@ -211,6 +215,14 @@ def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
     assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output
 
 
+def test_a_truth_table_with_siblings_is_one_familys(tmp_path):
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG + "siblings: 1\n")
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--write-truth", str(tmp_path / "truth")])
+    assert res.exit_code == 2 and "worlds=2" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "truth").exists()
+
+
 def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     """One world and one sibling of each role: population rows of the world and its new-stimuli sibling
     are each other's truth, these-stimuli rows likewise with the new-subjects sibling; both tables; the
@@ -219,11 +231,16 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     cfg.write_text(TINY_CONFIG.replace("worlds: 2", "worlds: 1").replace("include_null: true", "include_null: false")
                    + f"siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\n"
                    + f"output_root: {tmp_path / 'out'}\n")
-    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri])
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri,
+                                   "--write-truth", str(tmp_path / "truth")])
     assert res.exit_code == 0, res.output
     worlds = pd.read_csv(tmp_path / "out" / "calibration_worlds.csv")
     h1 = worlds[worlds["statistic"] == "h1_ratio"].set_index(["estimand", "role"])
     W, ST, SU = calibration.ROLE_WORLD, calibration.ROLE_NEW_STIMULI, calibration.ROLE_NEW_SUBJECTS
+    # the truth table of a family: its new-stimuli siblings' mean, the world itself left out
+    table = json.loads((tmp_path / "truth" / "strength_0.5.json").read_text())
+    assert table["world_seed"] == 7 and table["n_worlds"] == 1
+    assert table["decoders"]["ridge"]["h1_ratio"] == pytest.approx(h1.loc[("population", ST), "estimate"])
     assert sorted(h1.index) == sorted([("population", W), ("population", ST), ("stimuli", W), ("stimuli", SU)])
     assert h1.loc[("population", W), "truth"] == pytest.approx(h1.loc[("population", ST), "estimate"])
     assert h1.loc[("stimuli", SU), "truth"] == pytest.approx(h1.loc[("stimuli", W), "estimate"])

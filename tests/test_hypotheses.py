@@ -184,13 +184,18 @@ def test_a_truth_table_applies_only_to_the_world_it_was_simulated_for():
     other = {**truth, "params": {**truth["params"], "imagery_strength": 0.3}}
     assert matching_truth(table, other) is None
     assert matching_truth(None, truth) is None
+    # a family's table (calibrate with siblings) serves that world family only
+    family = {**table, "world_seed": 0}
+    assert matching_truth(family, {**truth, "seeds": {"world": 0, "stimuli": 0, "subjects": 0}}) == family
+    assert matching_truth(family, {**truth, "seeds": {"world": 3, "stimuli": 0, "subjects": 0}}) is None
+    assert matching_truth(family, truth) is None
 
 
 def test_a_config_table_comes_first_and_shipped_tables_serve_their_own_worlds_only():
     shipped = shipped_truth_tables()
     assert shipped, "the package ships the demo world's truth table"
     demo = shipped[0]
-    world = {"params": demo["params"], "shape": demo["shape"]}
+    world = {"params": demo["params"], "shape": demo["shape"], "seeds": {"world": demo.get("world_seed")}}
     assert truth_table_for(world) == demo
     assert {"decoders", "se", "n_worlds"} <= set(demo) and demo["n_worlds"] >= 2
     own = {**demo, "decoders": {"ridge": {"h1_ratio": 0.5}}}
@@ -213,13 +218,17 @@ def test_the_shipped_demo_table_is_for_the_world_make_demo_writes():
     import dataclasses
     import json
 
+    from fmri2img.core.constants import DEFAULT_WORLD_SEED
     from fmri2img.sim.model import GeneratorParams
+    from fmri2img.sim.seeds import WorldSeeds
     from fmri2img.sim.world import SCALES
     from fmri2img.stages.ablation.matrix import AblationConfig
 
     shape = SCALES["demo"]
     params = GeneratorParams(imagery_strength=AblationConfig().synth_imagery_strength)
     world = json.loads(json.dumps({"params": dataclasses.asdict(params),
-                                   "shape": {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject}}))
+                                   "shape": {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject},
+                                   "seeds": dataclasses.asdict(WorldSeeds.single(DEFAULT_WORLD_SEED))}))
     table = truth_table_for(world)
     assert table is not None and set(table["decoders"]) == {"ridge", "mlp", "two_stage"}
+    assert table.get("world_seed") == DEFAULT_WORLD_SEED  # the demo world's own family (calibrate_demo.yaml)

@@ -285,8 +285,10 @@ def test_siblings_share_the_named_families_and_redraw_the_rest(tmp_path):
     imagery_betas = nsd_constants.IMAGERY_BETAS_IN.replace("{variant}", nsd_constants.IMAGERY_GLM_VARIANTS[0]).replace(
         "{ext}", "nii.gz").format(subject="subj01")
     assert changed == {"truth/imagery_offsets.npy", imagery_betas, "truth/params.json"}
-    stimuli_files = ["truth/latents.npy", "truth/imagery_offsets.npy", "truth/imagery_residuals.npy",
-                     nsd_constants.EXPDESIGN, nsd_constants.STIMULI_HDF5]
+    # the offset direction belongs to the world family: new stimuli keep it
+    assert subj["truth/imagery_offsets.npy"] == stim["truth/imagery_offsets.npy"] == a["truth/imagery_offsets.npy"]
+    stimuli_files = ["truth/latents.npy", "truth/imagery_residuals.npy", nsd_constants.EXPDESIGN,
+                     nsd_constants.STIMULI_HDF5]
     subject_files = ["truth/G_subj01.npy", nsd_constants.BETAS_NII.format(subject="subj01", session=1),
                      nsd_constants.RESPONSES.format(subject="subj01")]
     for name in stimuli_files:
@@ -498,20 +500,23 @@ def test_defaults_are_documented():
         assert f"`{name}` | {defaults[name]}" in text, name
 
 
-def test_imagery_offset_is_orthogonal_to_every_imagery_latent_and_in_the_category_span(tiny):
-    """The planted offset cannot help or hurt particular stimuli: the same effect whatever a world draws."""
+def test_imagery_offset_lies_in_the_category_span_orthogonal_to_their_mean(tiny):
+    """The planted offset is read out by a perception decoder (category span) and helps as many
+    stimuli as it hurts: orthogonal to the mean category direction (and to the shared one), its
+    projection on latents of uniformly drawn categories averages to 0."""
     params = json.loads((tiny / "truth" / "params.json").read_text())
-    latents, row = _truth(tiny)
-    ids = [s["stimulus_id"] for s in params["imagery_stimuli"]]
-    stim = latents[[row[i] for i in ids]].astype(np.float64)
     offsets = np.load(tiny / "truth" / "imagery_offsets.npy").astype(np.float64)
-    assert np.abs(stim @ offsets.T).max() < 1e-5
     gp = sim_model.GeneratorParams()
-    _, cat_dirs = sim_model.latent_directions(gp, params["seed"])
+    shared, cat_dirs = sim_model.latent_directions(gp, params["seeds"]["world"])
     u = offsets[0] / np.linalg.norm(offsets[0])
     coef, *_ = np.linalg.lstsq(cat_dirs.T, u, rcond=None)
     assert np.linalg.norm(cat_dirs.T @ coef - u) < 1e-5
+    assert abs(cat_dirs.mean(axis=0) @ u) < 1e-6 and abs(shared @ u) < 1e-6
+    assert np.abs(cat_dirs @ u).max() > 0.1  # not orthogonal to the categories themselves
     assert np.linalg.norm(offsets[0]) == pytest.approx((1 - gp.set_strength("A")) * gp.imagery_offset_scale, rel=1e-5)
+    lat, _ = sim_model.make_latents(4000, gp, 11, "held-out", params["seeds"]["world"])
+    proj = lat @ u
+    assert abs(proj.mean()) < 4 * proj.std() / np.sqrt(len(proj)) and proj.std() > 0.05
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])

@@ -8,13 +8,14 @@ interval (``estimate, low, high``). The truth of the *population* estimand:
   symmetry of the design (imagery trials distributed like the matched perception trials and scored
   on as many trials);
 * otherwise it is the mean estimate over the *other* worlds of the same setting (leave one out: a
-  world is never judged against itself; the worlds are independent draws of stimuli, offsets,
-  subjects and noise, so this mean converges to the population value).
+  world is never judged against itself; the worlds are independent draws of every family: latent
+  geometry and imagery offset direction, stimuli, subjects and noise, so this mean converges to the
+  value averaged over world families).
 
 With sibling worlds (rows with a ``role`` other than :data:`ROLE_WORLD`: worlds that share a world's
-latent geometry and renderer, ``WorldSeeds.world``, and redraw its stimuli and subjects, or share its
-stimuli too and redraw only its subjects) the truths are *conditional*: a population interval is
-judged against the mean of the other worlds of its family with the same geometry (the world and its
+family, ``WorldSeeds.world``: latent geometry, renderer and imagery offset direction, and redraw its
+stimuli and subjects, or share its stimuli too and redraw only its subjects) the truths are
+*conditional*: a population interval is judged against the mean of the other worlds of its family (the world and its
 new-stimuli siblings), a these-stimuli interval against the mean of the other worlds with the same
 stimuli (the world and its new-subjects siblings). Rows that do not belong to the estimand's family
 (a new-subjects sibling's population interval, a new-stimuli sibling's these-stimuli interval, every

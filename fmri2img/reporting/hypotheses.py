@@ -211,6 +211,7 @@ def planted_truth_check(report: dict[str, Any], truth: dict[str, Any], truth_tab
     return {"null_world": null, "imagery_strength": strength, "checks": checks, "n_checked": len(decided),
             "n_ok": int(sum(decided)), "all_match": all(decided) if decided else None,
             "truth_n_worlds": None if null else table.get("n_worlds"),
+            "truth_world_seed": None if null else table.get("world_seed"),
             "expected_misses": 0.05 * len(decided)}
 
 

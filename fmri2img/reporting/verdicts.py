@@ -87,10 +87,14 @@ def _truth_lines(truth: dict[str, Any]) -> list[str]:
         lines.append(f"{truth['n_ok']} of {truth['n_checked']} population intervals cover the truth "
                      f"(at 95%, about {truth['expected_misses']:.1f} misses are expected by chance).")
         if truth.get("truth_n_worlds"):
+            family = truth.get("truth_world_seed")
+            others = (f"{truth['truth_n_worlds']} sibling worlds of this world (the same latent geometry and "
+                      f"imagery offset direction, world seed {family}; new stimuli and new subjects)"
+                      if family is not None else
+                      f"{truth['truth_n_worlds']} other worlds with these parameters and other seeds")
             lines.append(f"The truth is simulated, not exact: the population value (new subjects and new stimuli) "
                          f"for this world's parameters, estimated as the mean of the same statistic over "
-                         f"{truth['truth_n_worlds']} other worlds with these parameters and other seeds "
-                         "(`fmri2img calibrate --write-truth`), +/- its standard error (sd over worlds / "
+                         f"{others} (`fmri2img calibrate --write-truth`), +/- its standard error (sd over worlds / "
                          "sqrt(worlds)). An interval covers the truth when it contains that mean. The check "
                          "tests the intervals' width, not the statistic's bias (the truth shares it), and only "
                          "the statistics the directions are decided on; docs/trust.md has the coverage over "

@@ -207,7 +207,7 @@ def regions_truth(written: dict[str, tuple[Anatomy, np.ndarray]], strength: floa
         "label_counts": counts,
         "median_ncsnr_per_stream": {s: _per_stream(ncsnr[s], a.streams, np.median) for s, a in anatomies.items()},
         "text": ("imagery signal at nsdgeneral voxel v is scaled by w_v = s^k / sqrt(mean over nsdgeneral of "
-                 "s^(2k)), k per stream (early 2, mid streams 1, ventral/lateral/parietal 0, unlabelled 1); "
+                 "s^(2k)), k per stream (early 4, mid streams 2, ventral/lateral/parietal 0, unlabelled 2); "
                  "vision and attention trials are not scaled; perception signal is scaled per voxel by q_v "
                  "(log-normal, smooth, mean q^2 = 1), so ncsnr differs between voxels"),
     }

@@ -14,7 +14,8 @@ stimulus latents, images, masks, encoding matrices, the experimental design and 
 * NSD-Imagery betas of stimulus ``s`` of set ``X``: vision trials as perception; imagery trials
   ``a G (gamma_X (rho_X e_s + sqrt(1 - rho_X^2) r_s) + c_X)`` + noise of sd ``noise_sd_X``, with
   ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u`` a fixed offset
-  (``u`` a unit vector in the span of the category directions, the same for every set), scaled per
+  (``u`` a unit vector in the span of the category directions, the same for every set and drawn with
+  the latent geometry: a property of the world's imagery, not of its stimuli), scaled per
   voxel by the region-dependent imagery gain ``w_v`` (:mod:`fmri2img.sim.anatomy`);
   attention trials ``a G (attention_gain e_s)`` + perception noise.
 
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.linalg import null_space
 from scipy.ndimage import gaussian_filter
 
 from fmri2img.core.errors import InputError
@@ -171,12 +171,12 @@ GENERATIVE_MODEL_TEXT = (
     "nsdgeneral: s_kv*eps + o_kv. Stored int16 = round(x*300). NSD-Imagery (one session): vision "
     "trials as perception; imagery trials of set X: a*G(gamma_X*(rho_X*e_s + sqrt(1-rho_X^2)*r_s) "
     "+ c_X) + N(0, noise_sd_X^2), r_s unit and orthogonal to e_s (fixed per stimulus), c_X = "
-    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c and orthogonal to "
-    "every imagery latent (the offset is shared by all imagery trials, along directions a perception decoder "
-    "reads out); gamma_X = rho_X = sqrt(s_X), offset_norm_X = (1-s_X)*kappa, noise_sd_X = noise_sd*(1+(1-s_X)*nu), "
+    "offset_norm_X*u with u a fixed unit vector in the span of the category directions u_c, orthogonal to "
+    "their mean and drawn with them (a property of the world's imagery, not of its stimuli: the offset is shared "
+    "by all imagery trials, along directions a perception decoder reads out); gamma_X = rho_X = sqrt(s_X), offset_norm_X = (1-s_X)*kappa, noise_sd_X = noise_sd*(1+(1-s_X)*nu), "
     "s_X = s^k_X with s the imagery strength (1 = imagery distributed like perception); the imagery trials' "
     "signal at voxel v is scaled by w_v = s^k_r(v)/sqrt(mean over nsdgeneral of s^(2*k_r(v))), k_r per stream "
-    "of streams.nii.gz (early 2, midventral/midlateral/midparietal 1, ventral/lateral/parietal 0, unlabelled 1); "
+    "of streams.nii.gz (early 4, midventral/midlateral/midparietal 2, ventral/lateral/parietal 0, unlabelled 2); "
     "attention trials a*G(attention_gain*e_s) + "
     "N(0, noise_sd^2); same session drift form as perception."
 )
@@ -405,21 +405,21 @@ def session_betas(
     return writer.vol
 
 
-def offset_direction(stim_latents: np.ndarray, cat_dirs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random unit vector ``u`` in the span of the category directions and orthogonal to every
-    imagery stimulus' latent, so the offset lowers decoded imagery by the same amount whichever
-    stimuli a world draws (a direction with a component along some ``e_s`` would help or hurt those
-    stimuli by chance, and the planted effect would change from world to world).
+def offset_direction(cat_dirs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector ``u`` in the span of the category directions, orthogonal to their mean.
 
-    stim_latents : (n_stimuli, dim); cat_dirs : (n_categories, dim). Needs n_categories > n_stimuli;
-    otherwise the component orthogonal to the latents of a random category combination.
+    ``u`` is a property of the world's imagery (drawn with its latent geometry, not with its stimuli),
+    so worlds that redraw the stimuli keep it and the population truth is conditional on it
+    (docs/trust.md). Its projection on a stimulus latent, ``0.70 u . u_cat(s)`` at the default
+    weights, helps some stimuli and hurts others; orthogonal to the shared direction (every ``u_c`` is)
+    and to the mean category direction, it averages to 0 over uniformly drawn categories.
+
+    cat_dirs : (n_categories, dim), n_categories >= 2. Returns (dim,).
     """
-    coords = null_space(stim_latents @ cat_dirs.T)  # (n_categories, k): u = coords @ a is orthogonal
-    if coords.shape[1] == 0:
-        v = rng.standard_normal(cat_dirs.shape[0]) @ cat_dirs
-        basis = np.linalg.qr(stim_latents.T)[0]
-        return _unit_rows((v - basis @ (basis.T @ v))[None, :])[0]
-    return _unit_rows((coords @ rng.standard_normal(coords.shape[1]) @ cat_dirs)[None, :])[0]
+    mean = cat_dirs.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    v = rng.standard_normal(cat_dirs.shape[0]) @ cat_dirs
+    return _unit_rows((v - (v @ mean) * mean)[None, :])[0]
 
 
 def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: GeneratorParams, seed: int,
@@ -427,8 +427,9 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
                     offset_seed: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """What each NSD-Imagery stimulus' imagery trials carry: ``gamma_X (rho_X e_s + sqrt(1 - rho_X^2)
     r_s) + c_X`` with ``r_s`` a unit vector orthogonal to ``e_s`` and ``c_X = offset_norm_X u``.
-    ``seed`` draws ``u`` and the ``r_s``; ``directions_seed`` (default ``seed``) is the latent directions';
-    ``offset_seed`` (default ``seed``) draws ``u`` alone (the ``r_s`` stay those of ``seed``).
+    ``seed`` (the stimuli's) draws the ``r_s``; ``directions_seed`` (default ``seed``: the world's) the
+    latent directions and ``u`` (:func:`offset_direction`); ``offset_seed`` (default ``directions_seed``)
+    redraws ``u`` alone.
 
     Returns
     -------
@@ -436,16 +437,13 @@ def imagery_content(stim_latents: np.ndarray, sets: Sequence[str], params: Gener
     offsets : dict set -> ``c_X`` (dim,)
     residuals : array of shape (n_stimuli, dim), the ``r_s``
     """
-    rng = rng_for(seed, "imagery-effects")
+    geometry = seed if directions_seed is None else directions_seed
     # the offset direction u lies in the span of the category directions: the structured part
     # of the latent space that a perception decoder reads out best, so the offset distorts
     # decoded imagery (a random direction would be shrunk away by any regularised decoder)
-    _, cat_dirs = latent_directions(params, seed if directions_seed is None else directions_seed)
-    if offset_seed is None or offset_seed == seed:
-        u = offset_direction(stim_latents, cat_dirs, rng)
-    else:
-        u = offset_direction(stim_latents, cat_dirs, rng_for(offset_seed, "imagery-effects"))
-        offset_direction(stim_latents, cat_dirs, rng)  # the same draws from rng: the r_s stay those of seed
+    _, cat_dirs = latent_directions(params, geometry)
+    u = offset_direction(cat_dirs, rng_for(geometry if offset_seed is None else offset_seed, "imagery-offset"))
+    rng = rng_for(seed, "imagery-effects")
     resid = rng.standard_normal(stim_latents.shape)
     resid -= (resid * stim_latents).sum(axis=1, keepdims=True) * stim_latents
     resid = _unit_rows(resid)

@@ -18,15 +18,15 @@ class WorldSeeds:
     Attributes
     ----------
     world : int
-        The latent geometry (the shared and the category directions) and the image renderer.
+        The latent geometry (the shared and the category directions), the image renderer and the
+        imagery offset direction ``u`` (a property of the world's imagery, unless ``offset`` is set).
     stimuli : int
         The design (which images each subject sees, which shared images are imagery set B), every
-        stimulus' latent and category, the imagery residuals (and the offset, unless ``offset`` is set).
+        stimulus' latent and category, the imagery residuals.
     subjects : int
         Encodings, voxel gains, the NSD-Imagery trial order, every beta's noise and the behaviour.
     offset : int or None
-        The imagery offset direction ``u`` alone (its coefficients in the directions left free by the
-        imagery stimuli); None: drawn with the stimuli.
+        The imagery offset direction ``u`` alone; None: drawn with the world family.
     """
 
     world: int

@@ -1,7 +1,8 @@
 """Simulated truth tables shipped with the package (``fmri2img calibrate --write-truth``).
 
 A planted synthetic world has no closed-form truth for H1-H3; ``calibrate`` simulates it as the mean
-estimate over independent worlds of the same generator parameters and shape (docs/trust.md). The
+estimate over worlds of the same generator parameters and shape: independent worlds, or the new-stimuli
+siblings of one world family (then the table names that family's ``world_seed``; docs/trust.md). The
 tables in ``shipped_truth/`` were simulated for the worlds the project ships (the demo world); the
 planted-truth check uses the one whose parameters and shape equal the world's, when the ablation
 config names no table of its own.
@@ -26,10 +27,13 @@ def shipped_truth_tables() -> list[dict[str, Any]]:
 
 def matching_truth(table: dict[str, Any] | None, truth: dict[str, Any] | None) -> dict[str, Any] | None:
     """``table`` when it was simulated for this world's generator parameters and shape (``truth`` is the
-    world's ``truth/params.json``), else None."""
+    world's ``truth/params.json``) and, for a table conditional on a world family (``world_seed``), for
+    this world's family, else None."""
     if not table or not truth:
         return None
     same = table.get("params") == truth.get("params") and table.get("shape") == truth.get("shape")
+    if "world_seed" in table:
+        same = same and table["world_seed"] == truth.get("seeds", {}).get("world")
     return table if same else None
 
 

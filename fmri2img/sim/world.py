@@ -192,7 +192,7 @@ def write_world(
         Seeds of the stimulus and the subject draws (default ``seed``; :class:`WorldSeeds`): a world
         with the same ``seed`` and another ``subject_seed`` shows the same stimuli to new subjects.
     offset_seed : int, optional
-        Seed of the imagery offset direction alone (default: drawn with the stimuli).
+        Seed of the imagery offset direction alone (default: drawn with the world family, ``seed``).
     force : bool
         Replace an existing world at ``out``.
     progress : bool

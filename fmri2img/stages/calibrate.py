@@ -5,8 +5,8 @@ Each world is one task: write a small world (its own seed; imagery strength of i
 the null world), run a reduced ablation on it (:func:`fmri2img.stages.ablation.executor.run_ablation`,
 logged to the world's own SQLite store), keep the H1-H3 statistics and their intervals
 (``worlds/<setting>/<seed>.json``: a rerun skips finished worlds) and delete the world. With
-``siblings: K`` each world also gets K siblings that keep its latent geometry and redraw its stimuli
-and subjects, and K that keep its stimuli too and redraw only its subjects (:class:`WorldSeeds`):
+``siblings: K`` each world also gets K siblings that keep its world family (latent geometry, imagery
+offset direction) and redraw its stimuli and subjects, and K that keep its stimuli too and redraw only its subjects (:class:`WorldSeeds`):
 the conditional truths of docs/trust.md. Worlds run in parallel on
 :class:`fmri2img.core.executors.LocalExecutor`. Then :mod:`fmri2img.evaluation.calibration` scores
 them against the truth.
@@ -71,6 +71,10 @@ STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
 #: config can name (first_seed + worlds <= SIBLING_SEED_BASE) and distinct per world, role and k.
 SIBLING_SEED_BASE = 10**9
 MAX_SIBLINGS = 100
+
+#: Per row, how its interval was made (se, t degrees of freedom, subjects and items of its table): what an
+#: alternative interval rule (docs/trust.md) can be judged from without rerunning the worlds.
+INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items")
 
 #: Config keys a world's result does not depend on (how many worlds and siblings there are, where results go).
 NOT_IN_WORLD_KEY = ("worlds", "siblings", "sibling_roles", "output_root", "keep_worlds")
@@ -169,7 +173,8 @@ def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int
             for estimand, iv in entry[hyp]["intervals"].items():
                 rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
                              "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
-                             "low": iv["low"], "high": iv["high"], "role": role, "sibling": k})
+                             "low": iv["low"], "high": iv["high"], "se": iv["se"], "df": iv["df"],
+                             "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"], "role": role, "sibling": k})
     return rows
 
 
@@ -217,23 +222,34 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int, str, int]) -> d
 
 def truth_tables(records: list[dict[str, Any]], rows: pd.DataFrame, settings: dict[str, float]) -> dict[str, Any]:
     """Per planted setting: ``{params, shape, n_worlds, decoders: {decoder: {statistic: population truth}},
-    se: {decoder: {statistic: its standard error}}}`` (the mean estimate over all its worlds and the
-    standard deviation over worlds / sqrt(n_worlds)), the table the ablation's planted-truth check reads."""
+    se: {decoder: {statistic: its standard error}}}`` (the mean estimate over the worlds and the standard
+    deviation over worlds / sqrt(n_worlds)), the table the ablation's planted-truth check reads.
+
+    Without siblings the mean is over independent worlds (every world family). With siblings (one world,
+    ``worlds: 1``) it is over the world's new-stimuli siblings only, the population truth conditional on
+    its family (latent geometry, renderer, imagery offset direction; docs/trust.md), and the table adds
+    ``world_seed``: it then applies to that world family alone."""
     tables = {}
     for setting, strength in settings.items():
         if strength == 1.0:
             continue
-        # worlds only: siblings share a world's geometry, so they are not independent draws of the population
-        part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population") & (rows["role"] == ROLE_WORLD)]
+        part = rows[(rows["setting"] == setting) & (rows["estimand"] == "population")]
+        family = bool((part["role"] != ROLE_WORLD).any())
+        # siblings are draws of their family's population, not of every family's: one family or none
+        part = part[part["role"] == (ROLE_NEW_STIMULI if family else ROLE_WORLD)]
+        if family and part["world_seed"].nunique() != 1:
+            raise ConfigError(f"A truth table with siblings is one world family's; got worlds="
+                              f"{part['world_seed'].nunique()} (set worlds: 1 with --write-truth).")
         world = next(r["world"] for r in records if r["rows"] and r["rows"][0]["setting"] == setting)
-        grouped = part.groupby(["decoder", "statistic"])["estimate"]
-        means, ses = grouped.mean(), grouped.std(ddof=1) / np.sqrt(grouped.count())
+        draws = part.groupby(["decoder", "statistic"])["estimate"]
+        means, ses = draws.mean(), draws.std(ddof=1) / np.sqrt(draws.count())
 
         def per_decoder(values: pd.Series) -> dict[str, dict[str, float]]:
             return {d: {s: float(v) for (dd, s), v in values.items() if dd == d} for d in part["decoder"].unique()}
 
         tables[setting] = {"params": world["params"], "shape": world["shape"],
-                           "n_worlds": int(part["world_seed"].nunique()),
+                           "n_worlds": int(len(part[["world_seed", "sibling"]].drop_duplicates())),
+                           **({"world_seed": int(part["world_seed"].iloc[0])} if family else {}),
                            "decoders": per_decoder(means), "se": per_decoder(ses)}
     return tables
 
@@ -243,6 +259,9 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
     """Run every world of every setting; write the tables, the figure and MLflow metrics."""
     config.validate()
     check_positive("jobs", jobs)
+    if write_truth and config.siblings and config.worlds != 1:
+        raise ConfigError(f"worlds={config.worlds}: a truth table with siblings is one world family's "
+                          "(set worlds: 1 with --write-truth).")
     start = time.perf_counter()
     out = ensure_dir(config.output_root)
     config_dict = dataclasses.asdict(config)
@@ -256,7 +275,7 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
         with LocalExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
                                 unit="world", disable=not progress))
-        rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]], columns=[*ROW_COLUMNS, "role", "sibling"])
+        rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]], columns=[*ROW_COLUMNS, *INTERVAL_DETAIL, "role", "sibling"])
         rows = assign_truth(rows_all)
         summary = summarize(rows)
         head = headline(summary)
