@@ -94,6 +94,10 @@ def test_sibling_truth_is_the_mean_of_the_other_members_of_the_estimands_family(
     assert stim["role"].tolist() == [W, SU, SU] and stim["truth"].tolist() == pytest.approx([0.45, 0.3, 0.25])
     null = out[out["setting"] == "null"]  # every null-world row keeps its exact truth
     assert len(null) == 3 and (null["truth"] == 1.0).all() and np.isinf(null["truth_n"]).all()
+    # new-stimuli siblings only (calibrate_demo.yaml): the these-stimuli rows have no family to be judged in
+    only = calibration.assign_truth(_family_rows([0.1, 0.2, 0.3], "population", [W, ST, ST]).pipe(
+        lambda r: pd.concat([r, _family_rows([0.1, 0.2, 0.3], "stimuli", [W, ST, ST])], ignore_index=True)))
+    assert set(only["estimand"]) == {"population"} and only["truth"].tolist() == pytest.approx([0.25, 0.2, 0.15])
 
 
 def test_conditional_truth_calibrates_intervals_that_a_cross_world_truth_calls_too_narrow():

@@ -19,8 +19,8 @@ stimuli and subjects, or share its stimuli too and redraw only its subjects) the
 new-stimuli siblings), a these-stimuli interval against the mean of the other worlds with the same
 stimuli (the world and its new-subjects siblings). Rows that do not belong to the estimand's family
 (a new-subjects sibling's population interval, a new-stimuli sibling's these-stimuli interval, every
-row of a new-offset sibling: those only feed :func:`variance_sources`) are dropped. In the null world
-every row keeps its exact truth.
+row of a new-offset sibling: those only feed :func:`variance_sources`) are dropped, and so are an
+estimand's rows when no sibling of its family was drawn. In the null world every row keeps its exact truth.
 
 Per (setting, decoder, statistic): coverage of the intervals (with a Clopper-Pearson interval on
 the count), the coverage a calibrated interval reaches against a truth that is itself a mean of
@@ -84,8 +84,11 @@ def assign_truth(rows: pd.DataFrame) -> pd.DataFrame:
         out["role"] = ROLE_WORLD
     siblings = bool((out["role"] != ROLE_WORLD).any())
     null_rows = out["strength"] == 1.0
-    if siblings:  # a row outside its estimand's family has no truth to be judged against
-        in_family = np.array([r in FAMILY_OF_ESTIMAND[e] for r, e in zip(out["role"], out["estimand"])], dtype=bool)
+    if siblings:  # a row outside its estimand's family (or in a family without siblings) has no truth
+        roles = set(out["role"])
+        judged = {e for e, family in FAMILY_OF_ESTIMAND.items() if roles & (set(family) - {ROLE_WORLD})}
+        in_family = np.array([e in judged and r in FAMILY_OF_ESTIMAND[e] for r, e in zip(out["role"], out["estimand"])],
+                             dtype=bool)
         keep = null_rows.to_numpy() | in_family
         out = out[keep].reset_index(drop=True)
         null_rows = out["strength"] == 1.0

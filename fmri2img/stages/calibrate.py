@@ -281,10 +281,11 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
         head = headline(summary)
         write_text(out / "calibration_worlds.csv", rows.to_csv(index=False))
         write_text(out / "calibration_summary.csv", summary.to_csv(index=False))
-        estimands = ("population", "stimuli") if config.siblings else ("population",)
+        estimands = [e for e in ("population", "stimuli") if (summary["estimand"] == e).any()]
         tables = [markdown_table(summary, e) for e in estimands]
         if config.siblings:
-            tables.append(sources_table(variance_sources(rows_all)))
+            # an estimate is the same for both estimands (only its interval differs): one table of redraws
+            tables.append(sources_table(variance_sources(rows_all[rows_all["estimand"] == "population"])))
         write_text(out / "calibration.md", "\n".join(tables))
         save_figure(coverage_figure(summary), out / "calibration")
         if write_truth:
