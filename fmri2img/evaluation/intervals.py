@@ -11,7 +11,7 @@ baseline). Two estimands, each with its interval:
   (Clark 1973, "The language-as-fixed-effect fallacy"; Westfall, Kenny & Judd 2014). The
   components come from the two-way ANOVA without replication (method of moments, negative
   estimates truncated at 0) and the interval is Student's t with Satterthwaite's (1946)
-  degrees of freedom.
+  degrees of freedom, capped at ``min(n_subjects, n_items) - 1`` (:func:`population_df`).
 * ``"stimuli"``: the value for *these* stimuli, expected over new subjects: Student's t over
   the subjects' means (``n_s - 1`` degrees of freedom).
 
@@ -40,7 +40,8 @@ ESTIMANDS = ("population", "stimuli")
 DEFAULT_LEVEL = 0.95
 
 METHODS = {
-    "population": "t, crossed subjects x stimuli random effects (two-way ANOVA, Satterthwaite df)",
+    "population": "t, crossed subjects x stimuli random effects (two-way ANOVA; Satterthwaite df capped at "
+                  "min(subjects, items) - 1)",
     "stimuli": "t over subject means (these stimuli)",
     "population_one_subject": "t over stimuli (one subject: subject variance not estimable)",
 }
@@ -137,6 +138,20 @@ def crossed_variance_of_mean(Y) -> tuple[float, float]:
     return var, df
 
 
+def population_df(satterthwaite_df: float, n_subjects: int, n_items: int) -> float:
+    """Degrees of freedom of a population interval: Satterthwaite's, capped at ``min(n_subjects,
+    n_items) - 1``.
+
+    The cap is the conservative bound of a two-component Satterthwaite df (as Welch's test's
+    ``min(n1, n2) - 1``: Hsu 1938; Scheffe 1970): with 4 subjects, or 3 imagery folds as items, a
+    variance component rests on 3 or 2 degrees of freedom, and Satterthwaite's approximation, which
+    assumes the components' estimates are scaled chi-squares, overstates the df. Measured on sibling
+    worlds (docs/trust.md, "Conditional truths"), uncapped population intervals covered their truth
+    in 70-87% of worlds, capped ones in 83-97% (calibrated: 89%).
+    """
+    return float(min(satterthwaite_df, min(n_subjects, n_items) - 1))
+
+
 def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bounds=None,
               note: str | None = None) -> Interval:
     """t interval around ``estimate`` from the influence table ``L`` (n_subjects, n_stimuli)."""
@@ -160,6 +175,7 @@ def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bound
         if ni < 2:
             return _undefined(estimate, level, estimand, method, ns, ni, "needs at least 2 stimuli")
         var, df = crossed_variance_of_mean(L)
+        df = population_df(df, ns, ni)
     se = math.sqrt(max(var, 0.0))
     half = float(stats.t.ppf(0.5 + level / 2.0, df)) * se
     low, high = estimate - half, estimate + half
