@@ -233,7 +233,7 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     new-offset sibling's imagery differs (its estimates move)."""
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG.replace("worlds: 2", "worlds: 1").replace("include_null: true", "include_null: false")
-                   + f"siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\n"
+                   + "siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\n"
                    + f"output_root: {tmp_path / 'out'}\n")
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri,
                                    "--write-truth", str(tmp_path / "truth")])

@@ -226,8 +226,8 @@ def test_the_shipped_demo_table_is_for_the_world_make_demo_writes():
 
     shape = SCALES["demo"]
     params = GeneratorParams(imagery_strength=AblationConfig().synth_imagery_strength)
-    world = json.loads(json.dumps({"params": dataclasses.asdict(params),
-                                   "shape": {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject},
+    shape_dict = {**dataclasses.asdict(shape), "images_per_subject": shape.images_per_subject}
+    world = json.loads(json.dumps({"params": dataclasses.asdict(params), "shape": shape_dict,
                                    "seeds": dataclasses.asdict(WorldSeeds.single(DEFAULT_WORLD_SEED))}))
     table = truth_table_for(world)
     assert table is not None and set(table["decoders"]) == {"ridge", "mlp", "two_stage"}

@@ -6,8 +6,8 @@ the null world), run a reduced ablation on it (:func:`fmri2img.stages.ablation.e
 logged to the world's own SQLite store), keep the H1-H3 statistics and their intervals
 (``worlds/<setting>/<seed>.json``: a rerun skips finished worlds) and delete the world. With
 ``siblings: K`` each world also gets K siblings that keep its world family (latent geometry, imagery
-offset direction) and redraw its stimuli and subjects, and K that keep its stimuli too and redraw only its subjects (:class:`WorldSeeds`):
-the conditional truths of docs/trust.md. Worlds run in parallel on
+offset direction) and redraw its stimuli and subjects, and K that keep its stimuli too and redraw only
+its subjects (:class:`WorldSeeds`): the conditional truths of docs/trust.md. Worlds run in parallel on
 :class:`fmri2img.core.executors.LocalExecutor`. Then :mod:`fmri2img.evaluation.calibration` scores
 them against the truth.
 """
@@ -275,7 +275,8 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
         with LocalExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
                                 unit="world", disable=not progress))
-        rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]], columns=[*ROW_COLUMNS, *INTERVAL_DETAIL, "role", "sibling"])
+        rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]],
+                                columns=[*ROW_COLUMNS, *INTERVAL_DETAIL, "role", "sibling"])
         rows = assign_truth(rows_all)
         summary = summarize(rows)
         head = headline(summary)
