@@ -223,7 +223,7 @@ def test_a_truth_table_with_siblings_is_one_familys(tmp_path):
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG + "siblings: 1\n")
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--write-truth", str(tmp_path / "truth")])
-    assert res.exit_code == 2 and "worlds=2" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and f"{cfg}: worlds=2" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "truth").exists()
 
 

@@ -10,6 +10,7 @@ import typer
 
 from fmri2img.cli._common import TrackingUriOption, echo, handle_errors
 from fmri2img.core.config import load_config, override
+from fmri2img.core.errors import ConfigError
 
 DEFAULT_CONFIG = Path("projects/imagery/configs/calibrate.yaml")
 
@@ -17,7 +18,8 @@ DEFAULT_CONFIG = Path("projects/imagery/configs/calibrate.yaml")
 @handle_errors
 def command(
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Calibration YAML (worlds, settings, study)."),
-    worlds: int = typer.Option(None, "--worlds", min=2, help="Worlds per setting; default: the config's."),
+    worlds: int = typer.Option(None, "--worlds", min=1, help="Worlds per setting (at least 2 without siblings); "
+                               "default: the config's."),
     strength: list[float] = typer.Option(None, "--strength", help="Planted imagery strengths in (0, 1) "
                                          "(repeatable); the null world (strength 1) is added unless --no-null."),
     no_null: bool = typer.Option(False, "--no-null", help="Leave out the null world."),
@@ -25,7 +27,8 @@ def command(
     output_root: str = typer.Option(None, "--output-dir", help="Default: outputs/calibration."),
     jobs: int = typer.Option(None, "--jobs", min=1, help="Worlds run in parallel; default: every available core."),
     write_truth: Path = typer.Option(None, "--write-truth", help="Also write each planted setting's simulated "
-                                     "truth table (<dir>/<setting>.json) for the ablation's planted-truth check."),
+                                     "truth table (<dir>/<setting>.json) for the ablation's planted-truth check; with "
+                                     "siblings, one world family's (worlds: 1)."),
     tracking_uri: str = TrackingUriOption,
 ) -> None:
     """Run the study on independent worlds per setting; report coverage, FPR, bias and RMSE."""
@@ -36,6 +39,9 @@ def command(
     cfg = override(base, worlds=worlds, strengths=tuple(strength) if strength else None,
                    include_null=False if no_null else None, decoders=tuple(decoder) if decoder else None,
                    output_root=output_root)
+    if write_truth and cfg.siblings and cfg.worlds != 1:  # named with the file, as the config's own checks
+        raise ConfigError(f"{config}: worlds={cfg.worlds}: a truth table with siblings is one world family's "
+                          "(set worlds: 1 with --write-truth).")
     result = run_calibration(cfg, jobs=jobs or len(os.sched_getaffinity(0)), tracking_uri=tracking_uri,
                              write_truth=str(write_truth) if write_truth else None)
     echo(f"Calibration done in {result.seconds:.1f} s: {result.rows['world_seed'].nunique()} worlds per setting; "
