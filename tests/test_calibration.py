@@ -5,6 +5,9 @@ false-positive counts against hand-computed cases and a simulation with known co
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +19,9 @@ from typer.testing import CliRunner
 from fmri2img.cli.main import app
 from fmri2img.core.errors import InputError
 from fmri2img.evaluation import calibration
+from fmri2img.evaluation.intervals import crossed_variance_from_mean_squares
+
+RULES_SCRIPT = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "interval_rules.py"
 
 
 def _rows(setting, strength, estimates, lows, highs, statistic="h1_ratio", decoder="ridge"):
@@ -183,6 +189,23 @@ def test_calibrate_command_end_to_end(tmp_path, tracking_uri):
     t = stats.t.ppf(0.975, worlds["df"])
     assert np.allclose(worlds["high"] - worlds["estimate"], t * worlds["se"], equal_nan=False)
     assert set(worlds["n_subjects"]) == {2} and worlds["n_items"].min() >= 2
+    # ... and the mean squares its variance came from: another variance rule needs no rerun
+    pop = worlds[worlds["estimand"] == "population"]
+    var = [crossed_variance_from_mean_squares(r.ms_subject, r.ms_item, r.ms_residual, r.n_subjects, r.n_items)[0]
+           for r in pop.itertuples()]
+    assert len(pop) and np.allclose(pop["se"] ** 2, var, rtol=1e-9)
+    same = calibration.remake_intervals(worlds)  # the reported rule, remade from the mean squares
+    assert np.allclose(same[["low", "high"]], worlds[["low", "high"]], rtol=1e-9)
+    wider = calibration.remake_intervals(worlds, fold_factor=2.5)
+    folds = (wider["estimand"] == "population") & wider["statistic"].isin(calibration.FOLD_STATISTICS)
+    assert (wider.loc[folds, "se"] > worlds.loc[folds, "se"]).all()  # (the df moves too: widths need not grow)
+    assert np.allclose(wider.loc[~folds, ["low", "high"]], worlds.loc[~folds, ["low", "high"]], equal_nan=True)
+    rules = subprocess.run([sys.executable, str(RULES_SCRIPT), str(out / "calibration_worlds.csv")],
+                           capture_output=True, text=True, check=True).stdout
+    reported = pd.read_csv(out / "calibration_summary.csv").query("estimand == 'population'")
+    for _, r in reported.iterrows():
+        assert (f"| {r['setting']} | {r['decoder']} | {r['statistic']} | capped df (reported) | {r['coverage']:.0%} "
+                f"({r['n_covered']}/{r['n_defined']}) |") in rules
     assert (worlds.loc[worlds["setting"] == "null_world", "truth"].isin([0.0, 1.0])).all()
     assert "coverage (count)" in (out / "calibration.md").read_text()
     assert (out / "calibration.png").is_file()
@@ -257,3 +280,11 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     offset = json.loads((tmp_path / "out" / "worlds" / "strength_0.5" / "7-new-offset-1.json").read_text())["rows"]
     h1_offset = next(r for r in offset if r["statistic"] == "h1_ratio" and r["estimand"] == "population")
     assert h1_offset["estimate"] != h1.loc[("population", W), "estimate"]
+
+
+def test_remaking_intervals_needs_the_mean_squares():
+    rows = pd.DataFrame([{"setting": "s", "strength": 0.5, "world_seed": 1, "decoder": "ridge",
+                          "statistic": "h1_ratio", "estimand": "population", "estimate": 0.4, "low": 0.2,
+                          "high": 0.6, "n_subjects": 4, "n_items": 18}])
+    with pytest.raises(InputError, match="'ms_subject'.*mean squares"):
+        calibration.remake_intervals(rows)

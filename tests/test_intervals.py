@@ -122,3 +122,32 @@ def test_one_subject_and_too_small_inputs():
         I.mean_interval(np.ones((2, 2)), "subjects")
     with pytest.raises(InputError, match="differ in shape"):
         I.ratio_interval(np.ones((2, 3)), np.ones((2, 2)))
+
+
+def test_intervals_keep_the_mean_squares_their_variance_comes_from():
+    rng = np.random.default_rng(11)
+    N, D = _crossed(rng, 4, 3, 0.3, 0.05, 0.08, 0.03), _crossed(rng, 4, 3, 0.6, 0.05, 0.05, 0.03)
+    for iv in (I.ratio_interval(N, D), I.mean_interval(N - D)):
+        ms_s, ms_i, ms_e = iv.mean_squares
+        var, df = I.crossed_variance_from_mean_squares(ms_s, ms_i, ms_e, 4, 3)
+        assert iv.se ** 2 == pytest.approx(var, rel=1e-12)
+        assert iv.df == pytest.approx(I.population_df(df, 4, 3))
+    stim = I.mean_interval(N - D, estimand="stimuli")
+    assert stim.se ** 2 == pytest.approx(stim.mean_squares[0] / (4 * 3), rel=1e-12)
+    assert I.mean_interval(N[:1]).mean_squares is None  # one subject: no two-way table
+
+
+def test_fold_factor_scales_the_within_subject_part():
+    rng = np.random.default_rng(12)
+    for _ in range(50):
+        ms = I.mean_squares(_crossed(rng, 4, 3, 0.0, rng.uniform(0, 0.1), rng.uniform(0, 0.1), 0.05))
+        ms_s, ms_i, ms_e = ms["subject"], ms["stimulus"], ms["residual"]
+        s2_s = max(ms_s - ms_e, 0.0) / 3
+        s2_i = max(ms_i - ms_e, 0.0) / 4
+        var, _ = I.crossed_variance_from_mean_squares(ms_s, ms_i, ms_e, 4, 3, fold_factor=2.5)
+        assert var == pytest.approx(s2_s / 4 + 2.5 * (s2_i / 3 + ms_e / 12))
+        assert I.crossed_variance_from_mean_squares(ms_s, ms_i, ms_e, 4, 3)[0] == pytest.approx(
+            s2_s / 4 + s2_i / 3 + ms_e / 12)
+    assert I.nadeau_bengio_factor(3) == pytest.approx(2.5)
+    with pytest.raises(InputError, match="n_folds=1"):
+        I.nadeau_bengio_factor(1)

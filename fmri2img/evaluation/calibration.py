@@ -40,6 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from fmri2img.core.errors import InputError
+from fmri2img.evaluation.intervals import crossed_variance_from_mean_squares, population_df
 
 #: Null value of each statistic (no imagery deficit, no imagery-specific gain).
 NULL_VALUES = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0}
@@ -61,6 +62,12 @@ COUNT_LEVEL = 0.95
 #: Level of the intervals under calibration (every reported interval is a 95% one).
 NOMINAL_LEVEL = 0.95
 
+#: Columns of a calibration row holding its interval's two-way ANOVA (subject, item, residual mean squares).
+MEAN_SQUARE_COLUMNS = ("ms_subject", "ms_item", "ms_residual")
+
+#: Statistics whose items are imagery cross-validation folds (the per-fold gains of H2 and H3).
+FOLD_STATISTICS = ("h2_specific_gain", "h3_specific_gain")
+
 
 
 def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +77,33 @@ def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (finite.sum() - finite.fillna(0.0)) / n_other
     return means.to_numpy(dtype=float), n_other.to_numpy(dtype=float)
+
+
+def remake_intervals(rows: pd.DataFrame, *, cap_df: bool = True, fold_factor: float = 1.0,
+                     fold_statistics: tuple[str, ...] = FOLD_STATISTICS) -> pd.DataFrame:
+    """``rows`` with every population interval remade from its mean squares by another rule.
+
+    ``cap_df``: cap Satterthwaite's df at ``min(subjects, items) - 1`` (the reported rule);
+    ``fold_factor``: the within-subject variance factor of the statistics in ``fold_statistics``
+    (:func:`~fmri2img.evaluation.intervals.nadeau_bengio_factor`). Estimates are unchanged; rows of
+    the other estimands, and rows without mean squares, keep their intervals.
+    """
+    missing = [c for c in (*ROW_COLUMNS, *MEAN_SQUARE_COLUMNS, "n_subjects", "n_items") if c not in rows.columns]
+    if missing:
+        raise InputError(f"Calibration rows lack column {missing[0]!r}: remaking intervals needs the mean squares "
+                         "kept by fmri2img calibrate.")
+    out = rows.copy()
+    for i, r in out[(out["estimand"] == "population") & out["ms_residual"].notna()].iterrows():
+        factor = fold_factor if r["statistic"] in fold_statistics else 1.0
+        var, df = crossed_variance_from_mean_squares(r["ms_subject"], r["ms_item"], r["ms_residual"],
+                                                     r["n_subjects"], r["n_items"], fold_factor=factor)
+        if cap_df:
+            df = population_df(df, int(r["n_subjects"]), int(r["n_items"]))
+        half = float(stats.t.ppf(0.5 + NOMINAL_LEVEL / 2, df)) * float(np.sqrt(max(var, 0.0)))
+        out.loc[i, ["low", "high", "df"]] = r["estimate"] - half, r["estimate"] + half, df
+        if "se" in out.columns:
+            out.loc[i, "se"] = float(np.sqrt(max(var, 0.0)))
+    return out
 
 
 def assign_truth(rows: pd.DataFrame) -> pd.DataFrame:

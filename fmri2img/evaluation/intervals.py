@@ -65,6 +65,9 @@ class Interval:
     n_subjects: int
     n_stimuli: int
     note: str | None = None
+    #: (subject, stimulus, residual) mean squares of the interval's influence table (None below 2 x 2):
+    #: what another variance rule can be computed from (``fmri2img calibrate`` keeps them per world).
+    mean_squares: tuple[float, float, float] | None = None
 
     @property
     def defined(self) -> bool:
@@ -116,26 +119,45 @@ def mean_squares(Y) -> dict[str, float]:
 
 def crossed_variance_of_mean(Y) -> tuple[float, float]:
     """Variance of the grand mean of ``Y`` under crossed subject and stimulus random effects,
+    and its Satterthwaite degrees of freedom (:func:`crossed_variance_from_mean_squares` of its
+    two-way ANOVA)."""
+    Y = _table(Y, "Y")
+    ms = mean_squares(Y)
+    return crossed_variance_from_mean_squares(ms["subject"], ms["stimulus"], ms["residual"], *Y.shape)
+
+
+def crossed_variance_from_mean_squares(ms_subject: float, ms_stimulus: float, ms_residual: float,
+                                       n_subjects: int, n_stimuli: int, fold_factor: float = 1.0
+                                       ) -> tuple[float, float]:
+    """Variance of a grand mean under crossed random effects from the two-way ANOVA's mean squares,
     and its Satterthwaite degrees of freedom.
 
-    With ANOVA components ``s2_s = (MS_s - MS_e) / n_i``, ``s2_i = (MS_i - MS_e) / n_s`` truncated at
-    0, the variance is a linear combination of mean squares: ``(MS_s + MS_i - MS_e) / (n_s n_i)``
-    when both are positive, ``MS_i / (n_s n_i)`` or ``MS_s / (n_s n_i)`` when one is truncated,
-    ``MS_e / (n_s n_i)`` when both are.
+    With components ``s2_s = (MS_s - MS_e) / n_i``, ``s2_i = (MS_i - MS_e) / n_s`` truncated at
+    0, ``n_s n_i Var(mean) = n_i s2_s + n_s s2_i + MS_e``: ``MS_s + MS_i - MS_e`` when both
+    components are positive, ``MS_i`` or ``MS_s`` when one is truncated, ``MS_e`` when both are.
+    ``fold_factor`` multiplies the within-subject part ``n_s s2_i + MS_e`` (items that are
+    cross-validation folds: :func:`nadeau_bengio_factor`); 1 leaves the model as it is.
     """
-    Y = _table(Y, "Y")
-    ns, ni = Y.shape
-    ms = mean_squares(Y)
-    keep_s, keep_i = ms["subject"] > ms["residual"], ms["stimulus"] > ms["residual"]
-    # coefficients of (MS_s, MS_i, MS_e) in n_s n_i Var(mean), by which components are kept
-    coef = {(True, True): (1.0, 1.0, -1.0), (True, False): (1.0, 0.0, 0.0),
-            (False, True): (0.0, 1.0, 0.0), (False, False): (0.0, 0.0, 1.0)}[(keep_s, keep_i)]
-    terms = [(ms[k], ms[f"df_{k}"], c) for k, c in zip(("subject", "stimulus", "residual"), coef)]
-    total = sum(c * m for m, _, c in terms)
+    ns, ni = int(n_subjects), int(n_stimuli)
+    keep_s, keep_i = float(ms_subject > ms_residual), float(ms_stimulus > ms_residual)
+    c = float(fold_factor)
+    # coefficients of (MS_s, MS_i, MS_e) in n_s n_i Var(mean)
+    terms = [(ms_subject, ns - 1, keep_s), (ms_stimulus, ni - 1, c * keep_i),
+             (ms_residual, (ns - 1) * (ni - 1), c * (1.0 - keep_i) - keep_s)]
+    total = sum(k * m for m, _, k in terms)
     var = total / (ns * ni)
-    denom = sum((c * m) ** 2 / d for m, d, c in terms if c != 0.0)
+    denom = sum((k * m) ** 2 / d for m, d, k in terms if k != 0.0)
     df = total ** 2 / denom if denom > 0 else float("inf")
     return var, df
+
+
+def nadeau_bengio_factor(n_folds: int) -> float:
+    """How much the variance of a k-fold cross-validated mean exceeds the naive ``s^2 / k``: the
+    corrected resampled variance ``(1/k + n_test/n_train) s^2`` (Nadeau & Bengio 2003, with
+    ``n_test/n_train = 1/(k-1)``) over ``s^2 / k``, i.e. ``1 + k/(k-1)`` (2.5 for 3 folds)."""
+    if n_folds < 2:
+        raise InputError(f"n_folds={n_folds}: cross-validation needs at least 2 folds.")
+    return 1.0 + n_folds / (n_folds - 1.0)
 
 
 def population_df(satterthwaite_df: float, n_subjects: int, n_items: int) -> float:
@@ -181,7 +203,10 @@ def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bound
     low, high = estimate - half, estimate + half
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
-    return Interval(float(estimate), float(low), float(high), se, float(df), level, estimand, method, ns, ni, note)
+    ms = mean_squares(L) if ns >= 2 and ni >= 2 else None
+    squares = None if ms is None else (ms["subject"], ms["stimulus"], ms["residual"])
+    return Interval(float(estimate), float(low), float(high), se, float(df), level, estimand, method, ns, ni, note,
+                    squares)
 
 
 def _undefined(estimate, level, estimand, method, ns, ni, note) -> Interval:

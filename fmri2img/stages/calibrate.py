@@ -35,6 +35,7 @@ from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
 from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
 from fmri2img.evaluation.calibration import (
+    MEAN_SQUARE_COLUMNS,
     ROLE_NEW_OFFSET,
     ROLE_NEW_STIMULI,
     ROLE_NEW_SUBJECTS,
@@ -72,9 +73,10 @@ STATISTIC_OF = {stat: hyp for stat, (hyp, _) in CHECKED_STATISTICS.items()}
 SIBLING_SEED_BASE = 10**9
 MAX_SIBLINGS = 100
 
-#: Per row, how its interval was made (se, t degrees of freedom, subjects and items of its table): what an
-#: alternative interval rule (docs/trust.md) can be judged from without rerunning the worlds.
-INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items")
+#: Per row, how its interval was made (se, t degrees of freedom, subjects and items of its table, the mean
+#: squares of its two-way ANOVA): what an alternative interval rule (docs/trust.md) can be judged from
+#: without rerunning the worlds.
+INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items", *MEAN_SQUARE_COLUMNS)
 
 #: Config keys a world's result does not depend on (how many worlds and siblings there are, where results go).
 NOT_IN_WORLD_KEY = ("worlds", "siblings", "sibling_roles", "output_root", "keep_worlds")
@@ -171,10 +173,12 @@ def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int
             if hyp not in entry:
                 continue
             for estimand, iv in entry[hyp]["intervals"].items():
+                squares = iv.get("mean_squares") or (float("nan"),) * 3
                 rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
                              "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
                              "low": iv["low"], "high": iv["high"], "se": iv["se"], "df": iv["df"],
-                             "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"], "role": role, "sibling": k})
+                             "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"],
+                             **dict(zip(MEAN_SQUARE_COLUMNS, squares)), "role": role, "sibling": k})
     return rows
 
 
