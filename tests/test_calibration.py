@@ -20,6 +20,7 @@ from fmri2img.cli.main import app
 from fmri2img.core.errors import InputError
 from fmri2img.evaluation import calibration
 from fmri2img.evaluation.intervals import crossed_variance_from_mean_squares
+from fmri2img.reporting.calibration import sources_table
 
 RULES_SCRIPT = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "interval_rules.py"
 
@@ -288,3 +289,12 @@ def test_remaking_intervals_needs_the_mean_squares():
                           "high": 0.6, "n_subjects": 4, "n_items": 18}])
     with pytest.raises(InputError, match="'ms_subject'.*mean squares"):
         calibration.remake_intervals(rows)
+
+
+def test_the_redraw_table_has_one_row_per_statistic():
+    sources = pd.DataFrame([{"setting": "s", "decoder": "ridge", "statistic": "h1_ratio", "estimand": "population",
+                             "role": role, "n_pairs": 3, "sd_redraw": sd}
+                            for role, sd in (("new stimuli", 0.1), ("new subjects", 0.05))])
+    table = sources_table(sources)
+    assert "| setting | decoder | statistic | sd, new stimuli | sd, new subjects |" in table
+    assert "| s | ridge | H1 ratio | 0.1000 | 0.0500 |" in table

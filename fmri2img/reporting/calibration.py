@@ -54,18 +54,18 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
 
 
 def sources_table(sources: pd.DataFrame) -> str:
-    """:func:`fmri2img.evaluation.calibration.variance_sources` as markdown, one column per sibling role."""
+    """:func:`fmri2img.evaluation.calibration.variance_sources` of one estimand's rows (an estimate is the
+    same for both estimands) as markdown, one column per sibling role."""
     if sources.empty:
         return ""
-    wide = sources.pivot_table(index=["setting", "decoder", "statistic", "estimand"], columns="role",
-                               values="sd_redraw")
+    wide = sources.pivot_table(index=["setting", "decoder", "statistic"], columns="role", values="sd_redraw")
     lines = ["**What each redraw moves**: sd of an estimate over siblings that keep everything but the "
              "column's family (new stimuli: stimuli, offset and subjects; new subjects: subjects only; "
              "new offset: the imagery offset direction only)", "",
-             "| setting | decoder | statistic | estimand | " + " | ".join(f"sd, {c}" for c in wide.columns) + " |",
-             "|---|---|---|---|" + "---|" * len(wide.columns)]
-    for (setting, decoder, statistic, estimand), r in wide.iterrows():
-        lines.append(f"| {setting} | {decoder} | {LABELS.get(statistic, statistic)} | {estimand} | "
+             "| setting | decoder | statistic | " + " | ".join(f"sd, {c}" for c in wide.columns) + " |",
+             "|---|---|---|" + "---|" * len(wide.columns)]
+    for (setting, decoder, statistic), r in wide.iterrows():
+        lines.append(f"| {setting} | {decoder} | {LABELS.get(statistic, statistic)} | "
                      + " | ".join("n/a" if not np.isfinite(v) else f"{v:.4f}" for v in r) + " |")
     return "\n".join(lines) + "\n"
 
