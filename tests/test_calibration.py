@@ -221,9 +221,14 @@ def test_calibrate_command_end_to_end(tmp_path, tracking_uri):
         [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()],
         "tags.`fmri2img.stage` = 'calibrate'")[0]
     assert "coverage_min" in run.data.metrics and "null_world.ridge.h1_ratio.coverage" in run.data.metrics
-    # a rerun reuses every finished world
+    # a rerun reuses every finished world, also when it runs fewer settings (no world is written again)
+    written = {p: p.stat().st_mtime_ns for p in (out / "worlds").rglob("*.json")}
     res2 = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri])
     assert res2.exit_code == 0 and res2.output.strip().splitlines()[-1] == last
+    res3 = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri,
+                                    "--no-null"])
+    assert res3.exit_code == 0, res3.output
+    assert {p: p.stat().st_mtime_ns for p in (out / "worlds").rglob("*.json")} == written
 
 
 def test_calibrate_refuses_a_strength_outside_0_1(tmp_path):

@@ -78,8 +78,10 @@ MAX_SIBLINGS = 100
 #: without rerunning the worlds.
 INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items", *MEAN_SQUARE_COLUMNS)
 
-#: Config keys a world's result does not depend on (how many worlds and siblings there are, where results go).
-NOT_IN_WORLD_KEY = ("worlds", "siblings", "sibling_roles", "output_root", "keep_worlds")
+#: Config keys a world's result does not depend on (which worlds and settings a run holds, where results go;
+#: a world's own seed and strength enter its key).
+NOT_IN_WORLD_KEY = ("worlds", "first_seed", "strengths", "include_null", "siblings", "sibling_roles", "output_root",
+                    "keep_worlds")
 
 
 def world_seeds(seed: int, role: str, k: int) -> WorldSeeds:
