@@ -69,7 +69,6 @@ MEAN_SQUARE_COLUMNS = ("ms_subject", "ms_item", "ms_residual")
 FOLD_STATISTICS = ("h2_specific_gain", "h3_specific_gain")
 
 
-
 def _leave_one_out_means(estimates: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Each row's mean of the other rows' finite estimates, and how many there were."""
     finite = estimates.where(np.isfinite(estimates))
