@@ -21,6 +21,7 @@ from fmri2img.core.errors import InputError
 from fmri2img.evaluation import calibration
 from fmri2img.evaluation.intervals import crossed_variance_from_mean_squares
 from fmri2img.reporting.calibration import sources_table
+from fmri2img.stages.evaluate import flat_metrics
 
 RULES_SCRIPT = Path(__file__).resolve().parents[1] / "projects" / "imagery" / "interval_rules.py"
 
@@ -51,6 +52,19 @@ def test_null_truth_is_exact_and_planted_truth_is_leave_one_out():
     assert (summary.loc["s", "coverage_ci_low"], summary.loc["s", "coverage_ci_high"]) == pytest.approx((lo, hi))
     head = calibration.headline(summary.reset_index())
     assert head == {"coverage_min": pytest.approx(2 / 3), "fpr_max": pytest.approx(1 / 3)}
+
+
+def test_worlds_without_an_interval_are_counted_apart():
+    """A world whose interval is undefined (no spread: NaN bounds) is neither a hit nor a miss, and the
+    table says how many there were."""
+    from fmri2img.reporting.calibration import markdown_table
+
+    planted = _rows("s", 0.5, [0.2, 0.4, 0.6, 0.0], [0.0, 0.3, 0.55, np.nan], [0.55, 0.5, 0.7, np.nan])
+    summary = calibration.summarize(calibration.assign_truth(planted))
+    assert summary.loc[0, "n_worlds"] == 4 and summary.loc[0, "n_defined"] == 3
+    n = summary.loc[0, "n_covered"]
+    assert f"({n}/3; 1 world without an interval)" in markdown_table(summary)
+    assert "without an interval" not in markdown_table(calibration.summarize(calibration.assign_truth(planted[:3])))
 
 
 def test_coverage_of_exact_t_intervals_is_nominal():
@@ -240,7 +254,9 @@ def test_calibrate_refuses_a_strength_outside_0_1(tmp_path):
 
 @pytest.mark.parametrize("line, match", [("siblings: -1", "siblings"), ("siblings: 50", "siblings"),
                                           ("first_seed: 1000000000", "first_seed"),
-                                          ("sibling_roles: [new planets]", "sibling role")])
+                                          ("sibling_roles: [new planets]", "sibling role"),
+                                          ("cell_logging: none", "Invalid cell_logging 'none'; choose one of 'full', "
+                                                                 "'metrics'")])
 def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG + line + "\n")
@@ -262,7 +278,7 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     new-offset sibling's imagery differs (its estimates move)."""
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG.replace("worlds: 2", "worlds: 1").replace("include_null: true", "include_null: false")
-                   + "siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\n"
+                   + "siblings: 1\nsibling_roles: [new stimuli, new subjects, new offset]\nkeep_worlds: true\n"
                    + f"output_root: {tmp_path / 'out'}\n")
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri,
                                    "--write-truth", str(tmp_path / "truth")])
@@ -286,6 +302,21 @@ def test_calibrate_with_siblings_end_to_end(tmp_path, tracking_uri):
     offset = json.loads((tmp_path / "out" / "worlds" / "strength_0.5" / "7-new-offset-1.json").read_text())["rows"]
     h1_offset = next(r for r in offset if r["statistic"] == "h1_ratio" and r["estimand"] == "population")
     assert h1_offset["estimate"] != h1.loc[("population", W), "estimate"]
+    # a kept world's cells logged metrics only (calibrate's cell_logging default): their metrics and
+    # intervals as in the cell's metrics file, no figure, files, datasets or logged models
+    world = tmp_path / "out" / "work" / "strength_0.5" / "7"
+    client = MlflowClient(f"sqlite:///{world / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    cells = client.search_runs(experiments, "tags.`fmri2img.role` = 'cell'")
+    assert len(cells) == 2 * 4  # 2 subjects x 4 configurations of the ridge decoder
+    for run in cells:
+        subject, decoder, configuration = run.data.tags["mlflow.runName"].split("/")
+        table = pd.read_csv(world / "out" / subject / "eval" / f"{decoder}__{configuration}" / "results_table.csv")
+        metrics = flat_metrics(table, configuration)
+        assert len(metrics) > 10 and {k: run.data.metrics[k] for k in metrics} == metrics
+        assert any(k.endswith("_ci_low") for k in run.data.metrics)
+        assert client.list_artifacts(run.info.run_id) == [] and not run.inputs.dataset_inputs
+    assert client.search_logged_models(experiments) == []
 
 
 def test_remaking_intervals_needs_the_mean_squares():

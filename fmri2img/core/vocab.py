@@ -28,6 +28,10 @@ ADAPTER_CONFIGURATIONS = {
 #: What a decoder trains on: NSD perception trials, or those plus imagery trials (H2).
 TRAIN_ON = ("perception", "mixed")
 
+#: What a cell's MLflow run holds: everything (params, metrics, curves, figure, files, models, datasets), or
+#: params, metrics and curves only (calibration worlds: their store is deleted with them; docs/performance.md).
+CELL_LOGGING = ("full", "metrics")
+
 #: Test sets (docs/contracts.md section 6) and the ones each ``--mode`` scores.
 TEST_SETS = ("shared1000", "imagery_vision", "imagery")
 MODE_TEST_SETS = {

@@ -43,14 +43,19 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
         flag = "yes" if ok_cov and ok_fpr else "**no**"
         lines.append(
             f"| {r['setting']} | {r['strength']:g} | {r['decoder']} | {LABELS.get(r['statistic'], r['statistic'])} "
-            f"| {r['truth_mean']:.3f} | {_pct(r['coverage'])} ({r['n_covered']}/{r['n_defined']}) "
-            f"[{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
+            f"| {r['truth_mean']:.3f} | {_pct(r['coverage'])} ({r['n_covered']}/{r['n_defined']}"
+            f"{_without(r['n_worlds'] - r['n_defined'])}) [{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
             f"| {_pct(r['expected_coverage'])} | {r['width_factor']:.2f} "
             f"| {_pct(r['rejection_rate'])} ({r['n_rejected']}/{r['n_defined']}) "
             f"[{_pct(r['rejection_ci_low'])}, {_pct(r['rejection_ci_high'])}]{' (FPR)' if null else ' (power)'} "
             f"| {'n/a' if not np.isfinite(r['bias']) else format(r['bias'], '+.4f')} | {r['rmse']:.4f} "
             f"| {r['mean_width']:.4f} | {flag} |")
     return "\n".join(lines) + "\n"
+
+
+def _without(n: int) -> str:
+    """How many worlds had no interval (e.g. no spread: intervals.NO_SPREAD_NOTE), when any."""
+    return f"; {n} world{'s' if n != 1 else ''} without an interval" if n else ""
 
 
 def sources_table(sources: pd.DataFrame) -> str:

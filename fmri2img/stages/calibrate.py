@@ -33,7 +33,7 @@ from fmri2img.core.constants import DEFAULT_SUBJECTS
 from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
-from fmri2img.core.vocab import CONFIGURATIONS, DECODERS
+from fmri2img.core.vocab import CELL_LOGGING, CONFIGURATIONS, DECODERS
 from fmri2img.evaluation.calibration import (
     MEAN_SQUARE_COLUMNS,
     ROLE_NEW_OFFSET,
@@ -81,7 +81,7 @@ INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items", *MEAN_SQUARE_COLUMNS)
 #: Config keys a world's result does not depend on (which worlds and settings a run holds, where results go;
 #: a world's own seed and strength enter its key).
 NOT_IN_WORLD_KEY = ("worlds", "first_seed", "strengths", "include_null", "siblings", "sibling_roles", "output_root",
-                    "keep_worlds")
+                    "keep_worlds", "cell_logging")
 
 
 def world_seeds(seed: int, role: str, k: int) -> WorldSeeds:
@@ -118,6 +118,9 @@ class CalibrationConfig:
     adapt: AdaptConfig = field(default_factory=lambda: AdaptConfig(epochs=10, lr_steps=2))
     output_root: str = "outputs/calibration"
     keep_worlds: bool = False
+    #: what a world's cell runs log (vocab.CELL_LOGGING): "metrics" leaves out the models, files and datasets
+    #: that a deleted world's store would only throw away (the statistics come from the metrics files)
+    cell_logging: str = "metrics"
 
     def validate(self) -> None:
         check_positive("worlds", self.worlds)
@@ -143,6 +146,9 @@ class CalibrationConfig:
                 raise ConfigError(f"Unknown configuration {name!r}. Choose one of {', '.join(CONFIGURATIONS)}.")
         if "perception_only" not in self.configurations:
             raise ConfigError("configurations must include 'perception_only' (H1 and every gain are relative to it).")
+        if self.cell_logging not in CELL_LOGGING:
+            raise ConfigError(f"Invalid cell_logging {self.cell_logging!r}; "
+                              f"choose one of {', '.join(map(repr, CELL_LOGGING))}.")
         self.adapt.validate()
 
     @property
@@ -213,7 +219,8 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int, str, int]) -> d
         data_root=str(root / "data"), cache_root=str(root / "cache"), index_dir=str(root / "cache" / "indices"),
         manifest_dir=str(root / "manifests"), checkpoint_root=str(root / "checkpoints"),
         output_root=str(root / "out"), log_dir=str(root / "logs"), synthesize=False, folds=config.folds,
-        adapt=config.adapt, eval=EvalOptions(n_boot=100, n_perm=100, image_metrics=False), figures=False)
+        adapt=config.adapt, eval=EvalOptions(n_boot=100, n_perm=100, image_metrics=False), figures=False,
+        cell_logging=config.cell_logging)
     with contextlib.chdir(root):  # the world's MLflow store keeps its artifacts in ./mlruns: inside the world
         result = run_ablation(ablation, jobs=1, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", progress=False)
     truth = read_json(summary.root / "truth" / "params.json")

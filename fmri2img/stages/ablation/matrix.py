@@ -25,7 +25,7 @@ from fmri2img.core.constants import (
 )
 from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import SlurmResources
-from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CONFIGURATIONS, DECODERS, EXECUTORS, MODES
+from fmri2img.core.vocab import ADAPTER_CONFIGURATIONS, CELL_LOGGING, CONFIGURATIONS, DECODERS, EXECUTORS, MODES
 from fmri2img.data import regions
 from fmri2img.data.nsd_constants import subject_number
 from fmri2img.data.regions import DEFAULT_REGION, DEFAULT_SELECTION
@@ -107,6 +107,7 @@ class AblationConfig:
     field_battery: FieldBattery = field(default_factory=FieldBattery)
     executor: str = "local"  # where checkpoints and cells run: local (process pool) or slurm (job arrays)
     slurm: SlurmResources = field(default_factory=SlurmResources)  # per task, for executor: slurm
+    cell_logging: str = "full"  # what each cell's MLflow run holds: one of vocab.CELL_LOGGING
 
     def validate(self) -> None:
         for subject in self.subjects:
@@ -137,6 +138,9 @@ class AblationConfig:
                               "`fmri2img calibrate --write-truth DIR` (or leave it out: shipped tables are used).")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"Invalid executor {self.executor!r}; choose one of {', '.join(map(repr, EXECUTORS))}.")
+        if self.cell_logging not in CELL_LOGGING:
+            raise ConfigError(f"Invalid cell_logging {self.cell_logging!r}; "
+                              f"choose one of {', '.join(map(repr, CELL_LOGGING))}.")
         self.slurm.validate()
         self.field_battery.validate()
         self.adapt.validate()
