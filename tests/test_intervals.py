@@ -112,6 +112,21 @@ def test_bounds_clip_interval():
     assert raw.high > 1.0 and clipped.high == 1.0 and clipped.low == raw.low
 
 
+def test_a_table_without_spread_gets_no_interval():
+    """A table constant to float32 rounding (an adapter that kept its initial weights: its gains are
+    exactly 0 up to rounding) gets a NaN interval with a note, never a zero-width one; any real spread,
+    however small, gets an interval."""
+    rng = np.random.default_rng(0)
+    flat = 0.3 + rng.normal(0, 1e-9, (4, 3))
+    for estimand in ("population", "stimuli"):
+        iv = I.mean_interval(flat, estimand)
+        assert not iv.defined and iv.note == I.NO_SPREAD_NOTE and iv.estimate == pytest.approx(0.3)
+        assert not iv.covers(iv.estimate) and not iv.excludes(0.0)
+    assert not I.ratio_interval(np.full((4, 3), 0.2), np.full((4, 3), 0.1)).defined
+    small = 0.3 + rng.normal(0, 1e-5, (4, 3))
+    assert I.mean_interval(small).defined and I.mean_interval(small).high > I.mean_interval(small).low
+
+
 def test_one_subject_and_too_small_inputs():
     one = I.mean_interval(np.array([0.1, 0.2, 0.3, 0.2]))
     assert one.n_subjects == 1 and "one subject" in one.method and one.defined

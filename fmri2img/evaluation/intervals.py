@@ -39,6 +39,14 @@ ESTIMANDS = ("population", "stimuli")
 #: Nominal level of every reported interval.
 DEFAULT_LEVEL = 0.95
 
+#: Deviations from the estimate at or below float32's resolution (the dtype of every prediction) are
+#: rounding, not spread: a table within it is constant (e.g. a configuration identical to its reference, an
+#: adapter that kept its initial weights in every fold), and a zero-width interval around it would claim a
+#: certainty that no data gave (docs/trust.md, "Intervals with no spread").
+ROUNDING_SPREAD = float(np.finfo(np.float32).eps)
+#: The note of an interval not made for lack of spread.
+NO_SPREAD_NOTE = "every value equals the estimate to float32 rounding: no spread to make an interval from"
+
 METHODS = {
     "population": "t, crossed subjects x stimuli random effects (two-way ANOVA; Satterthwaite df capped at "
                   "min(subjects, items) - 1)",
@@ -183,6 +191,8 @@ def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bound
         raise InputError(f"Invalid level={level!r}; expected a value in (0, 1).")
     ns, ni = L.shape
     method = METHODS[estimand]
+    if L.size and float(np.abs(L).max()) <= ROUNDING_SPREAD:
+        return _undefined(estimate, level, estimand, method, ns, ni, NO_SPREAD_NOTE)
     if estimand == "stimuli":
         if ns < 2:
             return _undefined(estimate, level, estimand, method, ns, ni, "needs at least 2 subjects")
