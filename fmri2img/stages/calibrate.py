@@ -77,6 +77,10 @@ MAX_SIBLINGS = 100
 #: squares of its two-way ANOVA): what an alternative interval rule (docs/trust.md) can be judged from
 #: without rerunning the worlds.
 INTERVAL_DETAIL = ("se", "df", "n_subjects", "n_items", *MEAN_SQUARE_COLUMNS)
+#: Per H3 row, the chosen adapter's fold models that kept their initial weights (no-ops; summed over
+#: subjects; NaN on other rows): a no-op fold's gains are exactly 0, which narrows the interval
+#: (docs/trust.md, "Intervals with no spread").
+KEPT_INITIAL_COLUMN = "kept_initial_folds"
 
 #: Config keys a world's result does not depend on (which worlds and settings a run holds, where results go;
 #: a world's own seed and strength enter its key).
@@ -177,16 +181,19 @@ def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int
                 k: int) -> list[dict[str, Any]]:
     rows = []
     for decoder, entry in report["decoders"].items():
+        kept = entry.get("kept_initial") or {}
         for stat, hyp in STATISTIC_OF.items():
             if hyp not in entry:
                 continue
+            no_ops = kept.get(entry[hyp]["chosen_adapter"], [0])[0] if hyp == "H3" else float("nan")
             for estimand, iv in entry[hyp]["intervals"].items():
                 squares = iv.get("mean_squares") or (float("nan"),) * 3
                 rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
                              "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
                              "low": iv["low"], "high": iv["high"], "se": iv["se"], "df": iv["df"],
                              "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"],
-                             **dict(zip(MEAN_SQUARE_COLUMNS, squares)), "role": role, "sibling": k})
+                             **dict(zip(MEAN_SQUARE_COLUMNS, squares)), KEPT_INITIAL_COLUMN: no_ops,
+                             "role": role, "sibling": k})
     return rows
 
 
@@ -286,7 +293,7 @@ def run_calibration(config: CalibrationConfig, *, jobs: int = 1, tracking_uri: s
             records = list(tqdm(pool.map(calibrate_world, tasks), total=len(tasks), desc="calibration worlds",
                                 unit="world", disable=not progress))
         rows_all = pd.DataFrame([r for rec in records for r in rec["rows"]],
-                                columns=[*ROW_COLUMNS, *INTERVAL_DETAIL, "role", "sibling"])
+                                columns=[*ROW_COLUMNS, *INTERVAL_DETAIL, KEPT_INITIAL_COLUMN, "role", "sibling"])
         rows = assign_truth(rows_all)
         summary = summarize(rows)
         head = headline(summary)
