@@ -31,8 +31,8 @@ REPO = Path(fmri2img.__file__).resolve().parents[1]
 def wait_for_ctrl_c(folder: str) -> None:
     """Wait for Ctrl-C; on it, get a second one (as from the terminal) and clean up regardless."""
     path = Path(folder)
-    (path / f"started-{os.getpid()}").touch()
-    try:
+    try:  # started inside the try: a Ctrl-C sent once the file exists always finds the handler
+        (path / f"started-{os.getpid()}").touch()
         time.sleep(TASK_WAIT_S)
     except KeyboardInterrupt:
         os.kill(os.getpid(), signal.SIGINT)
