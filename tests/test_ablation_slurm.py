@@ -191,8 +191,8 @@ def test_unknown_slurm_key_is_refused_with_the_allowed_keys(tmp_path):
                                           r"array_parallelism, cpus_per_task"):
         load_config(AblationConfig, path)
     path.write_text("executor: pbs\n")
-    with pytest.raises(ConfigError, match="Invalid executor 'pbs'; choose one of 'local', 'slurm'"):
+    with pytest.raises(ConfigError, match="Unknown executor 'pbs'; choose one of 'local', 'slurm'"):
         load_config(AblationConfig, path)
     path.write_text("cell_logging: models\n")
-    with pytest.raises(ConfigError, match="Invalid cell_logging 'models'; choose one of 'full', 'metrics'"):
+    with pytest.raises(ConfigError, match="Unknown cell_logging 'models'; choose one of 'full', 'metrics'"):
         load_config(AblationConfig, path)

@@ -7,8 +7,9 @@ from typing import Literal
 
 import pytest
 
-from fmri2img.core.config import check_fraction, check_positive, from_dict, load_config, override, save_config, to_dict
-from fmri2img.core.errors import ConfigError, MissingInputError
+from fmri2img.core.config import (check_choice, check_fraction, check_positive, from_dict, load_config, override,
+                                  save_config, to_dict)
+from fmri2img.core.errors import ConfigError, InputError, MissingInputError
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ def test_unknown_key_names_key_and_allowed():
 def test_invalid_values(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Outer, data)
+
+
+def test_check_choice_names_the_value_and_every_allowed_one():
+    check_choice("decoder", "mlp", ("ridge", "mlp"))  # allowed: no error
+    check_choice("backend", "torch", {"numpy": 1, "torch": 2})  # a mapping's keys are the choices
+    with pytest.raises(ConfigError, match=r"^Unknown decoder 'svm'; choose one of 'ridge', 'mlp'\.$"):
+        check_choice("decoder", "svm", ("ridge", "mlp"))
+    with pytest.raises(InputError, match="Unknown test set 'train'"):
+        check_choice("test set", "train", ("imagery",), error=InputError)
 
 
 def test_load_config_and_override(tmp_path):

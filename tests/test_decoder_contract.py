@@ -57,7 +57,7 @@ def test_decoder_contract(name, data, tmp_path):
 
 
 def test_unknown_decoder_names_allowed():
-    with pytest.raises(InputError, match="Choose one of 'ridge', 'mlp', 'two_stage'"):
+    with pytest.raises(InputError, match="choose one of 'ridge', 'mlp', 'two_stage'"):
         make_decoder("svm")
     with pytest.raises(InputError, match="Unknown parameter 'bogus'"):
         make_decoder("ridge", bogus=1)

@@ -82,7 +82,7 @@ def test_synthetic_backend_refuses_other_embedding_sizes(world):
 
 def test_registry_builds_by_name_and_refuses_unknowns():
     assert isinstance(R.make_backend("synthetic", seed=3), R.SyntheticRenderer)
-    with pytest.raises(ConfigError, match="Unknown reconstruction backend 'vd'. Choose one of 'synthetic', 'unclip'."):
+    with pytest.raises(ConfigError, match="Unknown reconstruction backend 'vd'; choose one of 'synthetic', 'unclip'."):
         R.make_backend("vd")
     with pytest.raises(ConfigError, match=r"Unknown parameter\(s\) \['steps'\] for backend 'unclip'"):
         R.make_backend("unclip", pipeline_dir="x", steps=3)

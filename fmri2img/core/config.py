@@ -151,6 +151,15 @@ def check_positive(name: str, value: float | int, *, allow_zero: bool = False) -
         raise ConfigError(f"Invalid {name}={value!r}; expected a value {bound}.")
 
 
+def check_choice(name: str, value: Any, allowed: typing.Iterable[Any], *,
+                 error: type[Fmri2imgError] = ConfigError) -> None:
+    """Raise ``error`` (a :class:`ConfigError` unless told) unless ``value`` is one of ``allowed``,
+    naming the value and every allowed one."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise error(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+
+
 def check_fraction(name: str, value: float) -> None:
     """Raise :class:`ConfigError` unless 0 < ``value`` <= 1."""
     if not (0.0 < value <= 1.0):

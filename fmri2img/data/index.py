@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fmri2img.core.constants import DEFAULT_MANIFEST_DIR, SPLIT_SEED
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ChecksumError, ConfigError, InputError, MismatchError, MissingInputError
 from fmri2img.core.files import check_writable, read_json, resolve_under, sha256_file, write_json
 from fmri2img.core.vocab import DATASETS
@@ -380,8 +381,7 @@ def build_index(
         the release's design, behaviour files and pair lists (docs/nsd_data.md, section 3).
     """
     nsd_constants.subject_number(subject)
-    if dataset not in DATASETS:
-        raise ConfigError(f"Unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
+    check_choice("dataset", dataset, DATASETS)
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"Invalid jobs={jobs!r}; expected an integer >= 1.")
     root = nsd.check_root(data_root)

@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants
 from fmri2img.data.matfile import loadmat_v5
@@ -450,8 +451,7 @@ def session_beta_file(data_root: str | os.PathLike, subject: str, session: int, 
         "nifti": [nsd_constants.BETAS_NII],
         "auto": [nsd_constants.BETAS_HDF5, nsd_constants.BETAS_NII],
     }
-    if beta_format not in candidates:
-        raise InputError(f"Unknown beta format {beta_format!r}; choose one of auto, nifti, hdf5.")
+    check_choice("beta format", beta_format, candidates, error=InputError)
     for template in candidates[beta_format]:
         rel = template.format(subject=subject, session=session)
         if (Path(data_root) / rel).is_file():

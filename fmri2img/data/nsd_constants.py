@@ -10,6 +10,7 @@ Sources:
 
 from __future__ import annotations
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError
 
 #: Functional grid (X, Y, Z) of the 1.8 mm "func1pt8mm" space per subject [NSD manual, "Betas"].
@@ -98,8 +99,7 @@ NCSNR = BETAS_DIR + "/ncsnr.nii.gz"
 
 def subject_number(subject: str) -> int:
     """``'subj01'`` -> 1. Raises :class:`~fmri2img.core.errors.InputError` for unknown subjects."""
-    if subject not in FUNC1PT8_GRID:
-        raise InputError(f"Unknown subject {subject!r}; choose one of {', '.join(ALL_SUBJECTS)}.")
+    check_choice("subject", subject, ALL_SUBJECTS, error=InputError)
     return int(subject[4:])
 
 

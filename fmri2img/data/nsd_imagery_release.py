@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd_constants, nsd_imagery, nsd_imagery_verify
 from fmri2img.data.nsd_imagery_mat import read_design, read_pair_list
@@ -101,11 +102,8 @@ class ImageryRelease:
 def beta_file(data_root: str | os.PathLike, subject: str, variant: str = DEFAULT_VARIANT,
               beta_format: str = "auto") -> str:
     """Release-relative path of the subject's ``betas_nsdimagery`` file (``auto``: HDF5 if present)."""
-    if variant not in nsd_constants.IMAGERY_GLM_VARIANTS:
-        raise InputError(f"Unknown NSD-Imagery GLM variant {variant!r}; choose one of "
-                         f"{', '.join(nsd_constants.IMAGERY_GLM_VARIANTS)}.")
-    if beta_format not in BETA_FORMATS:
-        raise InputError(f"Unknown beta format {beta_format!r}; choose one of {', '.join(BETA_FORMATS)}.")
+    check_choice("NSD-Imagery GLM variant", variant, nsd_constants.IMAGERY_GLM_VARIANTS, error=InputError)
+    check_choice("beta format", beta_format, BETA_FORMATS, error=InputError)
     kinds = ("hdf5", "nifti") if beta_format == "auto" else (beta_format,)
     rels = [nsd_constants.IMAGERY_BETAS_IN.format(subject=subject, variant=variant, ext=_BETA_EXT[k]) for k in kinds]
     for rel in rels:
@@ -322,9 +320,7 @@ def _stimuli(root: Path, pairs: dict[str, pd.DataFrame], stimuli_hdf5: str, prog
 
 
 def _reorder(frame: pd.DataFrame, within_run_order: str) -> pd.DataFrame:
-    if within_run_order not in nsd_imagery_verify.WITHIN_RUN_ORDERS:
-        raise InputError(f"Unknown within-run order {within_run_order!r}; choose one of "
-                         f"{', '.join(nsd_imagery_verify.WITHIN_RUN_ORDERS)}.")
+    check_choice("within-run order", within_run_order, nsd_imagery_verify.WITHIN_RUN_ORDERS, error=InputError)
     if within_run_order == "by_condition":
         frame = frame.sort_values(["run", "design_column", "onset_tr"], kind="stable")
     return frame.reset_index(drop=True).assign(beta_volume=np.arange(len(frame)))

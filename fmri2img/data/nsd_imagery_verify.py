@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import CorruptFileError, Fmri2imgError, InputError, MismatchError, MissingInputError
 from fmri2img.data import nsd
 
@@ -275,8 +276,7 @@ def volume_labels(table: pd.DataFrame, order: str) -> np.ndarray:
         ``onset_tr``, ``design_column``, ``cue``, ``beta_volume``), in any within-run order.
     order : {'chronological', 'by_condition'}
     """
-    if order not in WITHIN_RUN_ORDERS:
-        raise InputError(f"Unknown within-run order {order!r}; choose one of {', '.join(WITHIN_RUN_ORDERS)}.")
+    check_choice("within-run order", order, WITHIN_RUN_ORDERS, error=InputError)
     keys = ["onset_tr", "design_column"] if order == "chronological" else ["design_column", "onset_tr"]
     labels = np.empty(len(table), dtype=object)
     for _, block in table.groupby("run", sort=True):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ConfigError, InputError
 from fmri2img.core.vocab import TEST_SETS
 from fmri2img.data.betas import load_betas
@@ -60,13 +61,10 @@ def imagery_rows(
 
 def test_set_rows(index: pd.DataFrame, test_set: str, folds: Iterable[int] | None = None) -> np.ndarray:
     """Boolean mask of the rows of ``test_set`` (see :data:`TEST_SETS`)."""
+    check_choice("test set", test_set, TEST_SETS, error=InputError)
     if test_set == "shared1000":
         return nsd_split_rows(index, "test")
-    if test_set == "imagery_vision":
-        return imagery_rows(index, "perception", folds)
-    if test_set == "imagery":
-        return imagery_rows(index, "imagery", folds)
-    raise InputError(f"Unknown test set {test_set!r}. Choose one of {', '.join(map(repr, TEST_SETS))}.")
+    return imagery_rows(index, "perception" if test_set == "imagery_vision" else "imagery", folds)
 
 
 def imagery_folds(index: pd.DataFrame) -> list[int]:

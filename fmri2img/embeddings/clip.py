@@ -37,6 +37,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 
 from fmri2img.core.constants import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED, INIT_SEED
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError, OfflineError
 from fmri2img.core.files import sha256_file
 from fmri2img.core.vocab import DEVICES
@@ -126,8 +127,7 @@ def model_tag(identity: Mapping[str, Any]) -> str:
 
 def check_device(device: str) -> str:
     """Return ``device`` if usable; :class:`ConfigError` otherwise."""
-    if device not in DEVICES:
-        raise ConfigError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+    check_choice("device", device, DEVICES)
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu.")

@@ -33,6 +33,7 @@ from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 from fmri2img.core.constants import DEFAULT_EMBED_BATCH_SIZE, INIT_SEED
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ConfigError, CorruptFileError, MismatchError, MissingInputError
 from fmri2img.data.stimuli import check_images
 from fmri2img.embeddings.clip import check_device, load_clip
@@ -283,8 +284,7 @@ def load_network(network: str, weights: FeatureWeights, device: str = "cpu") -> 
         The file cannot be read / does not fit the architecture.
     """
 
-    if network not in FIELD_NETWORKS:
-        raise ConfigError(f"Unknown feature network {network!r}; choose one of {', '.join(FIELD_NETWORKS)}.")
+    check_choice("feature network", network, FIELD_NETWORKS)
     check_device(device)
     reason = weights.missing_reason(network)
     if reason:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError, OfflineError
 from fmri2img.evaluation.metrics import cosine_similarity_matrix
 
@@ -211,9 +212,7 @@ def lpips_distance(img_a: Any, img_b: Any, net: str = "alex") -> float:
         If ``lpips`` is not installed or the backbone weights are not in the torch hub cache.
     """
     a, b = _check_pair(img_a, img_b)
-    if net not in LPIPS_BACKBONE_WEIGHTS:
-        choices = ", ".join(map(repr, LPIPS_BACKBONE_WEIGHTS))
-        raise InputError(f"Unknown LPIPS network {net!r}. Choose one of {choices}.")
+    check_choice("LPIPS network", net, LPIPS_BACKBONE_WEIGHTS, error=InputError)
     try:
         import lpips  # optional dependency
     except ImportError:

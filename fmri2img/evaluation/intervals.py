@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError
 
 #: The estimands of a group statistic (module docstring).
@@ -185,8 +186,7 @@ def population_df(satterthwaite_df: float, n_subjects: int, n_items: int) -> flo
 def _interval(estimate: float, L: np.ndarray, estimand: str, level: float, bounds=None,
               note: str | None = None) -> Interval:
     """t interval around ``estimate`` from the influence table ``L`` (n_subjects, n_stimuli)."""
-    if estimand not in ESTIMANDS:
-        raise InputError(f"Unknown estimand {estimand!r}; choose one of {', '.join(map(repr, ESTIMANDS))}.")
+    check_choice("estimand", estimand, ESTIMANDS, error=InputError)
     if not 0.0 < level < 1.0:
         raise InputError(f"Invalid level={level!r}; expected a value in (0, 1).")
     ns, ni = L.shape

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import linalg
 from scipy.linalg import blas, lapack
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError
 
 #: Voxels standardised at a time when streaming X: 2048 columns x 9,000 trials x 4 bytes
@@ -189,11 +190,9 @@ class TorchOps:
 
 def get_ops(backend: str, device: str):
     """Return the array backend ``backend`` ('numpy' or 'torch') on ``device``."""
-    if backend == "numpy":
-        return NumpyOps(device)
-    if backend == "torch":
-        return TorchOps(device)
-    raise InputError(f"Unknown array backend {backend!r}. Choose one of 'numpy', 'torch'.")
+    ops = {"numpy": NumpyOps, "torch": TorchOps}
+    check_choice("array backend", backend, ops, error=InputError)
+    return ops[backend](device)
 
 
 def weighted_column_stats(

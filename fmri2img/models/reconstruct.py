@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ConfigError, CorruptFileError, InputError, MismatchError, MissingInputError
 from fmri2img.embeddings.clip import check_device
 from fmri2img.sim.model import GeneratorParams, render_images  # the world's own renderer
@@ -221,8 +222,7 @@ class UnclipGenerator:
     def _check_params(self) -> None:
 
         check_device(self.device)
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(_DTYPES)}.")
+        check_choice("dtype", self.dtype, _DTYPES)
         for name in ("batch_size", "num_inference_steps"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"Invalid {name}={getattr(self, name)}; expected an integer >= 1.")
@@ -320,9 +320,7 @@ def make_backend(name: str, **params: Any) -> Any:
     ConfigError
         Unknown backend or parameter (the message lists the allowed ones).
     """
-    if name not in RECONSTRUCTION_BACKENDS:
-        choices = ", ".join(repr(k) for k in RECONSTRUCTION_BACKENDS)
-        raise ConfigError(f"Unknown reconstruction backend {name!r}. Choose one of {choices}.")
+    check_choice("reconstruction backend", name, RECONSTRUCTION_BACKENDS)
     cls = RECONSTRUCTION_BACKENDS[name]
     signature = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     unknown = sorted(set(params) - set(signature))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError
 
 #: Decoder name (:data:`~fmri2img.core.vocab.DECODERS`) -> "module:Class" (imported on first use:
@@ -23,9 +24,7 @@ ADAPTER_CLASSES = {
 
 
 def _load(table: dict[str, str], name: str, kind: str) -> type:
-    if name not in table:
-        allowed = ", ".join(repr(k) for k in table)
-        raise InputError(f"Unknown {kind} {name!r}. Choose one of {allowed}.")
+    check_choice(kind, name, table, error=InputError)
     module, cls = table[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

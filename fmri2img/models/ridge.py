@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError
 from fmri2img.models.backends import weighted_column_stats
 from fmri2img.models.base import BaseDecoder, check_sample_weight, check_xy
@@ -102,11 +103,8 @@ class RidgeDecoder(BaseDecoder):
         on the (weighted) mean of all training rows, and ridge has no other learned feature space.
         ``val_sample_weight`` is accepted and not used either (nothing early-stops).
         """
-        if self.solver not in RIDGE_SOLVERS:
-            allowed = ", ".join(repr(k) for k in RIDGE_SOLVERS)
-            raise InputError(f"Unknown ridge solver {self.solver!r}. Choose one of {allowed}.")
-        if self.dtype not in ("float32", "float64"):
-            raise InputError(f"Unknown dtype {self.dtype!r}. Choose one of 'float32', 'float64'.")
+        check_choice("ridge solver", self.solver, RIDGE_SOLVERS, error=InputError)
+        check_choice("dtype", self.dtype, ("float32", "float64"), error=InputError)
         X, Y = check_xy(X, Y)
         if X.shape[0] < 2:
             raise InputError(f"Expected at least 2 training trials for leave-one-out, got {X.shape[0]}.")

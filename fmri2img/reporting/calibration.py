@@ -31,8 +31,9 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
     heading naming the estimand."""
     part = summary[summary["estimand"] == estimand].sort_values(["strength", "decoder", "statistic"])
     lines = [f"**{ESTIMAND_TITLES.get(estimand, estimand)}**", "",
-             "| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] | calibrated would cover "
-             "| width factor | rejects null value (count) [95% CI] | bias | RMSE | mean CI width | consistent with target |",
+             "| setting | strength | decoder | statistic | truth | coverage (count) [95% CI] "
+             "| calibrated would cover | width factor | rejects null value (count) [95% CI] | bias | RMSE "
+             "| mean CI width | consistent with target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in part.iterrows():
         null = r["strength"] == 1.0
@@ -44,7 +45,8 @@ def markdown_table(summary: pd.DataFrame, estimand: str = "population") -> str:
         lines.append(
             f"| {r['setting']} | {r['strength']:g} | {r['decoder']} | {LABELS.get(r['statistic'], r['statistic'])} "
             f"| {r['truth_mean']:.3f} | {_pct(r['coverage'])} ({r['n_covered']}/{r['n_defined']}"
-            f"{_without(r['n_worlds'] - r['n_defined'])}) [{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
+            f"{_without(r['n_worlds'] - r['n_defined'])}) "
+            f"[{_pct(r['coverage_ci_low'])}, {_pct(r['coverage_ci_high'])}] "
             f"| {_pct(r['expected_coverage'])} | {r['width_factor']:.2f} "
             f"| {_pct(r['rejection_rate'])} ({r['n_rejected']}/{r['n_defined']}) "
             f"[{_pct(r['rejection_ci_low'])}, {_pct(r['rejection_ci_high'])}]{' (FPR)' if null else ' (power)'} "

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from fmri2img import __version__
 from fmri2img.core.constants import DEFAULT_SUBJECTS, DEFAULT_WORLD_SEED
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError, OutputError
 from fmri2img.core.files import ensure_dir, save_npy, write_json
 from fmri2img.core.vocab import WRITE_BETA_FORMATS
@@ -128,9 +129,7 @@ def check_request(
     anatomy.check_label_room(shape.n_mask_voxels)
     if sessions is not None and not 1 <= sessions <= shape.n_sessions:
         raise InputError(f"--sessions {sessions} is out of range; expected 1..{shape.n_sessions}.")
-    if beta_format not in WRITE_BETA_FORMATS:
-        raise InputError(f"Unknown beta format {beta_format!r}; choose one of "
-                         f"{', '.join(map(repr, WRITE_BETA_FORMATS))}.")
+    check_choice("beta format", beta_format, WRITE_BETA_FORMATS, error=InputError)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"Output {out} exists and is not a folder; expected a folder for the world.")

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from fmri2img.core import tracking
-from fmri2img.core.config import check_fraction, check_positive
+from fmri2img.core.config import check_choice, check_fraction, check_positive
 from fmri2img.core.constants import DEFAULT_CACHE_ROOT, DEFAULT_EXPERIMENT, INIT_SEED
 from fmri2img.core.errors import ConfigError, MismatchError
 from fmri2img.core.files import ensure_dir, sha256_file, write_json
@@ -99,12 +99,10 @@ class AdaptConfig:
         check_positive("rank", self.rank, allow_zero=True)
         check_positive("lr", self.lr)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        if self.adapter not in ADAPTER_TYPES:
-            raise ConfigError(f"Unknown adapter {self.adapter!r}. Choose one of {', '.join(map(repr, ADAPTER_TYPES))}.")
+        check_choice("adapter", self.adapter, ADAPTER_TYPES)
         if self.adapter == "finetune" and self.condition:
             raise ConfigError("--condition applies to 'linear' and 'mlp' adapters, not to 'finetune'.")
-        if self.device not in DEVICES:
-            raise ConfigError(f"Invalid device {self.device!r}; choose one of {', '.join(map(repr, DEVICES))}.")
+        check_choice("device", self.device, DEVICES)
 
     @property
     def name(self) -> str:

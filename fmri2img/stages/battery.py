@@ -30,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from fmri2img.core import tracking
+from fmri2img.core.config import check_choice
 from fmri2img.core.constants import DEFAULT_CACHE_ROOT, DEFAULT_EMBED_BATCH_SIZE, DEFAULT_EXPERIMENT
 from fmri2img.core.errors import ConfigError, MismatchError, MissingInputError
 from fmri2img.core.files import ensure_dir, read_json, write_json, write_text
@@ -88,8 +89,7 @@ class BatteryOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_way" else 1):
                 raise ConfigError(f"Invalid {name}={value!r}; expected an integer >= {2 if name == 'n_way' else 1}.")
-        if self.device not in DEVICES:
-            raise ConfigError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        check_choice("device", self.device, DEVICES)
 
 
 def load_feature_weights(path: str | Path | None) -> FeatureWeights:

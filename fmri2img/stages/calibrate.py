@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from fmri2img.core import tracking
-from fmri2img.core.config import check_positive, from_dict
+from fmri2img.core.config import check_choice, check_positive, from_dict
 from fmri2img.core.constants import DEFAULT_SUBJECTS
 from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import LocalExecutor
@@ -134,8 +134,7 @@ class CalibrationConfig:
         if not 0 <= self.siblings < MAX_SIBLINGS // 2:
             raise ConfigError(f"siblings={self.siblings!r}: expected an integer in [0, {MAX_SIBLINGS // 2 - 1}].")
         for role in self.sibling_roles:
-            if role not in SIBLING_ROLES:
-                raise ConfigError(f"Unknown sibling role {role!r}. Choose from {', '.join(map(repr, SIBLING_ROLES))}.")
+            check_choice("sibling role", role, SIBLING_ROLES)
         if not (0 <= self.first_seed and self.first_seed + self.worlds <= SIBLING_SEED_BASE):
             raise ConfigError(f"first_seed={self.first_seed!r}: expected 0 <= first_seed and first_seed + worlds "
                               f"<= {SIBLING_SEED_BASE} (the sibling seeds start there).")
@@ -143,16 +142,12 @@ class CalibrationConfig:
             if not 0.0 < s < 1.0:
                 raise ConfigError(f"strengths: {s!r} is not in (0, 1); 1 is the null world (include_null).")
         for name in self.decoders:
-            if name not in DECODERS:
-                raise ConfigError(f"Unknown decoder {name!r}. Choose one of {', '.join(map(repr, DECODERS))}.")
+            check_choice("decoder", name, DECODERS)
         for name in self.configurations:
-            if name not in CONFIGURATIONS:
-                raise ConfigError(f"Unknown configuration {name!r}. Choose one of {', '.join(CONFIGURATIONS)}.")
+            check_choice("configuration", name, CONFIGURATIONS)
         if "perception_only" not in self.configurations:
             raise ConfigError("configurations must include 'perception_only' (H1 and every gain are relative to it).")
-        if self.cell_logging not in CELL_LOGGING:
-            raise ConfigError(f"Invalid cell_logging {self.cell_logging!r}; "
-                              f"choose one of {', '.join(map(repr, CELL_LOGGING))}.")
+        check_choice("cell_logging", self.cell_logging, CELL_LOGGING)
         self.adapt.validate()
 
     @property

@@ -18,6 +18,7 @@ import pandas as pd
 
 from fmri2img.core import tracking
 from fmri2img.core.constants import DEFAULT_CACHE_ROOT, DEFAULT_EXPERIMENT
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import InputError, MismatchError
 from fmri2img.core.files import ensure_dir, resolve_under, write_json, write_text
 from fmri2img.core.memo import Memo
@@ -190,8 +191,7 @@ def evaluate_checkpoint(
     A mixed checkpoint (trained with a hold-out fold) is scored on that fold's imagery
     stimuli only; adapters carry one model per fold and are scored on every fold.
     """
-    if mode not in MODE_TEST_SETS:
-        raise InputError(f"Unknown mode {mode!r}. Choose one of 'perception', 'imagery', 'both'.")
+    check_choice("mode", mode, MODE_TEST_SETS, error=InputError)
     if split != "test":
         raise InputError(f"Unknown split {split!r}; only 'test' is evaluated (train/val are for training).")
     options.validate()

@@ -24,6 +24,7 @@ import pandas as pd
 
 from fmri2img.core import tracking
 from fmri2img.core.constants import DEFAULT_CACHE_ROOT, DEFAULT_EXPERIMENT
+from fmri2img.core.config import check_choice
 from fmri2img.core.errors import ConfigError, InputError, MissingInputError
 from fmri2img.core.files import read_json, write_json
 from fmri2img.core.vocab import MODE_TEST_SETS
@@ -98,9 +99,7 @@ def _from_file(index: pd.DataFrame, embeddings: str | Path, test_sets: Sequence[
 
 def make_reconstruction_backend(backend: str, data_root: str | Path | None, params: Mapping[str, Any]) -> Any:
     """The backend by name; ``synthetic`` takes the world's parameters from ``<data_root>/truth/params.json``."""
-    if backend not in RECONSTRUCTION_BACKENDS:
-        raise ConfigError(f"Unknown reconstruction backend {backend!r}. Choose one of "
-                          f"{', '.join(repr(k) for k in RECONSTRUCTION_BACKENDS)}.")
+    check_choice("reconstruction backend", backend, RECONSTRUCTION_BACKENDS)
     if backend == "unclip":
         if not params.get("pipeline_dir"):
             raise ConfigError("The unclip backend needs --pipeline-dir: a local folder of a diffusers "
@@ -172,8 +171,7 @@ def reconstruct(index_path: str | Path, output_dir: str | Path, *, checkpoint: s
     dict
         The content of ``reconstruct.json`` (provenance and counts per test set).
     """
-    if mode not in MODE_TEST_SETS:
-        raise InputError(f"Unknown mode {mode!r}. Choose one of {', '.join(map(repr, MODE_TEST_SETS))}.")
+    check_choice("mode", mode, MODE_TEST_SETS, error=InputError)
     if (checkpoint is None) == (embeddings is None):
         raise InputError("Give exactly one of --checkpoint (decode the index's test trials) or --embeddings "
                          "(an embeddings.npz of predictions).")

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fmri2img.core import tracking
-from fmri2img.core.config import check_positive
+from fmri2img.core.config import check_choice, check_positive
 from fmri2img.core.constants import (
     DEFAULT_CACHE_ROOT,
     DEFAULT_CHECKPOINT_ROOT,
@@ -82,10 +82,9 @@ class TrainConfig:
         object.__setattr__(self, "voxel_selection", str(self.voxel_selection).replace(" ", ""))
 
     def validate(self) -> None:
-        for name, value, allowed in (("model", self.model, DECODERS), ("train_on", self.train_on, TRAIN_ON),
-                                     ("device", self.device, DEVICES)):
-            if value not in allowed:
-                raise ConfigError(f"Invalid {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+        check_choice("model", self.model, DECODERS)
+        check_choice("train_on", self.train_on, TRAIN_ON)
+        check_choice("device", self.device, DEVICES)
         check_positive("imagery_weight", self.imagery_weight)
         regions.parse_selection(self.voxel_selection)
         if not 0.0 <= self.imagery_val_fraction < 1.0:

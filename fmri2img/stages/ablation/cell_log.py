@@ -103,19 +103,20 @@ def log_cell_run(config: AblationConfig, cell: Cell, *, parent_run_id: str, trac
     name = f"{cell.subject}/{cell.decoder}/{cell.configuration}" + (f"/{cell.tag}" if cell.tag else "")
     full = config.cell_logging == "full"
     with tempfile.TemporaryDirectory() as tmp:
-        figure = save_figure(plot_cell(result.table, cell.configuration, work.curves, name), Path(tmp) / "cell",
-                             formats=("png",)) if full else []
+        # cell_logging: metrics leaves these four out (vocab.CELL_LOGGING)
+        files = dict(figures=save_figure(plot_cell(result.table, cell.configuration, work.curves, name),
+                                         Path(tmp) / "cell", formats=("png",)),
+                     artifacts={"eval": sorted(p for p in eval_dir.iterdir() if p.is_file()), **work.artifacts},
+                     datasets=cell_datasets(index, index_file, config.manifest_dir),
+                     models=work.models) if full else {}
         log = tracking_layout.CellLog(
             name=name, params=cell_params(config, cell, meta), metrics=metrics, intervals=intervals,
-            curves=work.curves, figures=figure, cache_key=key, versions=package_versions(),
-            artifacts={"eval": sorted(p for p in eval_dir.iterdir() if p.is_file()), **work.artifacts} if full else {},
-            datasets=cell_datasets(index, index_file, config.manifest_dir) if full else [],
-            models=work.models if full else {}, start_time=start_time, end_time=end_time,
-            tags={"region": cell.region, "voxel_selection": cell.voxel_selection},
+            curves=work.curves, cache_key=key, versions=package_versions(), start_time=start_time,
+            end_time=end_time, tags={"region": cell.region, "voxel_selection": cell.voxel_selection},
             description=(f"Cell **{name}**: decoder `{cell.decoder}` in configuration `{cell.configuration}` "
                          f"for {cell.subject}, region `{cell.region}` ({cell.voxel_selection} voxels). "
                          "Metrics are on the held-out test sets with 95% bootstrap "
                          "intervals (`*_ci_low`, `*_ci_high`); curves `<model>/<metric>` per epoch."
                          + ("" if full else " Logged with `cell_logging: metrics`: no figure, files, "
-                                            "datasets or models.")))
+                                            "datasets or models.")), **files)
         return tracking_layout.log_cell(parent.client, parent.experiment_id, parent_run_id, log)

@@ -12,7 +12,7 @@ from typing import Any
 
 import fmri2img
 from fmri2img import __version__
-from fmri2img.core.config import check_positive, save_config
+from fmri2img.core.config import check_choice, check_positive, save_config
 from fmri2img.core.constants import (
     DEFAULT_CACHE_ROOT,
     DEFAULT_CHECKPOINT_ROOT,
@@ -68,9 +68,7 @@ class FieldBattery:
     n_way: int = N_WAY  # MindEye2's retrieval on shared1000 (the demo world has 100 shared images)
 
     def validate(self) -> None:
-        if self.backend not in RECONSTRUCTION_BACKENDS:
-            raise ConfigError(f"field_battery.backend {self.backend!r} is unknown; choose one of "
-                              f"{', '.join(map(repr, RECONSTRUCTION_BACKENDS))}.")
+        check_choice("field_battery.backend", self.backend, RECONSTRUCTION_BACKENDS)
         check_positive("field_battery.n_way", self.n_way)
 
 
@@ -113,12 +111,9 @@ class AblationConfig:
         for subject in self.subjects:
             subject_number(subject)
         for name in self.decoders:
-            if name not in DECODERS:
-                raise ConfigError(f"Unknown decoder {name!r}. Choose one of {', '.join(map(repr, DECODERS))}.")
+            check_choice("decoder", name, DECODERS)
         for name in self.configurations:
-            if name not in CONFIGURATIONS:
-                raise ConfigError(
-                    f"Unknown configuration {name!r}. Choose one of {', '.join(map(repr, CONFIGURATIONS))}.")
+            check_choice("configuration", name, CONFIGURATIONS)
         unknown = sorted(set(self.decoder_params) - set(DECODERS))
         if unknown:
             raise ConfigError(f"decoder_params: unknown decoder {unknown[0]!r}; allowed: {', '.join(DECODERS)}.")
@@ -128,19 +123,15 @@ class AblationConfig:
         if len(set(canonical)) < len(canonical):
             raise ConfigError(f"regions: {list(self.regions)} names a region twice; expected distinct regions.")
         regions.parse_selection(self.voxel_selection)
-        if self.mode not in MODES:
-            raise ConfigError(f"Invalid mode {self.mode!r}; choose one of {', '.join(map(repr, MODES))}.")
+        check_choice("mode", self.mode, MODES)
         if self.folds < 2:
             raise ConfigError(f"Invalid folds={self.folds}; expected at least 2 imagery folds.")
         check_positive("imagery_weight", self.imagery_weight)
         if self.truth_table is not None and not Path(self.truth_table).is_file():
             raise ConfigError(f"truth_table: {self.truth_table} not found; expected a truth table written by "
                               "`fmri2img calibrate --write-truth DIR` (or leave it out: shipped tables are used).")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"Invalid executor {self.executor!r}; choose one of {', '.join(map(repr, EXECUTORS))}.")
-        if self.cell_logging not in CELL_LOGGING:
-            raise ConfigError(f"Invalid cell_logging {self.cell_logging!r}; "
-                              f"choose one of {', '.join(map(repr, CELL_LOGGING))}.")
+        check_choice("executor", self.executor, EXECUTORS)
+        check_choice("cell_logging", self.cell_logging, CELL_LOGGING)
         self.slurm.validate()
         self.field_battery.validate()
         self.adapt.validate()
