@@ -343,3 +343,38 @@ def test_the_redraw_table_has_one_row_per_statistic():
     table = sources_table(sources)
     assert "| setting | decoder | statistic | sd, new stimuli | sd, new subjects |" in table
     assert "| s | ridge | H1 ratio | 0.1000 | 0.0500 |" in table
+
+
+def test_calibrate_scores_the_planted_region_ordering(tmp_path, tracking_uri):
+    """With several regions each world adds the planted-ordering check's difference (highest minus lowest
+    planted-gain region, both estimands), scored like H1-H3: leave-one-out truth, 0 in the null world."""
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG.replace("configurations: [perception_only, mixed, adapter_linear, finetune]",
+                                       "configurations: [perception_only]")
+                   + f"regions: [V1+V2+V3, ventral]\nkeep_worlds: true\noutput_root: {tmp_path / 'out'}\n")
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--jobs", "1", "--tracking-uri", tracking_uri])
+    assert res.exit_code == 0, res.output
+    worlds = pd.read_csv(tmp_path / "out" / "calibration_worlds.csv")
+    assert set(worlds["statistic"]) == {"h1_ratio", calibration.REGION_STATISTIC}  # no H2/H3 cells, no rows
+    region = worlds[worlds["statistic"] == calibration.REGION_STATISTIC]
+    assert len(region) == 2 * 2 * 2  # settings x worlds x estimands
+    assert (region.loc[region["setting"] == "null_world", "truth"] == 0.0).all()
+    planted = region[(region["setting"] == "strength_0.5") & (region["estimand"] == "population")]
+    assert np.allclose(planted["truth"], planted["estimate"].to_numpy()[::-1])  # each world's truth: the other's
+    # each row is the difference interval of its world's report (ventral minus V1+V2+V3)
+    report = json.loads((tmp_path / "out" / "work" / "strength_0.5" / "7" / "out" / "summary" /
+                         "hypotheses.json").read_text())
+    check = report["regions"]["planted"]["checks"][0]
+    assert (check["high"], check["low"]) == ("ventral", "V1+V2+V3")
+    row = planted[planted["world_seed"] == 7].iloc[0]
+    iv = check["intervals"]["population"]
+    assert (row["estimate"], row["low"], row["high"]) == pytest.approx((iv["estimate"], iv["low"], iv["high"]))
+    assert np.isfinite(region["low"]).all() and (region["low"] < region["high"]).all()
+    assert "H1 ratio, highest - lowest planted region" in (tmp_path / "out" / "calibration.md").read_text()
+
+
+def test_calibrate_refuses_an_unknown_region(tmp_path):
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG + "regions: [V9]\n")
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg)])
+    assert res.exit_code == 2 and "V9" in res.output and "Traceback" not in res.output

@@ -42,8 +42,11 @@ from scipy import stats
 from fmri2img.core.errors import InputError
 from fmri2img.evaluation.intervals import crossed_variance_from_mean_squares, population_df
 
-#: Null value of each statistic (no imagery deficit, no imagery-specific gain).
-NULL_VALUES = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0}
+#: The planted region-ordering check's statistic: H1 ratio of the highest minus the lowest planted-gain region.
+REGION_STATISTIC = "region_difference"
+
+#: Null value of each statistic (no imagery deficit, no imagery-specific gain, no difference between regions).
+NULL_VALUES = {"h1_ratio": 1.0, "h2_specific_gain": 0.0, "h3_specific_gain": 0.0, REGION_STATISTIC: 0.0}
 
 ROW_COLUMNS = ("setting", "strength", "world_seed", "decoder", "statistic", "estimand", "estimate", "low", "high")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fmri2img.evaluation.calibration import NOMINAL_LEVEL, NULL_VALUES
+from fmri2img.evaluation.calibration import NOMINAL_LEVEL, NULL_VALUES, REGION_STATISTIC
 
 #: What the issue asks of the intervals: coverage >= 90% of nominal 95%, null rejections 5% +/- 3%.
 COVERAGE_TARGET = 0.90
@@ -18,7 +18,8 @@ NOMINAL_FPR = 0.05
 ESTIMAND_TITLES = {"population": "Population intervals (generalise over stimuli and subjects)",
                    "stimuli": "These-stimuli intervals (generalise over subjects, for the world's own stimuli)"}
 
-LABELS = {"h1_ratio": "H1 ratio", "h2_specific_gain": "H2 specific gain", "h3_specific_gain": "H3 specific gain"}
+LABELS = {"h1_ratio": "H1 ratio", "h2_specific_gain": "H2 specific gain", "h3_specific_gain": "H3 specific gain",
+          REGION_STATISTIC: "H1 ratio, highest - lowest planted region"}
 
 
 def _pct(v: float) -> str:

@@ -91,17 +91,20 @@ def _difference(scores: pd.DataFrame, decoder: str, a: str, b: str) -> dict[str,
 def planted_order_check(scores: pd.DataFrame, decoders: Sequence[str], regions: Sequence[str],
                         planted: Mapping[str, float]) -> dict[str, Any]:
     """Per decoder: H1 ratio of the highest-gain region minus the lowest-gain one; OK when its
-    population interval lies above 0."""
+    population interval lies above 0. Each check keeps both estimands' intervals (``intervals``: what
+    ``fmri2img calibrate`` scores)."""
     order = sorted(regions, key=lambda r: planted[r], reverse=True)
     high, low = order[0], order[-1]
     checks = []
     for decoder in decoders:
         try:
-            iv = _difference(scores, decoder, high, low)[ESTIMAND]
+            both = _difference(scores, decoder, high, low)
         except InputError:
             continue
+        iv = both[ESTIMAND]
         checks.append({"decoder": decoder, "high": high, "low": low, "estimate": iv.estimate,
-                       "ci": [iv.low, iv.high], "ok": bool(iv.defined and iv.low > 0.0)})
+                       "ci": [iv.low, iv.high], "ok": bool(iv.defined and iv.low > 0.0),
+                       "intervals": _as_dicts(both)})
     return {"planted_gain": dict(planted), "planted_order": order, "checks": checks,
             "all_match": all(c["ok"] for c in checks) if checks else None}
 

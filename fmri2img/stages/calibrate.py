@@ -33,15 +33,17 @@ from fmri2img.core.constants import DEFAULT_SUBJECTS
 from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
-from fmri2img.core.vocab import CELL_LOGGING, CONFIGURATIONS, DECODERS
+from fmri2img.core.vocab import CELL_LOGGING, CONFIGURATIONS, DECODERS, DEFAULT_REGION
+from fmri2img.data.regions import parse_region
 from fmri2img.evaluation.calibration import (
     MEAN_SQUARE_COLUMNS,
+    REGION_STATISTIC,
     ROLE_NEW_OFFSET,
     ROLE_NEW_STIMULI,
     ROLE_NEW_SUBJECTS,
     ROLE_WORLD,
-    SIBLING_ROLES,
     ROW_COLUMNS,
+    SIBLING_ROLES,
     assign_truth,
     headline,
     summarize,
@@ -114,6 +116,9 @@ class CalibrationConfig:
     subjects: tuple[str, ...] = DEFAULT_SUBJECTS
     decoders: tuple[str, ...] = ("ridge",)
     configurations: tuple[str, ...] = CALIBRATION_CONFIGURATIONS
+    #: the ablation's regions (docs/regions.md); with more than one, each world adds the H1-ratio difference
+    #: of its highest and lowest planted-gain regions (statistic ``region_difference``)
+    regions: tuple[str, ...] = (DEFAULT_REGION,)
     grid: tuple[int, int, int] = (14, 16, 14)
     n_mask_voxels: int = 800
     n_sessions: int = 2
@@ -145,6 +150,10 @@ class CalibrationConfig:
             check_choice("decoder", name, DECODERS)
         for name in self.configurations:
             check_choice("configuration", name, CONFIGURATIONS)
+        if not self.regions:
+            raise ConfigError("regions: expected at least one region, e.g. [nsdgeneral].")
+        for name in self.regions:
+            parse_region(name)
         if "perception_only" not in self.configurations:
             raise ConfigError("configurations must include 'perception_only' (H1 and every gain are relative to it).")
         check_choice("cell_logging", self.cell_logging, CELL_LOGGING)
@@ -174,21 +183,27 @@ class CalibrationResult:
 
 def _world_rows(report: dict[str, Any], setting: str, strength: float, seed: int, role: str,
                 k: int) -> list[dict[str, Any]]:
-    rows = []
+    """One row per (decoder, statistic, estimand) of a world's hypotheses report (and, with regions,
+    per decoder and estimand of its planted region-ordering check)."""
+    found = []  # (decoder, statistic, {estimand: interval dict}, no-op folds)
     for decoder, entry in report["decoders"].items():
         kept = entry.get("kept_initial") or {}
         for stat, hyp in STATISTIC_OF.items():
-            if hyp not in entry:
-                continue
-            no_ops = kept.get(entry[hyp]["chosen_adapter"], [0])[0] if hyp == "H3" else float("nan")
-            for estimand, iv in entry[hyp]["intervals"].items():
-                squares = iv.get("mean_squares") or (float("nan"),) * 3
-                rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
-                             "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
-                             "low": iv["low"], "high": iv["high"], "se": iv["se"], "df": iv["df"],
-                             "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"],
-                             **dict(zip(MEAN_SQUARE_COLUMNS, squares)), KEPT_INITIAL_COLUMN: no_ops,
-                             "role": role, "sibling": k})
+            if hyp in entry:
+                no_ops = kept.get(entry[hyp]["chosen_adapter"], [0])[0] if hyp == "H3" else float("nan")
+                found.append((decoder, stat, entry[hyp]["intervals"], no_ops))
+    for check in report.get("regions", {}).get("planted", {}).get("checks", []):
+        found.append((check["decoder"], REGION_STATISTIC, check["intervals"], float("nan")))
+    rows = []
+    for decoder, stat, intervals, no_ops in found:
+        for estimand, iv in intervals.items():
+            squares = iv.get("mean_squares") or (float("nan"),) * 3
+            rows.append({"setting": setting, "strength": strength, "world_seed": seed, "decoder": decoder,
+                         "statistic": stat, "estimand": estimand, "estimate": iv["estimate"],
+                         "low": iv["low"], "high": iv["high"], "se": iv["se"], "df": iv["df"],
+                         "n_subjects": iv["n_subjects"], "n_items": iv["n_stimuli"],
+                         **dict(zip(MEAN_SQUARE_COLUMNS, squares)), KEPT_INITIAL_COLUMN: no_ops,
+                         "role": role, "sibling": k})
     return rows
 
 
@@ -218,7 +233,8 @@ def calibrate_world(task: tuple[dict[str, Any], str, float, int, str, int]) -> d
                           imagery_strength=strength if strength < 1.0 else None, null=strength == 1.0)
     ablation = AblationConfig(
         subjects=config.subjects, decoders=config.decoders, configurations=config.configurations,
-        data_root=str(root / "data"), cache_root=str(root / "cache"), index_dir=str(root / "cache" / "indices"),
+        regions=config.regions, data_root=str(root / "data"), cache_root=str(root / "cache"),
+        index_dir=str(root / "cache" / "indices"),
         manifest_dir=str(root / "manifests"), checkpoint_root=str(root / "checkpoints"),
         output_root=str(root / "out"), log_dir=str(root / "logs"), synthesize=False, folds=config.folds,
         adapt=config.adapt, eval=EvalOptions(n_boot=100, n_perm=100, image_metrics=False), figures=False,
