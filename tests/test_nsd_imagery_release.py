@@ -379,9 +379,9 @@ def test_behaviour_rows_are_taken_in_trial_order(fx):
 
 
 @pytest.mark.parametrize("kw, fragment", [
-    ({"variant": "fithrf_GLMdenoise"}, "fithrf_GLMdenoise_RR, fithrf"),
-    ({"beta_format": "mgh"}, "auto, nifti, hdf5"),
-    ({"within_run_order": "random"}, "chronological, by_condition"),
+    ({"variant": "fithrf_GLMdenoise"}, "'fithrf_GLMdenoise_RR', 'fithrf'"),
+    ({"beta_format": "mgh"}, "'auto', 'nifti', 'hdf5'"),
+    ({"within_run_order": "random"}, "'chronological', 'by_condition'"),
 ])
 def test_bad_options(fx, kw, fragment):
     fail(fx, InputError, fragment, **kw)
