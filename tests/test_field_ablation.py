@@ -56,5 +56,5 @@ def test_field_battery_in_an_ablation(world, tmp_path, tracking_uri):
 
 
 def test_unknown_backend_is_a_config_error():
-    with pytest.raises(ConfigError, match="field_battery.backend 'dalle' is unknown"):
+    with pytest.raises(ConfigError, match="Unknown field_battery.backend 'dalle'; choose one of 'synthetic', 'unclip'"):
         AblationConfig(field_battery=FieldBattery(backend="dalle")).validate()
