@@ -373,8 +373,12 @@ def test_calibrate_scores_the_planted_region_ordering(tmp_path, tracking_uri):
     assert "H1 ratio, highest - lowest planted region" in (tmp_path / "out" / "calibration.md").read_text()
 
 
-def test_calibrate_refuses_an_unknown_region(tmp_path):
+@pytest.mark.parametrize("line, match", [("regions: [V9]", "Unknown region 'V9'"),
+                                          ("regions: [V1+V3, V3+V1]", "names a region twice"),
+                                          ("regions: []", "expected at least one region")])
+def test_calibrate_refuses_bad_regions_before_any_world(tmp_path, line, match):
     cfg = tmp_path / "calibrate.yaml"
-    cfg.write_text(TINY_CONFIG + "regions: [V9]\n")
+    cfg.write_text(TINY_CONFIG + line + f"\noutput_root: {tmp_path / 'out'}\n")
     res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg)])
-    assert res.exit_code == 2 and "V9" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()

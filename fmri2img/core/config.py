@@ -45,9 +45,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}.")
     if origin is typing.Literal:
-        if value not in args:
-            allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{where}: invalid value {value!r}; choose one of {allowed}.")
+        check_choice(where, value, args)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

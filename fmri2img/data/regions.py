@@ -78,6 +78,17 @@ def parse_region(name: str) -> str:
     return "+".join(r for r in REGIONS if r in parts)
 
 
+def parse_regions(names: Sequence[str]) -> list[str]:
+    """The canonical names of a study's regions (:func:`parse_region` each); :class:`ConfigError` for none
+    or for a region named twice (``'V3+V1'`` and ``'V1+V3'`` are one region)."""
+    if not names:
+        raise ConfigError("regions: expected at least one region, e.g. [nsdgeneral].")
+    canonical = [parse_region(r) for r in names]
+    if len(set(canonical)) < len(canonical):
+        raise ConfigError(f"regions: {list(names)} names a region twice; expected distinct regions.")
+    return canonical
+
+
 @dataclass(frozen=True)
 class Selection:
     """A parsed voxel selection: ``method`` ``all`` / ``threshold`` / ``top``, its ``value``."""

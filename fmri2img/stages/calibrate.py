@@ -34,7 +34,7 @@ from fmri2img.core.errors import ConfigError
 from fmri2img.core.executors import LocalExecutor
 from fmri2img.core.files import ensure_dir, read_json, sha256_json, write_json, write_text
 from fmri2img.core.vocab import CELL_LOGGING, CONFIGURATIONS, DECODERS, DEFAULT_REGION
-from fmri2img.data.regions import parse_region
+from fmri2img.data.regions import parse_regions
 from fmri2img.evaluation.calibration import (
     MEAN_SQUARE_COLUMNS,
     REGION_STATISTIC,
@@ -150,10 +150,7 @@ class CalibrationConfig:
             check_choice("decoder", name, DECODERS)
         for name in self.configurations:
             check_choice("configuration", name, CONFIGURATIONS)
-        if not self.regions:
-            raise ConfigError("regions: expected at least one region, e.g. [nsdgeneral].")
-        for name in self.regions:
-            parse_region(name)
+        parse_regions(self.regions)
         if "perception_only" not in self.configurations:
             raise ConfigError("configurations must include 'perception_only' (H1 and every gain are relative to it).")
         check_choice("cell_logging", self.cell_logging, CELL_LOGGING)

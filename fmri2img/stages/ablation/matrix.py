@@ -117,11 +117,7 @@ class AblationConfig:
         unknown = sorted(set(self.decoder_params) - set(DECODERS))
         if unknown:
             raise ConfigError(f"decoder_params: unknown decoder {unknown[0]!r}; allowed: {', '.join(DECODERS)}.")
-        if not self.regions:
-            raise ConfigError("regions: expected at least one region, e.g. [nsdgeneral].")
-        canonical = [regions.parse_region(r) for r in self.regions]
-        if len(set(canonical)) < len(canonical):
-            raise ConfigError(f"regions: {list(self.regions)} names a region twice; expected distinct regions.")
+        regions.parse_regions(self.regions)
         regions.parse_selection(self.voxel_selection)
         check_choice("mode", self.mode, MODES)
         if self.folds < 2:
