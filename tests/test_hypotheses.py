@@ -236,3 +236,34 @@ def test_the_shipped_demo_table_is_for_the_world_make_demo_writes():
     table = truth_table_for(world)
     assert table is not None and set(table["decoders"]) == {"ridge", "mlp", "two_stage"}
     assert table.get("world_seed") == DEFAULT_WORLD_SEED  # the demo world's own family (calibrate_demo.yaml)
+
+
+@pytest.mark.parametrize("kept_per_subject, withdrawn", [((2, 1, 1, 1), False), ((2, 1, 2, 1), True),
+                                                         ((3, 3, 3, 3), True)])
+def test_h3_gets_no_interval_where_the_chosen_adapter_mostly_kept_its_initial_weights(kept_per_subject, withdrawn):
+    """5 of 12 no-op fold models keep H3's interval; 6 of 12 (half) or more withdraw it, both estimands, the
+    estimate unchanged; the direction reads inconclusive, the planted check n/a instead of a miss."""
+    records = _records()
+    for r in records:
+        if r["cell"]["configuration"] == "adapter_linear":  # the chosen adapter (highest validation cosine)
+            r.update(n_fold_models=3, n_folds_kept_initial=kept_per_subject[SUBJECTS.index(r["cell"]["subject"])])
+    scores = _scores(_effects())
+    plain = hypotheses.decide_hypotheses(scores, _records(), subjects=list(SUBJECTS), decoders=["ridge"])
+    truth = {"params": {"imagery_strength": 0.5}}
+    table = {"decoders": {"ridge": {"h1_ratio": 0.4, "h2_specific_gain": 0.05, "h3_specific_gain": 0.04}},
+             "se": {}, "n_worlds": 6}
+    report = hypotheses.decide_hypotheses(scores, records, subjects=list(SUBJECTS), decoders=["ridge"],
+                                          truth=truth, truth_table=table)
+    h3, before = report["decoders"]["ridge"]["H3"], plain["decoders"]["ridge"]["H3"]
+    assert h3["chosen_adapter"] == "adapter_linear" and before["direction"] == "supported"
+    kept = sum(kept_per_subject)
+    for estimand, iv in h3["intervals"].items():
+        assert iv["estimate"] == before["intervals"][estimand]["estimate"]
+        assert np.isnan(iv["low"]) == np.isnan(iv["high"]) == withdrawn
+        assert (f"kept its initial weights in {kept} of its 12 fold models" in (iv["note"] or "")) == withdrawn
+    assert h3["direction"] == ("inconclusive" if withdrawn else "supported")
+    check = next(c for c in report["planted_truth"]["checks"] if c["hypothesis"] == "H3")
+    assert (check["ok"] is None) == withdrawn and report["planted_truth"]["n_checked"] == 3 - withdrawn
+    text = render_markdown(report)
+    assert ("| ridge | H3 | h3_specific_gain | 0.040 |" in text and "| no interval | n/a |" in text) == withdrawn
+    assert ("(no interval: the chosen adapter kept its initial weights" in text) == withdrawn

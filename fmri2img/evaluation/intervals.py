@@ -92,6 +92,11 @@ class Interval:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def withdrawn(self, note: str) -> Interval:
+        """The same estimate without an interval (NaN bounds), ``note`` saying why."""
+        return _undefined(self.estimate, self.level, self.estimand, self.method, self.n_subjects, self.n_stimuli,
+                          note)
+
 
 def _table(Y, name: str) -> np.ndarray:
     """``Y`` as a float (n_subjects, n_stimuli) array; 1-D input is one subject."""

@@ -18,7 +18,10 @@ Each hypothesis gets two separate answers:
 
 H3's adapter is chosen on the adapters' own validation stimuli (mean best validation cosine over
 folds and subjects), never on the test data it is then reported on; its speed-up is measured in
-CPU time of the fold fits (a geometric mean over subjects with a t interval on log ratios).
+CPU time of the fold fits (a geometric mean over subjects with a t interval on log ratios). Where
+the chosen adapter kept its initial weights in at least :data:`NO_OP_FOLD_SHARE` of its fold models,
+its gain gets no interval and H3's direction reads inconclusive (docs/trust.md, "A rule on the
+no-op folds").
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ VERDICT_ESTIMAND = "population"
 
 #: The adapter configurations H3 compares with fine-tuning.
 ADAPTERS = tuple(c for c, (kind, _) in ADAPTER_CONFIGURATIONS.items() if kind != "finetune")
+
+#: Share of the chosen adapter's fold models that kept their initial weights (no epoch beat them on their
+#: validation stimuli) from which H3's gain gets no interval: its per-fold gains then mix exact zeros with
+#: the trained folds' gains, and t intervals around that mixture missed the truth low (docs/trust.md,
+#: "A rule on the no-op folds": half, not tuned; judged on held-out world families).
+NO_OP_FOLD_SHARE = 0.5
+#: The note of an H3 gain without an interval under that rule.
+NO_OP_NOTE = ("the chosen adapter kept its initial weights in {kept} of its {n} fold models: its gain mixes exact "
+              "zeros with the trained folds' gains, which no t interval describes")
 
 #: Statistics checked against the planted truth: name -> (hypothesis, description).
 CHECKED_STATISTICS = {
@@ -152,6 +164,9 @@ def h3(scores: pd.DataFrame, decoder: str, records: list[dict[str, Any]]) -> dic
     if adapter is None or "finetune" not in present:
         return None
     specific = group.specific_gain(scores, decoder, adapter)
+    kept, n = kept_initial(records, decoder).get(adapter, (0, 0))
+    if n and kept >= NO_OP_FOLD_SHARE * n:
+        specific = {e: iv.withdrawn(NO_OP_NOTE.format(kept=kept, n=n)) for e, iv in specific.items()}
     perf = group.performance_ratio(scores, decoder, adapter, "finetune")
     speed = _speedup(records, decoder, adapter)
     parts = (magnitude(perf[VERDICT_ESTIMAND], H3_MIN_PERFORMANCE),
@@ -205,7 +220,7 @@ def planted_truth_check(report: dict[str, Any], truth: dict[str, Any], truth_tab
                      "truth_se": se if value is not None else None,
                      "truth_source": "exact (null world)" if null else "simulated truth table" if value is not None
                      else None, "estimate": iv.estimate, "ci": [iv.low, iv.high]}
-            check["ok"] = None if value is None else bool(iv.covers(value))
+            check["ok"] = None if value is None or not iv.defined else bool(iv.covers(value))
             checks.append(check)
     decided = [c["ok"] for c in checks if c["ok"] is not None]
     return {"null_world": null, "imagery_strength": strength, "checks": checks, "n_checked": len(decided),

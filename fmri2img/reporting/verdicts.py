@@ -107,8 +107,10 @@ def _truth_lines(truth: dict[str, Any]) -> list[str]:
     for c in truth["checks"]:
         ok = "n/a" if c["ok"] is None else "yes" if c["ok"] else "**no**"
         value = _num(c["truth"]) + (f" +/- {_num(c['truth_se'])}" if c.get("truth_se") else "")
+        ci = (f"[{_num(c['ci'][0])}, {_num(c['ci'][1])}]" if c["ci"][0] is not None and math.isfinite(c["ci"][0])
+              else "no interval")
         lines.append(f"| {c['decoder']} | {c['hypothesis']} | {c['statistic']} | {value} | "
-                     f"{_num(c['estimate'])} | [{_num(c['ci'][0])}, {_num(c['ci'][1])}] | {ok} |")
+                     f"{_num(c['estimate'])} | {ci} | {ok} |")
     return lines + [""]
 
 

@@ -21,16 +21,32 @@ import pandas as pd
 from fmri2img.core.errors import InputError
 from fmri2img.evaluation.calibration import remake_intervals, summarize
 from fmri2img.evaluation.intervals import nadeau_bengio_factor
+from fmri2img.reporting.hypotheses import NO_OP_FOLD_SHARE
 
 #: Imagery folds of the research track's H2/H3 statistics (projects/imagery/configs/calibrate*.yaml: folds: 3).
 N_FOLDS = 3
 
-#: rule name -> keyword arguments of :func:`remake_intervals`.
+#: rule name -> keyword arguments of :func:`remake_intervals` (``no_ops``: then :func:`withdraw_no_ops`).
 RULES = {
     "Satterthwaite df": {"cap_df": False},
     "capped df (reported)": {"cap_df": True},
     "capped df + Nadeau-Bengio folds": {"cap_df": True, "fold_factor": nadeau_bengio_factor(N_FOLDS)},
+    "capped df + no-op-fold rule": {"cap_df": True, "no_ops": True},
 }
+
+#: The calibration rows' count of the chosen adapter's no-op fold models (fmri2img calibrate).
+KEPT_COLUMN = "kept_initial_folds"
+
+
+def withdraw_no_ops(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with H3's intervals withdrawn (NaN bounds) where the chosen adapter kept its initial weights in
+    at least ``NO_OP_FOLD_SHARE`` of its fold models (subjects x folds: an H3 row's ``n_subjects x n_items``),
+    as the report does (:data:`~fmri2img.reporting.hypotheses.NO_OP_FOLD_SHARE`); rescores runs made before it."""
+    h3 = rows["statistic"] == "h3_specific_gain"
+    no_op = h3 & (rows[KEPT_COLUMN] >= NO_OP_FOLD_SHARE * rows["n_subjects"] * rows["n_items"])
+    out = rows.copy()
+    out.loc[no_op, ["low", "high", "se"]] = float("nan")
+    return out
 
 
 def _seed_range(text: str) -> tuple[int, int]:
@@ -44,9 +60,17 @@ def _seed_range(text: str) -> tuple[int, int]:
 def compare(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, decoder, statistic) and rule: coverage, width factor, rejections."""
     rows = rows[rows["estimand"] == "population"]
+    h3 = rows["statistic"] == "h3_specific_gain"
+    counted = KEPT_COLUMN in rows.columns and rows.loc[h3, KEPT_COLUMN].notna().all()
     parts = []
     for rule, kwargs in RULES.items():
-        summary = summarize(remake_intervals(rows, **kwargs))
+        kwargs = dict(kwargs)
+        if kwargs.pop("no_ops", False):
+            if not counted:  # runs made before the column: the rule cannot be applied
+                continue
+            summary = summarize(withdraw_no_ops(remake_intervals(rows, **kwargs)))
+        else:
+            summary = summarize(remake_intervals(rows, **kwargs))
         parts.append(summary.assign(rule=rule))
     return pd.concat(parts, ignore_index=True)
 
