@@ -275,6 +275,16 @@ def test_calibrate_refuses_bad_siblings_and_seeds(tmp_path, line, match):
     assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output
 
 
+def test_first_seed_on_the_command_line_replaces_the_configs(tmp_path):
+    """--first-seed (held-out worlds without a copied config) goes through the config's own seed check."""
+    cfg = tmp_path / "calibrate.yaml"
+    cfg.write_text(TINY_CONFIG)
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--first-seed", "999999999"])
+    assert res.exit_code == 2 and "first_seed=999999999" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["calibrate", "--config", str(cfg), "--first-seed", "-1"])
+    assert res.exit_code == 2 and "--first-seed" in res.output
+
+
 def test_a_truth_table_with_siblings_is_one_familys(tmp_path):
     cfg = tmp_path / "calibrate.yaml"
     cfg.write_text(TINY_CONFIG + "siblings: 1\n")

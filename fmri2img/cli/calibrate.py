@@ -20,6 +20,9 @@ def command(
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Calibration YAML (worlds, settings, study)."),
     worlds: int = typer.Option(None, "--worlds", min=1, help="Worlds per setting (at least 2 without siblings); "
                                "default: the config's."),
+    first_seed: int = typer.Option(None, "--first-seed", min=0, help="Seed of the first world (the others follow "
+                                   "it); other seeds than a run you tuned on give held-out worlds. Default: the "
+                                   "config's."),
     strength: list[float] = typer.Option(None, "--strength", help="Planted imagery strengths in (0, 1) "
                                          "(repeatable); the null world (strength 1) is added unless --no-null."),
     no_null: bool = typer.Option(False, "--no-null", help="Leave out the null world."),
@@ -36,7 +39,7 @@ def command(
 
     use_file = config.exists() or config != DEFAULT_CONFIG  # a missing explicit --config is an error
     base = load_config(CalibrationConfig, config) if use_file else CalibrationConfig()
-    cfg = override(base, worlds=worlds, strengths=tuple(strength) if strength else None,
+    cfg = override(base, worlds=worlds, first_seed=first_seed, strengths=tuple(strength) if strength else None,
                    include_null=False if no_null else None, decoders=tuple(decoder) if decoder else None,
                    output_root=output_root)
     if write_truth and cfg.siblings and cfg.worlds != 1:  # named with the file, as the config's own checks
