@@ -55,7 +55,7 @@ ADAPTERS = tuple(c for c, (kind, _) in ADAPTER_CONFIGURATIONS.items() if kind !=
 #: the trained folds' gains, and t intervals around that mixture missed the truth low (docs/trust.md,
 #: "A rule on the no-op folds": half, not tuned; judged on held-out world families).
 NO_OP_FOLD_SHARE = 0.5
-#: The note of an H3 gain without an interval under that rule.
+#: The note of an H3 gain without an interval under that rule (:func:`mostly_no_op`).
 NO_OP_NOTE = ("the chosen adapter kept its initial weights in {kept} of its {n} fold models: its gain mixes exact "
               "zeros with the trained folds' gains, which no t interval describes")
 
@@ -165,7 +165,7 @@ def h3(scores: pd.DataFrame, decoder: str, records: list[dict[str, Any]]) -> dic
         return None
     specific = group.specific_gain(scores, decoder, adapter)
     kept, n = kept_initial(records, decoder).get(adapter, (0, 0))
-    if n and kept >= NO_OP_FOLD_SHARE * n:
+    if mostly_no_op(kept, n):
         specific = {e: iv.withdrawn(NO_OP_NOTE.format(kept=kept, n=n)) for e, iv in specific.items()}
     perf = group.performance_ratio(scores, decoder, adapter, "finetune")
     speed = _speedup(records, decoder, adapter)
@@ -179,6 +179,12 @@ def h3(scores: pd.DataFrame, decoder: str, records: list[dict[str, Any]]) -> dic
             "direction": direction(specific[VERDICT_ESTIMAND], 0.0, "above"),
             "performance_vs_finetune": _both(perf), "speedup_vs_finetune": speed, "magnitude": mag,
             "roadmap": ">= 80% of fine-tuning's imagery score at >= 10x less training time"}
+
+
+def mostly_no_op(kept, n):
+    """True where ``kept`` of ``n`` fold models (scalars or arrays) reach :data:`NO_OP_FOLD_SHARE`: H3's
+    gain then gets no interval (the report here; ``projects/imagery/interval_rules.py`` for older runs)."""
+    return (n > 0) & (kept >= NO_OP_FOLD_SHARE * n)
 
 
 def kept_initial(records, decoder) -> dict[str, list[int]]:

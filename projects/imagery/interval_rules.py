@@ -21,7 +21,8 @@ import pandas as pd
 from fmri2img.core.errors import InputError
 from fmri2img.evaluation.calibration import remake_intervals, summarize
 from fmri2img.evaluation.intervals import nadeau_bengio_factor
-from fmri2img.reporting.hypotheses import NO_OP_FOLD_SHARE
+from fmri2img.reporting.hypotheses import mostly_no_op
+from fmri2img.stages.calibrate import KEPT_INITIAL_COLUMN
 
 #: Imagery folds of the research track's H2/H3 statistics (projects/imagery/configs/calibrate*.yaml: folds: 3).
 N_FOLDS = 3
@@ -34,16 +35,13 @@ RULES = {
     "capped df + no-op-fold rule": {"cap_df": True, "no_ops": True},
 }
 
-#: The calibration rows' count of the chosen adapter's no-op fold models (fmri2img calibrate).
-KEPT_COLUMN = "kept_initial_folds"
-
 
 def withdraw_no_ops(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with H3's intervals withdrawn (NaN bounds) where the chosen adapter kept its initial weights in
-    at least ``NO_OP_FOLD_SHARE`` of its fold models (subjects x folds: an H3 row's ``n_subjects x n_items``),
-    as the report does (:data:`~fmri2img.reporting.hypotheses.NO_OP_FOLD_SHARE`); rescores runs made before it."""
+    most of its fold models (subjects x folds: an H3 row's ``n_subjects x n_items``), by the report's own test
+    (:func:`~fmri2img.reporting.hypotheses.mostly_no_op`); rescores runs made before the rule."""
     h3 = rows["statistic"] == "h3_specific_gain"
-    no_op = h3 & (rows[KEPT_COLUMN] >= NO_OP_FOLD_SHARE * rows["n_subjects"] * rows["n_items"])
+    no_op = h3 & mostly_no_op(rows[KEPT_INITIAL_COLUMN], rows["n_subjects"] * rows["n_items"])
     out = rows.copy()
     out.loc[no_op, ["low", "high", "se"]] = float("nan")
     return out
@@ -61,17 +59,15 @@ def compare(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (setting, decoder, statistic) and rule: coverage, width factor, rejections."""
     rows = rows[rows["estimand"] == "population"]
     h3 = rows["statistic"] == "h3_specific_gain"
-    counted = KEPT_COLUMN in rows.columns and rows.loc[h3, KEPT_COLUMN].notna().all()
+    counted = KEPT_INITIAL_COLUMN in rows.columns and rows.loc[h3, KEPT_INITIAL_COLUMN].notna().all()
     parts = []
     for rule, kwargs in RULES.items():
         kwargs = dict(kwargs)
-        if kwargs.pop("no_ops", False):
-            if not counted:  # runs made before the column: the rule cannot be applied
-                continue
-            summary = summarize(withdraw_no_ops(remake_intervals(rows, **kwargs)))
-        else:
-            summary = summarize(remake_intervals(rows, **kwargs))
-        parts.append(summary.assign(rule=rule))
+        no_ops = kwargs.pop("no_ops", False)
+        if no_ops and not counted:  # runs made before the column: the rule cannot be applied
+            continue
+        remade = remake_intervals(rows, **kwargs)
+        parts.append(summarize(withdraw_no_ops(remade) if no_ops else remade).assign(rule=rule))
     return pd.concat(parts, ignore_index=True)
 
 
