@@ -38,7 +38,7 @@ RULES = {
 
 def withdraw_no_ops(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with H3's intervals withdrawn (NaN bounds) where the chosen adapter kept its initial weights in
-    most of its fold models (subjects x folds: an H3 row's ``n_subjects x n_items``), by the report's own test
+    half of its fold models or more (subjects x folds: an H3 row's ``n_subjects x n_items``), by the report's own test
     (:func:`~fmri2img.reporting.hypotheses.mostly_no_op`); rescores runs made before the rule."""
     h3 = rows["statistic"] == "h3_specific_gain"
     no_op = h3 & mostly_no_op(rows[KEPT_INITIAL_COLUMN], rows["n_subjects"] * rows["n_items"])
